@@ -1,0 +1,86 @@
+"""Multi-head self-attention (Vaswani et al. 2017, "Attention Is All You Need", section 3.2).
+
+Each of `heads` heads projects the hidden states to queries, keys and values of size
+head_dim = hidden / heads and mixes the values with weights softmax(Q K^T / sqrt(head_dim)).
+Two interchangeable implementations of that formula live here:
+
+- `reference_attention`: the formula written out, line by line, for reading;
+- `sdpa_attention`: torch's fused `scaled_dot_product_attention`, the fast path.
+
+`tests/test_attention.py` holds them equal. `BertSelfAttention` picks one from the config.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bert.config import BertConfig
+
+
+def additive_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) mask of 1 = attend, 0 = padding  ->  (B, 1, 1, T) bias added to the scores.
+
+    Padding keys get the most negative finite number of `dtype` rather than -inf, so a row whose
+    keys are all padding gives a uniform (finite) softmax instead of NaN.
+    """
+    bias = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+    return bias  # (B, 1, 1, T)
+
+
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_bias: torch.Tensor,
+    dropout: nn.Dropout,
+) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d) + mask) V, written out. q, k, v: (B, heads, T, head_dim)."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))  # (B, heads, T, T)
+    scores = scores + mask_bias  # padding keys -> ~ -inf, broadcast over heads and queries
+    weights = torch.softmax(scores, dim=-1)  # (B, heads, T, T), each row sums to 1
+    weights = dropout(weights)  # BERT drops attention weights, not scores
+    return weights @ v  # (B, heads, T, head_dim)
+
+
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_bias: torch.Tensor,
+    dropout: nn.Dropout,
+) -> torch.Tensor:
+    """The same computation through torch's fused kernel (flash / memory-efficient / math)."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask_bias, dropout_p=dropout.p if dropout.training else 0.0
+    )  # (B, heads, T, head_dim)
+
+
+ATTENTION_IMPLEMENTATIONS = {"reference": reference_attention, "sdpa": sdpa_attention}
+
+
+class BertSelfAttention(nn.Module):
+    """Query, key and value projections and the attention itself (checkpoint: `attention.self`)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.implementation = config.attention_implementation
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        x = x.view(batch, length, self.num_heads, self.head_dim)  # (B, T, heads, head_dim)
+        return x.transpose(1, 2)  # (B, heads, T, head_dim)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        q = self.split_heads(self.query(hidden))
+        k = self.split_heads(self.key(hidden))
+        v = self.split_heads(self.value(hidden))
+        # Built in q's dtype (bf16 under autocast) so the "minus infinity" stays finite there.
+        mask_bias = additive_attention_mask(attention_mask, q.dtype)
+        attend = ATTENTION_IMPLEMENTATIONS[self.implementation]
+        context = attend(q, k, v, mask_bias, self.dropout)  # (B, heads, T, head_dim)
+        batch, _, length, _ = context.shape
+        return context.transpose(1, 2).reshape(batch, length, -1)  # (B, T, hidden)

@@ -1,0 +1,91 @@
+"""BertConfig: the hyper-parameters of a BERT encoder, read from a checkpoint's config.json.
+
+The field names are those of the public checkpoints' config.json files (Devlin et al. 2019,
+"BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding"), so a
+config written by any BERT library loads here unchanged; keys we do not use are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class CheckpointError(Exception):
+    """A checkpoint or its files cannot be used; the message names the file and what to do."""
+
+
+@dataclass
+class BertConfig:
+    """Shape and regularisation of a BERT encoder. Defaults are bert-base-uncased's."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    initializer_range: float = 0.02
+    # "reference" writes softmax(QK^T / sqrt(d)) V out; "sdpa" calls torch's fused kernel.
+    attention_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.hidden_act not in ("gelu", "gelu_new", "relu"):
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported (gelu, gelu_new, relu)")
+        if self.attention_implementation not in ("reference", "sdpa"):
+            raise ValueError(
+                f"attention_implementation must be 'reference' or 'sdpa', "
+                f"got {self.attention_implementation!r}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "BertConfig":
+        """Build from a config.json dict, keeping the keys we know and ignoring the rest."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "BertConfig":
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no such file; a checkpoint folder needs a config.json") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path}: not valid JSON ({err}); is this a BERT config.json?") from None
+        if not isinstance(values, dict):
+            raise CheckpointError(f"{path}: expected a JSON object of BERT settings")
+        model_type = values.get("model_type", "bert")
+        if model_type != "bert":
+            raise CheckpointError(f"{path}: model_type is {model_type!r}; only 'bert' checkpoints load here")
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: {err}") from None
+
+    def to_dict(self) -> dict:
+        """The config.json form (with the keys other BERT libraries expect)."""
+        values = dataclasses.asdict(self)
+        values.pop("attention_implementation")
+        values.update(model_type="bert", architectures=["BertModel"], position_embedding_type="absolute")
+        return values
+
+    def save(self, folder: str | Path) -> None:
+        Path(folder, "config.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
