@@ -1,0 +1,139 @@
+"""Loss functions and score transforms for the multitask heads, as plain functions of tensors.
+
+The task heads produce embeddings or logits; this module turns them into
+training losses and into similarity scores on the STS label scale [0, 5]:
+
+- multiple negatives ranking loss (Henderson et al. 2017, "Efficient Natural Language Response
+  Suggestion for Smart Reply"), as used by Multi-BERT (section 4.2) on STS pairs labelled >= 4;
+- the cosine-similarity regression loss of Sentence-BERT (Reimers & Gurevych 2019);
+- the dot-product score of the Multi-BERT baseline and the tanh rescaling of its concat head.
+
+Precision: under bf16 autocast the encoder's outputs arrive in bfloat16, whose 8-bit mantissa
+resolves only about 2-3 significant digits. Matrix products may stay in bf16 (that is where the
+speed is), but every similarity is cast up to float32 *before* a softmax, a normalisation or a
+squared error, because those sum or subtract many terms, and rounding each one to bf16 would
+bias the loss and its gradient. Every function here returns float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# The STS labels run from 0 (unrelated) to 5 (equivalent); the paper keeps pairs >= 4 for MNR.
+STS_MAX_LABEL = 5.0
+MNR_POSITIVE_THRESHOLD = 4.0
+
+
+def _check_pair(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """Raise ValueError unless a and b are (B, H) batches of the same shape."""
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must both be (batch, hidden) of the same shape, "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def multiple_negatives_ranking_loss(anchors: Tensor, positives: Tensor, scale: float = 1.0) -> Tensor:
+    """Multiple negatives ranking loss with in-batch negatives (Henderson et al. 2017).
+
+    For K positive pairs (x_i, y_i), every other y_j in the batch serves as a negative for x_i:
+
+        S = scale * anchors @ positives.T                       (K, K), S_ij = scale * x_i . y_j
+        L = -1/K * sum_i log( exp(S_ii) / sum_j exp(S_ij) )
+
+    i.e. a K-way classification of each anchor's own positive among the batch, which is the
+    cross-entropy of S's rows against the targets 0..K-1. All K^2 scores come from one matrix
+    product. The score is the plain dot product, as in the paper; scale = 1 keeps it unchanged.
+
+    Args:
+        anchors: (K, H) embeddings of the first sentences x_i.
+        positives: (K, H) embeddings of their paired sentences y_i (row i pairs with anchors[i]).
+        scale: multiplies every score (an inverse temperature); must be positive.
+
+    Returns:
+        The mean loss, a float32 scalar. An empty batch (K = 0, e.g. no pair labelled >= 4) gives
+        0, still attached to the autograd graph, so the caller's backward() (and a distributed
+        run's gradient all-reduce, which every rank must join) runs unchanged.
+    """
+    _check_pair("anchors", anchors, "positives", positives)
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale!r}")
+    num_pairs = anchors.shape[0]
+    # Cast up after the product, before the softmax: see the module docstring.
+    scores = (anchors @ positives.T).float() * scale  # (K, K)
+    if num_pairs == 0:
+        return scores.sum()  # an empty sum: 0.0, connected to both inputs
+    targets = torch.arange(num_pairs, device=scores.device)  # (K,) pair i's positive is column i
+    return F.cross_entropy(scores, targets)
+
+
+def dot_similarity(u: Tensor, v: Tensor) -> Tensor:
+    """Row-wise dot product u_i . v_i, the Multi-BERT baseline's STS score: (B, H), (B, H) -> (B,).
+
+    Computed in float32: a dot product of 768-dimensional BERT outputs can reach the hundreds,
+    where bf16's spacing is whole units, too coarse for a score on the 0-5 label scale.
+    """
+    _check_pair("u", u, "v", v)
+    return (u.float() * v.float()).sum(dim=-1)  # (B,)
+
+
+def cosine_similarity(u: Tensor, v: Tensor) -> Tensor:
+    """Row-wise cosine similarity in float32: (B, H), (B, H) -> (B,), values in [-1, 1]."""
+    _check_pair("u", u, "v", v)
+    return F.cosine_similarity(u.float(), v.float(), dim=-1)  # (B,)
+
+
+def rescale_similarity_to_cosine(labels_0_5: Tensor) -> Tensor:
+    """Map STS labels from [0, 5] onto the cosine's range [-1, 1]: label / 2.5 - 1."""
+    return labels_0_5.float() / (STS_MAX_LABEL / 2) - 1.0
+
+
+def rescale_cosine_to_similarity(cosine: Tensor) -> Tensor:
+    """Map a cosine in [-1, 1] back onto the STS label scale [0, 5]: (cos + 1) * 2.5."""
+    return (cosine.float() + 1.0) * (STS_MAX_LABEL / 2)
+
+
+def rescale_tanh_to_similarity(x: Tensor) -> Tensor:
+    """Squash a logit into the STS label scale [0, 5]: (tanh(x) + 1) * 2.5 (the concat head).
+
+    tanh bounds the prediction to [-1, 1], so the head can never predict outside the labels'
+    range, and the affine map then lines [-1, 1] up with [0, 5]; a logit of 0 means 2.5.
+    """
+    return rescale_cosine_to_similarity(torch.tanh(x.float()))
+
+
+def similarity_mse_loss(predictions: Tensor, labels_0_5: Tensor) -> Tensor:
+    """Mean squared error between predicted STS scores and labels, in float32 (dot and concat heads)."""
+    if predictions.shape != labels_0_5.shape:
+        raise ValueError(
+            f"predictions and labels must have the same shape, got {tuple(predictions.shape)} "
+            f"and {tuple(labels_0_5.shape)}"
+        )
+    return F.mse_loss(predictions.float(), labels_0_5.float())
+
+
+def cosine_similarity_loss(u: Tensor, v: Tensor, labels_0_5: Tensor) -> Tensor:
+    """MSE between cos(u_i, v_i) and the STS label rescaled to [-1, 1] (Reimers & Gurevych 2019).
+
+    The labels are mapped with label / 2.5 - 1 so that 0 (unrelated) asks for opposite vectors
+    and 5 (equivalent) for parallel ones. sentence-transformers' CosineSimilarityLoss instead
+    expects labels already scaled to [0, 1], which leaves the negative half of the cosine's range
+    unused; we use the whole range the cosine covers. A prediction maps back onto [0, 5] with
+    `rescale_cosine_to_similarity`.
+
+    Args:
+        u, v: (B, H) embeddings of the two sentences of each pair.
+        labels_0_5: (B,) gold similarity in [0, 5].
+    """
+    cosine = cosine_similarity(u, v)  # (B,) float32
+    return similarity_mse_loss(cosine, rescale_similarity_to_cosine(labels_0_5))
+
+
+def mnr_positive_mask(labels_0_5: Tensor, threshold: float = MNR_POSITIVE_THRESHOLD) -> Tensor:
+    """Which STS pairs count as positives for the ranking loss: label >= threshold. (B,) -> (B,) bool.
+
+    MNR needs pairs known to be similar; the paper keeps those labelled at least 4.
+    """
+    return labels_0_5 >= threshold

@@ -1,0 +1,267 @@
+"""Tests for multitask/losses.py: hand-computed cases, parity with sentence-transformers, precision.
+
+Parity with sentence-transformers: its MultipleNegativesRankingLoss and CosineSimilarityLoss
+normally embed raw text with a SentenceTransformer model, but both expose
+`compute_loss_from_embeddings(embeddings, labels)`, the part after the encoder. We build them
+around a stand-in model (nn.Identity(), never called) and feed that method the same float64
+embeddings we give our functions, then compare the losses and, for MNR, the gradients.
+"""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from multitask.losses import (
+    cosine_similarity,
+    cosine_similarity_loss,
+    dot_similarity,
+    mnr_positive_mask,
+    multiple_negatives_ranking_loss,
+    rescale_cosine_to_similarity,
+    rescale_similarity_to_cosine,
+    rescale_tanh_to_similarity,
+    similarity_mse_loss,
+)
+
+
+@pytest.fixture(scope="module")
+def st_reference():
+    """sentence-transformers' loss classes and dot_score (a test-only dependency)."""
+    pytest.importorskip("sentence_transformers")
+    try:  # the current home of the losses; older releases only have sentence_transformers.losses
+        from sentence_transformers.sentence_transformer import losses
+    except ImportError:
+        from sentence_transformers import losses
+    from sentence_transformers import util
+
+    return losses, util
+
+
+def random_pairs(num_pairs: int, hidden: int, seed: int, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    anchors = torch.randn(num_pairs, hidden, generator=generator, dtype=dtype)
+    positives = torch.randn(num_pairs, hidden, generator=generator, dtype=dtype)
+    return anchors, positives
+
+
+# ---------------------------------------------------------------------------- MNR: hand-computed
+
+
+def test_mnr_identity_pairs_by_hand():
+    # S = I @ I.T = [[1, 0], [0, 1]]; each row is a 2-way softmax of [1, 0] with the 1 on target:
+    # loss = -log(e / (e + 1)) for both rows, so also for their mean.
+    eye = torch.eye(2)
+    loss = multiple_negatives_ranking_loss(eye, eye)
+    assert loss.item() == pytest.approx(-math.log(math.e / (math.e + 1)), rel=1e-6)
+
+
+def test_mnr_rows_are_anchors_and_columns_are_positives():
+    # anchors [[1, 0], [0, 1]], positives [[3, 0], [1, 1]]: S = anchors @ positives.T = [[3, 1], [0, 1]].
+    # Row 0 (target 0): -log(e^3 / (e^3 + e^1)) = log(1 + e^-2).
+    # Row 1 (target 1): -log(e^1 / (e^0 + e^1)) = log(1 + e^-1).
+    # (The transposed S would give log(1 + e^-3) and log 2 instead.)
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    positives = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    expected = (math.log1p(math.exp(-2)) + math.log1p(math.exp(-1))) / 2
+    assert multiple_negatives_ranking_loss(anchors, positives).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mnr_scale_multiplies_the_scores():
+    # scale 2 turns S = I into 2I: loss = -log(e^2 / (e^2 + 1)).
+    eye = torch.eye(2)
+    loss = multiple_negatives_ranking_loss(eye, eye, scale=2.0)
+    assert loss.item() == pytest.approx(-math.log(math.e**2 / (math.e**2 + 1)), rel=1e-6)
+
+
+def test_mnr_single_pair_has_nothing_to_rank():
+    anchors, positives = random_pairs(1, 8, seed=0)
+    assert multiple_negatives_ranking_loss(anchors, positives).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mnr_empty_batch_is_zero_and_still_differentiable():
+    anchors = torch.zeros(0, 8, requires_grad=True)
+    positives = torch.zeros(0, 8, requires_grad=True)
+    loss = multiple_negatives_ranking_loss(anchors, positives)
+    assert loss.item() == 0.0 and loss.dtype == torch.float32
+    loss.backward()  # must not raise: the caller's training step runs unchanged
+    assert anchors.grad.shape == (0, 8) and positives.grad.shape == (0, 8)
+
+
+def test_mnr_does_not_depend_on_the_order_of_the_pairs():
+    anchors, positives = random_pairs(6, 8, seed=1)
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(0))
+    shuffled = multiple_negatives_ranking_loss(anchors[order], positives[order])
+    assert shuffled.item() == pytest.approx(multiple_negatives_ranking_loss(anchors, positives).item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- MNR: reference and autograd
+
+
+@pytest.mark.parametrize(
+    "num_pairs, hidden, scale", [(2, 3, 1.0), (8, 16, 1.0), (32, 64, 1.0), (8, 16, 20.0)]
+)
+def test_mnr_matches_sentence_transformers(st_reference, num_pairs, hidden, scale):
+    losses, util = st_reference
+    reference = losses.MultipleNegativesRankingLoss(
+        nn.Identity(), scale=scale, similarity_fct=util.dot_score
+    )
+    # Keep the scores modest so the scale-20 case is not a saturated softmax with zero gradients.
+    anchors, positives = random_pairs(num_pairs, hidden, seed=num_pairs)
+    anchors, positives = anchors / math.sqrt(hidden), positives / math.sqrt(hidden)
+
+    ours_inputs = [anchors.clone().requires_grad_(), positives.clone().requires_grad_()]
+    theirs_inputs = [anchors.clone().requires_grad_(), positives.clone().requires_grad_()]
+    ours = multiple_negatives_ranking_loss(*ours_inputs, scale=scale)
+    theirs = reference.compute_loss_from_embeddings(theirs_inputs, labels=None)
+    ours.backward()
+    theirs.backward()
+
+    # Ours is float32 by design, theirs float64: agreement to float32 precision.
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-6)
+    for mine, reference_input in zip(ours_inputs, theirs_inputs):
+        torch.testing.assert_close(mine.grad, reference_input.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_mnr_gradient_reaches_both_inputs():
+    anchors, positives = random_pairs(4, 8, seed=2, dtype=torch.float32)
+    anchors.requires_grad_()
+    positives.requires_grad_()
+    multiple_negatives_ranking_loss(anchors, positives).backward()
+    for grad in (anchors.grad, positives.grad):
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_mnr_gradient_is_correct():
+    # An independent reference that needs no sentence-transformers: the loss written out as the
+    # mean negative log-softmax of S's diagonal. (torch.autograd.gradcheck would need float64 all
+    # the way through, but our loss returns float32 by design.)
+    anchors, positives = random_pairs(5, 4, seed=3)
+    ours_a, ours_p = anchors.float().requires_grad_(), positives.float().requires_grad_()
+    multiple_negatives_ranking_loss(ours_a, ours_p).backward()
+    ref_a, ref_p = anchors.float().requires_grad_(), positives.float().requires_grad_()
+    scores = ref_a @ ref_p.T  # (K, K)
+    (-torch.log_softmax(scores, dim=1).diagonal().mean()).backward()
+    torch.testing.assert_close(ours_a.grad, ref_a.grad)
+    torch.testing.assert_close(ours_p.grad, ref_p.grad)
+
+
+def test_mnr_bf16_inputs_give_a_float32_loss_close_to_fp32():
+    anchors, positives = random_pairs(32, 64, seed=4, dtype=torch.float32)
+    anchors, positives = anchors / 8, positives / 8  # scores of order 1, as trained models give
+    fp32 = multiple_negatives_ranking_loss(anchors, positives)
+    bf16 = multiple_negatives_ranking_loss(anchors.bfloat16(), positives.bfloat16())
+    assert bf16.dtype == torch.float32
+    # bf16 keeps ~3 significant digits; the inputs' rounding moves the loss by well under 1%.
+    assert bf16.item() == pytest.approx(fp32.item(), rel=1e-2)
+
+
+def test_mnr_under_bf16_autocast_returns_float32():
+    anchors, positives = random_pairs(16, 32, seed=5, dtype=torch.float32)
+    fp32 = multiple_negatives_ranking_loss(anchors / 6, positives / 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = multiple_negatives_ranking_loss(anchors / 6, positives / 6)
+    assert autocast.dtype == torch.float32
+    assert autocast.item() == pytest.approx(fp32.item(), rel=1e-2)
+
+
+@pytest.mark.parametrize("anchor_shape, positive_shape", [((4, 8), (4, 9)), ((4, 8), (3, 8)), ((8,), (8,))])
+def test_mnr_rejects_mismatched_shapes(anchor_shape, positive_shape):
+    with pytest.raises(ValueError, match="same shape"):
+        multiple_negatives_ranking_loss(torch.zeros(anchor_shape), torch.zeros(positive_shape))
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0])
+def test_mnr_rejects_a_non_positive_scale(scale):
+    with pytest.raises(ValueError, match="scale"):
+        multiple_negatives_ranking_loss(torch.eye(2), torch.eye(2), scale=scale)
+
+
+# ---------------------------------------------------------------------------- cosine loss
+
+
+def test_label_rescaling_to_the_cosine_range():
+    labels = torch.tensor([0.0, 1.25, 2.5, 5.0])
+    torch.testing.assert_close(rescale_similarity_to_cosine(labels), torch.tensor([-1.0, -0.5, 0.0, 1.0]))
+    torch.testing.assert_close(rescale_cosine_to_similarity(rescale_similarity_to_cosine(labels)), labels)
+
+
+def test_cosine_loss_by_hand():
+    # Pair 0: (1, 0) vs (1, 1): cos = 1/sqrt(2); label 2.5 -> target 0; error^2 = 1/2.
+    # Pair 1: (3, 4) vs (3, 4): cos = 1; label 0 -> target -1; error^2 = 4.
+    # Mean: (0.5 + 4) / 2 = 2.25.
+    u = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
+    v = torch.tensor([[1.0, 1.0], [3.0, 4.0]])
+    labels = torch.tensor([2.5, 0.0])
+    assert cosine_similarity_loss(u, v, labels).item() == pytest.approx(2.25, rel=1e-6)
+
+
+def test_cosine_loss_is_zero_when_cosines_match_the_labels():
+    u = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+    v = torch.tensor([[5.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])  # cos = 1, 0, -1
+    labels = torch.tensor([5.0, 2.5, 0.0])
+    assert cosine_similarity_loss(u, v, labels).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cosine_loss_matches_sentence_transformers_on_rescaled_labels(st_reference):
+    losses, _ = st_reference
+    reference = losses.CosineSimilarityLoss(nn.Identity())
+    u, v = random_pairs(16, 8, seed=6)
+    labels = torch.rand(16, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 5
+    # sentence-transformers takes the target cosine directly, so we hand it our rescaled labels.
+    theirs = reference.compute_loss_from_embeddings([u, v], rescale_similarity_to_cosine(labels))
+    assert cosine_similarity_loss(u, v, labels).item() == pytest.approx(theirs.item(), rel=1e-5)
+
+
+def test_cosine_loss_gradient_reaches_both_inputs_and_is_float32_for_bf16():
+    u, v = random_pairs(4, 8, seed=7, dtype=torch.float32)
+    u, v = u.bfloat16().requires_grad_(), v.bfloat16().requires_grad_()
+    loss = cosine_similarity_loss(u, v, torch.tensor([0.0, 1.0, 4.0, 5.0]))
+    assert loss.dtype == torch.float32
+    loss.backward()
+    for grad in (u.grad, v.grad):
+        assert grad is not None and torch.isfinite(grad.float()).all() and grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------- scores and helpers
+
+
+def test_tanh_rescaling_spans_exactly_zero_to_five():
+    logits = torch.tensor([-float("inf"), -1e4, -50.0, -1.0, 0.0, 1.0, 50.0, 1e4, float("inf")])
+    scores = rescale_tanh_to_similarity(logits)
+    assert scores.min().item() == 0.0 and scores.max().item() == 5.0
+    assert scores[4].item() == 2.5
+    assert (scores.diff() >= 0).all()  # monotone in the logit
+
+
+def test_tanh_rescaling_returns_float32_for_bf16():
+    scores = rescale_tanh_to_similarity(torch.tensor([-3.0, 0.0, 3.0], dtype=torch.bfloat16))
+    assert scores.dtype == torch.float32
+    assert scores[1].item() == 2.5
+
+
+def test_dot_similarity_is_the_row_wise_dot_product():
+    u = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+    v = torch.tensor([[4.0, 0.5], [2.0, 6.0]])
+    torch.testing.assert_close(dot_similarity(u, v), torch.tensor([5.0, 0.0]))
+    assert dot_similarity(u.bfloat16(), v.bfloat16()).dtype == torch.float32
+
+
+def test_cosine_similarity_is_row_wise():
+    u = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    v = torch.tensor([[0.0, 2.0], [3.0, 3.0]])
+    torch.testing.assert_close(cosine_similarity(u, v), torch.tensor([0.0, 1.0]))
+
+
+def test_similarity_mse_loss_rejects_shapes_that_would_broadcast():
+    # (B, 1) against (B,) would silently broadcast to (B, B) in a plain MSE.
+    with pytest.raises(ValueError, match="same shape"):
+        similarity_mse_loss(torch.zeros(4, 1), torch.zeros(4))
+    loss = similarity_mse_loss(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 5.0]))
+    assert loss.item() == pytest.approx(2.5)  # ((1 - 2)^2 + (3 - 5)^2) / 2
+
+
+def test_mnr_positive_mask_keeps_labels_of_at_least_four():
+    labels = torch.tensor([0.0, 3.99, 4.0, 4.6, 5.0])
+    assert mnr_positive_mask(labels).tolist() == [False, False, True, True, True]
