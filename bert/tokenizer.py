@@ -80,6 +80,8 @@ class BertTokenizer:
             special_tokens=[("[CLS]", self.cls_token_id), ("[SEP]", self.sep_token_id)],
         )
         self.backend = backend
+        self.settings = {"do_lower_case": do_lower_case, "strip_accents": strip_accents,
+                         "tokenize_chinese_chars": tokenize_chinese_chars}
         self.model_max_length = model_max_length
         self._truncation_length: int | None = None
 
@@ -107,6 +109,17 @@ class BertTokenizer:
             tokenize_chinese_chars=settings.get("tokenize_chinese_chars", True),
             model_max_length=max_length,
         )
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write vocab.txt (one token per line, in id order) and tokenizer_config.json."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        vocab = self.backend.get_vocab()
+        tokens = sorted(vocab, key=vocab.__getitem__)
+        (folder / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+        settings = {**self.settings, "model_max_length": self.model_max_length,
+                    "tokenizer_class": "BertTokenizer"}
+        (folder / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
     @property
     def vocab_size(self) -> int:

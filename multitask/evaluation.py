@@ -1,0 +1,102 @@
+"""Evaluation on the dev sets and prediction files in the CS224N output format.
+
+Metrics (as in the paper): SST-5 accuracy, paraphrase accuracy (probability > 0.5), STS Pearson
+correlation, and overall = (acc_sst + acc_qqp + (r + 1) / 2) / 3, which puts the correlation on
+the accuracies' [0, 1] scale.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from multitask.batching import TokenizedSplit, evaluation_batches
+from multitask.heads import MultitaskBert
+from multitask.runtime import autocast
+
+# CS224N's prediction files: a header line, then "id , prediction" lines (spelling theirs).
+PREDICTION_HEADERS = {"sst": "Predicted_Sentiment", "qqp": "Predicted_Is_Paraphrase",
+                      "sts": "Predicted_Similiarity"}
+PREDICTION_PREFIXES = {"sst": "sst", "qqp": "para", "sts": "sts"}
+
+
+def predict_split(model: MultitaskBert, split: TokenizedSplit, batch_size: int, pad_id: int,
+                  device: torch.device, precision: str) -> np.ndarray:
+    """The model's predictions for every example of `split`, in the split's order.
+
+    Batches are length-sorted for speed; the predictions are put back in file order.
+    """
+    model.eval()
+    outputs = None
+    with torch.inference_mode():
+        for batch in evaluation_batches(split, batch_size, pad_id):
+            with autocast(device, precision):
+                predicted = model.predict(batch.to(device)).float().cpu().numpy()
+            if outputs is None:
+                outputs = np.zeros((len(split),) + predicted.shape[1:], dtype=np.float32)
+            outputs[batch.rows] = predicted
+    if outputs is None:
+        outputs = np.zeros((0,), dtype=np.float32)
+    return outputs
+
+
+def decide(task: str, predictions: np.ndarray) -> np.ndarray:
+    """Turn raw predictions into the labels written to files: class, 0/1, or the score itself."""
+    if task == "sst":
+        return predictions.argmax(axis=-1)
+    if task == "qqp":
+        return (predictions > 0.5).astype(np.int64)
+    return predictions
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson's r; 0.0 when either side is constant (r is undefined there)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or x.std() == 0.0 or y.std() == 0.0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def task_metric(task: str, predictions: np.ndarray, labels: torch.Tensor) -> float:
+    gold = labels.numpy()
+    if task == "sts":
+        return pearson(predictions, gold)
+    return float((decide(task, predictions) == gold.astype(np.int64)).mean())
+
+
+def overall_score(sst_acc: float, qqp_acc: float, sts_corr: float) -> float:
+    return (sst_acc + qqp_acc + (sts_corr + 1.0) / 2.0) / 3.0
+
+
+METRIC_NAMES = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_corr"}
+
+
+def evaluate(model: MultitaskBert, dev: dict[str, TokenizedSplit], batch_size: int, pad_id: int,
+             device: torch.device, precision: str) -> tuple[dict, dict]:
+    """Dev metrics of all three tasks, and the raw predictions they came from."""
+    metrics, predictions = {}, {}
+    for task, split in dev.items():
+        predictions[task] = predict_split(model, split, batch_size, pad_id, device, precision)
+        metrics[METRIC_NAMES[task]] = task_metric(task, predictions[task], split.labels)
+    metrics["overall"] = overall_score(metrics["sst_acc"], metrics["qqp_acc"], metrics["sts_corr"])
+    if any(math.isnan(v) for v in metrics.values()):
+        raise FloatingPointError(f"a dev metric is NaN: {metrics}; the model's outputs are not finite")
+    return metrics, predictions
+
+
+def write_predictions(path: Path, task: str, ids: list[str], predictions: np.ndarray) -> None:
+    """One prediction file in CS224N's format: one row per input id, in the input's order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    decided = decide(task, predictions)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(f"id \t {PREDICTION_HEADERS[task]} \n")
+        for example_id, value in zip(ids, decided):
+            handle.write(f"{example_id} , {value} \n")
+
+
+def prediction_path(out_dir: Path, task: str, split: str) -> Path:
+    """e.g. OUT/predictions/para-dev-output.csv, the course's file names."""
+    return Path(out_dir) / "predictions" / f"{PREDICTION_PREFIXES[task]}-{split}-output.csv"

@@ -1,0 +1,113 @@
+"""MultitaskBert: one shared BERT encoder with a small head per task (Multi-BERT, section 4).
+
+    SST-5 sentiment   [CLS] s [SEP]            -> pooled -> dropout -> Linear(H, 5)  -> cross-entropy
+    Paraphrase (QQP)  [CLS] a [SEP] b [SEP]    -> pooled -> dropout -> Linear(H, 1)  -> binary cross-entropy
+    Similarity (STS), one of four heads:
+      dot     a and b encoded alone; score = pooled_a . pooled_b;                 MSE against the label
+      cosine  a and b alone; projected pooled outputs; score = cos(u, v);         MSE against label/2.5 - 1
+      concat  [CLS] a [SEP] b [SEP] -> Linear(H, 1) -> tanh, rescaled to [0, 5]; MSE against the label
+      mnr     as cosine, but the first half of the epochs train the multiple negatives ranking
+              loss on the pairs labelled >= 4 (Henderson et al. 2017), then the cosine loss
+
+"pooled" is BERT's pooler output (dense + tanh on [CLS]). Each head sees it through its own
+dropout (the paper's 0.3). The losses themselves live in multitask/losses.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bert import BertModel
+from multitask import losses
+from multitask.batching import Batch
+
+STS_HEADS = ("dot", "cosine", "concat", "mnr")
+NUM_SENTIMENTS = 5
+TASKS = ("sst", "qqp", "sts")
+
+
+def layouts(sts_head: str) -> dict[str, str]:
+    """How each task's inputs are laid out for this STS head (see multitask/batching.py)."""
+    return {"sst": "single", "qqp": "joint", "sts": "joint" if sts_head == "concat" else "separate"}
+
+
+class MultitaskBert(nn.Module):
+    def __init__(self, encoder: BertModel, sts_head: str = "concat", dropout: float = 0.3):
+        super().__init__()
+        if sts_head not in STS_HEADS:
+            raise ValueError(f"unknown STS head {sts_head!r}; choose one of {', '.join(STS_HEADS)}")
+        hidden = encoder.config.hidden_size
+        self.bert = encoder
+        self.sts_head = sts_head
+        self.sentiment_dropout = nn.Dropout(dropout)
+        self.sentiment = nn.Linear(hidden, NUM_SENTIMENTS)
+        self.paraphrase_dropout = nn.Dropout(dropout)
+        self.paraphrase = nn.Linear(hidden, 1)
+        self.similarity_dropout = nn.Dropout(dropout)
+        if sts_head == "concat":
+            self.similarity = nn.Linear(hidden, 1)
+        elif sts_head in ("cosine", "mnr"):
+            self.similarity = nn.Linear(hidden, hidden)  # projects each sentence's embedding
+        # "dot" has no parameters of its own: the score is the encoder's pooled outputs' product.
+        self.compiled_encoder = None  # set by compile_encoder(); not a submodule
+
+    def compile_encoder(self) -> None:
+        """Run the encoder through torch.compile (falls back to eager where that fails)."""
+        from multitask.runtime import CompiledOrEager
+
+        self.compiled_encoder = CompiledOrEager(self.bert)
+
+    def pooled(self, batch: Batch) -> torch.Tensor:
+        encoder = self.compiled_encoder or self.bert
+        return encoder(**batch.inputs)["pooler_output"]  # (B, H), or (2B, H) for "separate"
+
+    def sentiment_logits(self, batch: Batch) -> torch.Tensor:
+        return self.sentiment(self.sentiment_dropout(self.pooled(batch)))  # (B, 5)
+
+    def paraphrase_logit(self, batch: Batch) -> torch.Tensor:
+        return self.paraphrase(self.paraphrase_dropout(self.pooled(batch))).squeeze(-1)  # (B,)
+
+    def sentence_embeddings(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two sentences' embeddings, u and v (B, H), from one stacked forward pass."""
+        embedded = self.similarity_dropout(self.pooled(batch))  # (2B, H)
+        if self.sts_head != "dot":
+            embedded = self.similarity(embedded)  # (2B, H)
+        u, v = embedded.chunk(2)  # first sentences, then second ones: (B, H) each
+        return u, v
+
+    def similarity_score(self, batch: Batch) -> torch.Tensor:
+        """The STS prediction (B,): on the label scale [0, 5], except the dot head's raw product."""
+        if self.sts_head == "concat":
+            logit = self.similarity(self.similarity_dropout(self.pooled(batch))).squeeze(-1)  # (B,)
+            return losses.rescale_tanh_to_similarity(logit)
+        u, v = self.sentence_embeddings(batch)
+        if self.sts_head == "dot":
+            return losses.dot_similarity(u, v)
+        return losses.rescale_cosine_to_similarity(losses.cosine_similarity(u, v))
+
+    def loss(self, batch: Batch, use_mnr: bool = False) -> torch.Tensor:
+        """The training loss of one batch of task `batch.task` (float32 scalar)."""
+        if batch.task == "sst":
+            return F.cross_entropy(self.sentiment_logits(batch).float(), batch.labels)
+        if batch.task == "qqp":
+            return F.binary_cross_entropy_with_logits(self.paraphrase_logit(batch).float(), batch.labels)
+        if batch.task != "sts":
+            raise ValueError(f"unknown task {batch.task!r}")
+        if self.sts_head in ("cosine", "mnr"):
+            u, v = self.sentence_embeddings(batch)
+            if use_mnr:
+                return losses.multiple_negatives_ranking_loss(u, v)
+            return losses.cosine_similarity_loss(u, v, batch.labels)
+        return losses.similarity_mse_loss(self.similarity_score(batch), batch.labels)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> torch.Tensor:
+        """Predictions of one batch: SST class probabilities (B, 5), paraphrase probability (B,),
+        similarity score (B,)."""
+        if batch.task == "sst":
+            return torch.softmax(self.sentiment_logits(batch).float(), dim=-1)
+        if batch.task == "qqp":
+            return torch.sigmoid(self.paraphrase_logit(batch).float())
+        return self.similarity_score(batch).float()

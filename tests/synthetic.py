@@ -1,0 +1,93 @@
+"""A small synthetic multitask dataset in the CS224N file format, and a tiny BERT checkpoint.
+
+The labels follow surface rules a tiny model can learn within a few dozen steps, so a training
+run on them must show its loss falling: sentiment from the adjective's class, paraphrase from
+which half of the word list the questions use, similarity from a number word.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+from bert import BertConfig, BertModel
+
+ADJECTIVES = [["awful", "terrible"], ["bad", "dull"], ["okay", "average"], ["good", "nice"],
+              ["great", "wonderful"]]
+NOUNS = ["movie", "film", "story", "plot", "cast", "music", "ending", "scene", "script", "actor"]
+WORDS = ["cat", "dog", "house", "river", "city", "car", "tree", "book", "song", "game", "food",
+         "school", "money", "phone", "water", "light"]
+NUMBERS = ["zero", "one", "two", "three", "four", "five"]
+
+
+def _write(path: Path, header: list[str], rows: list[list]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow([""] + header)
+        for index, row in enumerate(rows):
+            writer.writerow([index] + row)
+
+
+def _sst_rows(rng: random.Random, count: int, labelled: bool) -> list[list]:
+    rows = []
+    for i in range(count):
+        label = rng.randrange(5)
+        sentence = f"the {rng.choice(NOUNS)} was {rng.choice(ADJECTIVES[label])} and {rng.choice(NOUNS)}"
+        rows.append([f"sst{i:05d}", sentence] + ([label] if labelled else []))
+    return rows
+
+
+def _question(rng: random.Random, words: list[str]) -> str:
+    return "what is the " + " ".join(rng.sample(words, 3)) + " ?"
+
+
+def _qqp_rows(rng: random.Random, count: int, labelled: bool) -> list[list]:
+    """Duplicates draw their words from the first half of WORDS, the others from the second."""
+    rows = []
+    half = len(WORDS) // 2
+    for i in range(count):
+        duplicate = rng.random() < 0.5
+        words = WORDS[:half] if duplicate else WORDS[half:]
+        rows.append([f"qqp{i:05d}", _question(rng, words), _question(rng, words)]
+                    + ([f"{float(duplicate):.1f}"] if labelled else []))
+    return rows
+
+
+def _sts_rows(rng: random.Random, count: int, labelled: bool) -> list[list]:
+    """Similarity k (0..5) is spelled out as the second sentence's first word."""
+    rows = []
+    for i in range(count):
+        k = rng.randrange(6)
+        first = " ".join(rng.sample(WORDS, 4))
+        second = " ".join([NUMBERS[k]] + rng.sample(WORDS, 4))
+        rows.append([f"sts{i:05d}", first, second] + ([float(k)] if labelled else []))
+    return rows
+
+
+def write_dataset(folder: Path, train: int = 160, dev: int = 48, test: int = 24, seed: int = 0) -> Path:
+    """All nine CS224N files under `folder`, with `train`/`dev`/`test` rows per task."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, count in (("train", train), ("dev", dev), ("test-student", test)):
+        labelled = part != "test-student"
+        _write(folder / f"ids-sst-{part}.csv", ["id", "sentence"] + (["sentiment"] if labelled else []),
+               _sst_rows(rng, count, labelled))
+        _write(folder / f"quora-{part}.csv", ["id", "sentence1", "sentence2"] + (["is_duplicate"] if labelled else []),
+               _qqp_rows(rng, count, labelled))
+        _write(folder / f"sts-{part}.csv", ["id", "sentence1", "sentence2"] + (["similarity"] if labelled else []),
+               _sts_rows(rng, count, labelled))
+    return folder
+
+
+def write_tiny_checkpoint(folder: Path, vocab_source: Path, seed: int = 0) -> Path:
+    """A randomly initialised 2-layer BERT with the real WordPiece vocabulary of `vocab_source`."""
+    torch.manual_seed(seed)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    shutil.copy(vocab_source / "vocab.txt", folder / "vocab.txt")
+    return folder

@@ -1,0 +1,148 @@
+"""End to end: a tiny random BERT trained on a synthetic dataset through the real pipeline."""
+
+import functools
+import json
+
+import pytest
+import torch
+
+import multitask_classifier
+from multitask import checkpoint, training
+from multitask.config import TrainConfig
+from multitask.download import ensure_files
+from multitask.evaluation import evaluate, prediction_path
+from multitask.heads import TASKS
+
+from synthetic import write_dataset, write_tiny_checkpoint
+
+METRIC_KEYS = {"epoch", "sst_acc", "qqp_acc", "sts_corr", "overall", "train_loss_sst",
+               "train_loss_qqp", "train_loss_sts", "epoch_seconds", "train_seconds", "best"}
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, minilm_dir):
+    root = tmp_path_factory.mktemp("tiny")
+    return write_tiny_checkpoint(root / "model", minilm_dir), write_dataset(root / "data")
+
+
+def tiny_config(tiny_setup, out_dir, **overrides) -> TrainConfig:
+    model_dir, data_dir = tiny_setup
+    values = dict(model=str(model_dir), data_dir=str(data_dir), out_dir=str(out_dir), epochs=3,
+                  batches_per_epoch=40, batch_size=16, lr=3e-3, dropout=0.0, eval_batch_size=32,
+                  device="cpu", precision="fp32", progress=False)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def concat_run(tiny_setup, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("run-concat")
+    config = tiny_config(tiny_setup, out_dir)
+    final = training.train(config, log=lambda message: None)
+    return config, out_dir, final
+
+
+def read_metrics(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_metrics_are_logged(concat_run):
+    _, out_dir, _ = concat_run
+    records = read_metrics(out_dir)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert METRIC_KEYS <= set(record), METRIC_KEYS - set(record)
+        assert 0 <= record["sst_acc"] <= 1 and 0 <= record["qqp_acc"] <= 1
+        assert record["overall"] == pytest.approx(
+            (record["sst_acc"] + record["qqp_acc"] + (record["sts_corr"] + 1) / 2) / 3)
+        assert sum(record[f"batches_{t}"] for t in TASKS) == 40
+    for task in TASKS:
+        assert records[-1][f"train_loss_{task}"] < records[0][f"train_loss_{task}"], task
+    assert records[-1]["overall"] > 0.6  # learnt the synthetic rules (chance is about 0.4)
+
+
+def test_best_checkpoint_reloads_and_reproduces_its_scores(concat_run):
+    config, out_dir, final = concat_run
+    records = read_metrics(out_dir)
+    best = max(records, key=lambda r: r["overall"])
+    assert [r["epoch"] for r in records if r["best"]][-1] == best["epoch"]
+    model, tokenizer, saved_config, saved_metrics = checkpoint.load(out_dir / "best")
+    assert saved_config.sts_head == "concat" and saved_metrics["epoch"] == best["epoch"]
+    trainer_data = training.prepare_data(saved_config, tokenizer, log=lambda message: None)
+    metrics, _ = evaluate(model, {t: trainer_data[t].dev for t in TASKS}, 32,
+                          tokenizer.pad_token_id, torch.device("cpu"), "fp32")
+    for key in ("sst_acc", "qqp_acc", "sts_corr", "overall"):
+        assert metrics[key] == pytest.approx(best[key], abs=1e-6), key
+        assert final[key] == pytest.approx(best[key], abs=1e-6), key
+    assert json.loads((out_dir / "final_metrics.json").read_text()) == pytest.approx(final)
+
+
+def test_prediction_files_have_one_row_per_id(concat_run, tiny_setup):
+    _, out_dir, _ = concat_run
+    headers = {"sst": "Predicted_Sentiment", "qqp": "Predicted_Is_Paraphrase", "sts": "Predicted_Similiarity"}
+    for task in TASKS:
+        for split, count in (("dev", 48), ("test", 24)):
+            lines = prediction_path(out_dir, task, split).read_text().splitlines()
+            assert lines[0] == f"id \t {headers[task]} "
+            ids = [line.split(" , ")[0] for line in lines[1:]]
+            assert len(ids) == count and len(set(ids)) == count
+            values = [line.split(" , ")[1].strip() for line in lines[1:]]
+            if task == "sst":
+                assert set(values) <= {"0", "1", "2", "3", "4"}
+            elif task == "qqp":
+                assert set(values) <= {"0", "1"}
+            else:
+                assert all(0.0 <= float(v) <= 5.0 for v in values)
+
+
+@pytest.mark.parametrize("sampler,sts_head", [("round-robin", "dot"), ("equitable", "cosine"),
+                                              ("annealed", "mnr")])
+def test_other_samplers_and_heads_train(tiny_setup, tmp_path, sampler, sts_head):
+    config = tiny_config(tiny_setup, tmp_path, sampler=sampler, sts_head=sts_head, epochs=2,
+                         batches_per_epoch=12)
+    final = training.train(config, log=lambda message: None)
+    records = read_metrics(tmp_path)
+    assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["overall"])) for r in records)
+    if sampler == "round-robin":  # one pass over the smallest dataset: 3 tasks x ceil(160 / 16)
+        assert all(sum(r[f"batches_{t}"] for t in TASKS) == 30 for r in records)
+    if sts_head == "mnr":
+        assert [r["sts_objective"] for r in records] == ["mnr", "cosine"]
+    assert set(final) == {"sst_acc", "qqp_acc", "sts_corr", "overall"}
+
+
+def test_same_seed_same_metrics(tiny_setup, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        config = tiny_config(tiny_setup, tmp_path / name, epochs=1, batches_per_epoch=10)
+        training.train(config, log=lambda message: None)
+        runs.append([{k: v for k, v in r.items() if "seconds" not in k and "per_second" not in k}
+                     for r in read_metrics(tmp_path / name)])
+    assert runs[0] == runs[1]
+
+
+def test_cli_runs_and_reports_user_errors(tiny_setup, tmp_path, capsys, monkeypatch):
+    model_dir, data_dir = tiny_setup
+    common = ["--model", str(model_dir), "--epochs", "1", "--batches-per-epoch", "5",
+              "--batch-size", "8", "--device", "cpu", "--precision", "fp32", "--no-progress"]
+    assert multitask_classifier.main(common + ["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "ok")]) == 0
+    assert (tmp_path / "ok" / "best" / "model.safetensors").is_file()
+
+    # Missing data and no way to download it: one message naming the files, exit code 1.
+    monkeypatch.setattr(training, "ensure_files", functools.partial(ensure_files, base_url="http://127.0.0.1:9/"))
+    assert multitask_classifier.main(common + ["--data-dir", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "x")]) == 1
+    error = capsys.readouterr().err
+    assert "ids-sst-train.csv" in error and "--data-dir" in error
+    assert not any((tmp_path / "empty").glob("*.part-*"))
+
+    # A checkpoint that does not exist.
+    assert multitask_classifier.main(["--model", str(tmp_path / "nowhere"), "--data-dir", str(data_dir),
+                                      "--out-dir", str(tmp_path / "y"), "--no-progress"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+    # Bad values are usage errors (exit code 2) that name the flag.
+    with pytest.raises(SystemExit) as exit_info:
+        multitask_classifier.main(["--dropout", "1.5"])
+    assert exit_info.value.code == 2 and "dropout" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        multitask_classifier.main(["--sts-head", "euclid"])
+    assert "invalid choice" in capsys.readouterr().err
