@@ -11,12 +11,13 @@ Padding is the main waste on a CPU: a random batch of 32 sentences is padded to 
 member, and on this data about half of its tokens are padding. `plan_batches` therefore groups
 sentences of similar length: it shuffles, cuts the shuffled order into pools of many batches,
 sorts each pool by length, cuts batches from it and shuffles the batches. Batches stay random
-in content and order, yet carry about 1% padding.
+in content and order, yet carry about 3% padding on SST instead of about 60%
+(tests/test_batching.py measures both).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -101,12 +102,14 @@ def plan_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator 
         order = np.argsort(lengths, kind="stable")
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     order = rng.permutation(len(lengths))
-    if group_by_length:
+    if group_by_length and len(order):
+        # Pools of exactly POOL_BATCHES batches, so that no batch straddles two pools (it would
+        # take one pool's longest sentences and the next one's shortest).
         pool = batch_size * POOL_BATCHES
         order = np.concatenate([
-            chunk[np.argsort(lengths[chunk], kind="stable")]
-            for chunk in np.array_split(order, max(1, -(-len(order) // pool)))
-        ]) if len(order) else order
+            order[i:i + pool][np.argsort(lengths[order[i:i + pool]], kind="stable")]
+            for i in range(0, len(order), pool)
+        ])
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if group_by_length:
         batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -122,12 +125,13 @@ class Batch:
     rows: np.ndarray  # which examples of the split, for ids and error messages
     inputs: dict[str, torch.Tensor]  # input_ids, token_type_ids, attention_mask: (B or 2B, T)
     labels: torch.Tensor | None
+    ids: list[str] = field(default_factory=list)  # the examples' ids, for messages
 
     def to(self, device: torch.device) -> "Batch":
         non_blocking = device.type == "cuda"
         moved = {k: v.to(device, non_blocking=non_blocking) for k, v in self.inputs.items()}
         labels = None if self.labels is None else self.labels.to(device, non_blocking=non_blocking)
-        return Batch(self.task, self.rows, moved, labels)
+        return Batch(self.task, self.rows, moved, labels, self.ids)
 
     @property
     def real_tokens(self) -> int:
@@ -158,7 +162,8 @@ def collate(split: TokenizedSplit, rows: np.ndarray, pad_id: int) -> Batch:
     if split.second is not None:
         encodings += [split.second[i] for i in rows]  # (2B,): first sentences, then second ones
     labels = None if split.labels is None else split.labels[torch.as_tensor(rows, dtype=torch.long)]
-    return Batch(split.task, np.asarray(rows), pad_encodings(encodings, pad_id), labels)
+    return Batch(split.task, np.asarray(rows), pad_encodings(encodings, pad_id), labels,
+                 [split.ids[i] for i in rows])
 
 
 class BatchStream:

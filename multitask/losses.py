@@ -82,7 +82,8 @@ def dot_similarity(u: Tensor, v: Tensor) -> Tensor:
 def cosine_similarity(u: Tensor, v: Tensor) -> Tensor:
     """Row-wise cosine similarity in float32: (B, H), (B, H) -> (B,), values in [-1, 1]."""
     _check_pair("u", u, "v", v)
-    return F.cosine_similarity(u.float(), v.float(), dim=-1)  # (B,)
+    # Rounding can put the cosine of (anti)parallel vectors a hair outside [-1, 1]: clamp it.
+    return F.cosine_similarity(u.float(), v.float(), dim=-1).clamp(-1.0, 1.0)  # (B,)
 
 
 def rescale_similarity_to_cosine(labels_0_5: Tensor) -> Tensor:
