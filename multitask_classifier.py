@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from bert import CheckpointError
 from multitask.config import TrainConfig
@@ -87,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     hardware.add_argument("--compile", action="store_true",
                           help="torch.compile the encoder (falls back with a warning where it fails)")
     hardware.add_argument("--no-progress", action="store_true", help="no progress bars")
+    reliability = parser.add_argument_group("checkpoints and resuming")
+    reliability.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR_OR_FILE",
+                             help="continue a killed run from its training checkpoint: OUT/checkpoint.pt "
+                                  "of --out-dir, or the given run folder or checkpoint file; the run's "
+                                  "own settings are used unless you change them")
+    reliability.add_argument("--save-every", type=positive_int, default=defaults.save_every,
+                             help="steps between training checkpoints (one is also written at every "
+                                  "epoch's end)")
+    reliability.add_argument("--skip-nonfinite", action="store_true",
+                             help="skip (and count) batches whose loss is NaN or infinite instead of "
+                                  "stopping the run")
     return parser
 
 
@@ -98,27 +110,66 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed, max_length=args.max_length, max_train_examples=args.max_train_examples,
         group_by_length=not args.random_batches, eval_batch_size=args.eval_batch_size,
         qqp_eval_examples=args.qqp_eval_examples, device=args.device, precision=args.precision,
-        compile=args.compile, progress=not args.no_progress,
+        compile=args.compile, progress=not args.no_progress, save_every=args.save_every,
+        skip_nonfinite=args.skip_nonfinite,
     )
+
+
+def resume_path(args: argparse.Namespace) -> Path:
+    """The training checkpoint --resume names (a file, or checkpoint.pt in a run folder)."""
+    path = Path(args.resume or args.out_dir)
+    return path / "checkpoint.pt" if path.is_dir() or not args.resume else path
+
+
+def config_for_resume(parser: argparse.ArgumentParser, args: argparse.Namespace, path: Path) -> TrainConfig:
+    """The resumed run's own settings, changed only where a flag was given a non-default value
+    (the trainer then refuses changes that would alter the results)."""
+    from multitask.checkpoint import load_training_config
+
+    stored = load_training_config(path).to_dict()
+    given = config_from_args(args).to_dict()
+    default = config_from_args(parser.parse_args([])).to_dict()
+    merged = {k: given[k] if given[k] != default[k] else stored[k] for k in stored}
+    if args.out_dir == parser.get_default("out_dir"):
+        merged["out_dir"] = str(path.parent)  # write beside the checkpoint
+    return TrainConfig.from_dict(merged)
+
+
+def out_of_memory_hint(err: BaseException) -> str | None:
+    if isinstance(err, MemoryError) or "out of memory" in str(err).lower():
+        return ("out of memory. Try a smaller --batch-size or --eval-batch-size, --precision bf16 "
+                "(or fp16), or a shorter --max-length; --resume continues from the last checkpoint.")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    config = config_from_args(parser.parse_args(argv))
+    args = parser.parse_args(argv)
     try:
+        resume = resume_path(args) if args.resume is not None else None
+        config = config_for_resume(parser, args, resume) if resume else config_from_args(args)
         config.validate()
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except ValueError as err:
         parser.error(str(err))
-    from multitask.training import train  # after argument checks: --help stays fast
+    from multitask.training import NonFiniteLossError, train  # after the checks: --help stays fast
 
     try:
-        train(config)
-    except (DataError, CheckpointError, RuntimeSetupError) as err:
+        train(config, resume=resume)
+    except (DataError, CheckpointError, RuntimeSetupError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted; --resume continues from the last checkpoint", file=sys.stderr)
         return 130
+    except (RuntimeError, MemoryError) as err:
+        hint = out_of_memory_hint(err)
+        if hint is None:
+            raise
+        print(f"error: {hint}", file=sys.stderr)
+        return 1
     return 0
 
 

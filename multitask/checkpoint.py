@@ -6,6 +6,9 @@ A checkpoint folder is self-contained and readable by other tools:
     model.safetensors                               every weight: encoder (`bert.*`) and heads
     multitask.json                                  the run's TrainConfig and the epoch's metrics
 
+A training state (OUT/checkpoint.pt) holds everything needed to resume a run exactly: model,
+optimizer, loss scaler, random generators, and the position in the epoch and in each task's data.
+
 Weights are safetensors, so loading never runs pickled code; each file is written to a
 temporary name and renamed into place, so a crash never leaves half a file.
 """
@@ -13,8 +16,10 @@ temporary name and renamed into place, so a crash never leaves half a file.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bert import BertConfig, BertModel, BertTokenizer, CheckpointError
@@ -65,3 +70,74 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> tuple[Multit
     load_weights(folder, model)
     tokenizer = BertTokenizer.from_pretrained(folder)
     return model.to(device).eval(), tokenizer, config, info.get("metrics", {})
+
+
+# --------------------------------------------------------------------------------------------
+# Training state, for resuming a run after a crash
+# --------------------------------------------------------------------------------------------
+
+TRAINING_STATE_FORMAT = 1
+
+
+def capture_rng_state() -> dict:
+    """Every random generator a training step draws from: Python's, NumPy's global one, torch's
+    CPU generator and each CUDA device's. Stored as plain tensors and numbers, so the
+    checkpoint loads with torch.load(weights_only=True)."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["position"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(path: Path, state: dict) -> None:
+    """Write a resumable training state atomically: a kill at any moment leaves the previous
+    file intact (the new one is written to a temporary name, fsynced, then renamed)."""
+    state = {"format": TRAINING_STATE_FORMAT, **state}
+    atomic_write(Path(path), lambda temp: torch.save(state, temp))
+
+
+def load_training_state(path: Path) -> dict:
+    """Read a training state with weights_only=True (never runs pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no training checkpoint there (nothing to resume)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        raise CheckpointError(
+            f"{path}: cannot read the training checkpoint ({first_line[:200]}). It may be truncated "
+            f"or not a multibert checkpoint; pickled code is never run.") from None
+    if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a multibert training checkpoint (format {TRAINING_STATE_FORMAT})")
+    return state
+
+
+def load_training_config(path: Path) -> TrainConfig:
+    """Only the settings stored in a training checkpoint (memory-mapped: the weights stay on disk)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no training checkpoint there (nothing to resume)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return TrainConfig.from_dict(state["config"])
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot read the training checkpoint ({str(err)[:200]}); it may be "
+                              f"truncated or not a multibert checkpoint") from None

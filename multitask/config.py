@@ -38,6 +38,9 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool = False
     progress: bool = True  # tqdm progress bars
+    # Reliability
+    save_every: int | None = 500  # steps between training checkpoints (also at every epoch end)
+    skip_nonfinite: bool = False  # skip batches whose loss is NaN/inf instead of stopping
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting (the CLI shows it as a usage error)."""
@@ -52,7 +55,7 @@ class TrainConfig:
         for name in ("epochs", "batches_per_epoch", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_length", "max_train_examples", "qqp_eval_examples"):
+        for name in ("max_length", "max_train_examples", "qqp_eval_examples", "save_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (or unset), got {value}")

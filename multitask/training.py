@@ -9,6 +9,8 @@
 Everything a run produces lands in its output folder:
     metrics.jsonl         one JSON line per epoch (dev metrics, mean training loss per task, times)
     train_config.json     the settings of the run
+    checkpoint.pt         the training state, written every --save-every steps and at each epoch's
+                          end, from which --resume continues a killed run exactly
     best/                 the best checkpoint (see multitask/checkpoint.py)
     final_metrics.json    the best checkpoint's full dev evaluation
     predictions/          CS224N-format prediction files for the dev and test sets
@@ -20,7 +22,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,8 +31,9 @@ import torch
 from tqdm import tqdm
 
 from bert import AdamW, BertModel, BertTokenizer
+from bert.loading import atomic_write
 from multitask import checkpoint
-from multitask.batching import BatchStream, TokenizedSplit, tokenize_split
+from multitask.batching import Batch, BatchStream, TokenizedSplit, tokenize_split
 from multitask.config import TrainConfig
 from multitask.data import Split, dataset_paths, load_quora, load_sst, load_sts
 from multitask.download import ensure_files
@@ -113,8 +116,31 @@ def mnr_epochs(num_epochs: int) -> int:
     return math.ceil(num_epochs / 2)
 
 
+@dataclass
+class EpochProgress:
+    """How far an epoch has got: enough to continue it exactly after a crash."""
+
+    epoch: int
+    step: int = 0  # batches done
+    loss_sums: dict[str, torch.Tensor] = field(default_factory=dict)  # kept on the device
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TASKS, 0))
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    skipped_nonfinite: int = 0
+    seconds: float = 0.0  # training time so far, summed over resumed pieces
+
+    def state(self) -> dict:
+        return {**vars(self), "loss_sums": {t: v.detach().cpu() for t, v in self.loss_sums.items()}}
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss became NaN or infinite; the message says where and what to do."""
+
+
 class Trainer:
     """One training run: the model, its data, the optimizer and the bookkeeping of epochs."""
+
+    NONFINITE_CHECK_EVERY = 50  # steps between checks that the losses are finite (one sync each)
 
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print,
                  model: MultitaskBert | None = None, tokenizer: BertTokenizer | None = None):
@@ -122,6 +148,7 @@ class Trainer:
         self.config = config
         self.log = log
         self.out_dir = Path(config.out_dir)
+        self.state_path = self.out_dir / "checkpoint.pt"
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
         seed_everything(config.seed)
@@ -140,15 +167,17 @@ class Trainer:
         if config.sts_head == "mnr":
             sts = self.data["sts"].train
             positives = np.flatnonzero(sts.labels.numpy() >= MNR_POSITIVE_THRESHOLD)
-            self.mnr_stream = BatchStream(sts.subset(positives, "sts-train (label >= 4)"),
-                                          config.batch_size, config.seed + len(TASKS),
-                                          tokenizer.pad_token_id, config.group_by_length)
+            self.streams["sts-mnr"] = BatchStream(sts.subset(positives, "sts-train (label >= 4)"),
+                                                  config.batch_size, config.seed + len(TASKS),
+                                                  tokenizer.pad_token_id, config.group_by_length)
         sizes = {task: len(self.data[task].train) for task in TASKS}
         self.sampler = make_sampler(config.sampler, sizes, config.seed, config.batch_size)
         self.optimizer = AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = grad_scaler(self.device, self.precision)
         self.best_overall = -math.inf
         self.history: list[dict] = []
+        self.start_epoch = 1
+        self.resumed_progress: EpochProgress | None = None
 
     @property
     def batches_per_epoch(self) -> int:
@@ -156,48 +185,92 @@ class Trainer:
             return self.sampler.batches_per_epoch
         return self.config.batches_per_epoch
 
-    def train_step(self, task: str, use_mnr: bool) -> tuple[torch.Tensor, int, int]:
-        """One optimizer step on the next batch of `task`: (detached loss, real tokens, all tokens)."""
-        stream = self.mnr_stream if task == "sts" and use_mnr else self.streams[task]
-        batch = stream.next()
-        tokens = (batch.real_tokens, batch.padded_tokens)
-        batch = batch.to(self.device)
+    # ---- one step -------------------------------------------------------------------------
+
+    def train_step(self, task: str, use_mnr: bool, progress: EpochProgress) -> tuple[torch.Tensor, Batch]:
+        """One optimizer step on the next batch of `task`; returns the detached loss and batch."""
+        mnr = use_mnr and task == "sts"
+        batch = self.streams["sts-mnr" if mnr else task].next()
+        progress.real_tokens += batch.real_tokens
+        progress.padded_tokens += batch.padded_tokens
         with autocast(self.device, self.precision):
-            loss = self.model.loss(batch, use_mnr=use_mnr and task == "sts")
+            loss = self.model.loss(batch.to(self.device), use_mnr=mnr)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.config.skip_nonfinite and not torch.isfinite(loss):
+            progress.skipped_nonfinite += 1  # no backward, no step: the weights stay good
+            return torch.zeros((), device=self.device), batch
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.detach(), *tokens
+        return loss.detach(), batch
 
-    def train_epoch(self, epoch: int) -> dict:
-        config = self.config
+    def check_finite(self, pending: list[tuple[int, str, Batch, torch.Tensor]], epoch: int) -> None:
+        """Raise NonFiniteLossError naming the first of `pending`'s steps whose loss is not finite.
+
+        Checking every step would make the CPU wait for the GPU at every step; checking a list
+        of recent losses costs one wait. Nothing is saved before a check, so the last checkpoint
+        on disk always holds finite weights.
+        """
+        if not pending:
+            return
+        finite = torch.isfinite(torch.stack([loss for *_, loss in pending])).cpu()
+        if bool(finite.all()):
+            pending.clear()
+            return
+        step, task, batch, loss = pending[int((~finite).nonzero()[0])]
+        ids = batch.ids
+        shown = ", ".join(ids[:8]) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
+        raise NonFiniteLossError(
+            f"the {task} loss is {loss.item()} at epoch {epoch}, step {step + 1}; batch ids: {shown}. "
+            f"Training stopped; the last good checkpoint ({self.state_path}) is unchanged, and "
+            f"--resume continues from it. Try a lower --lr or --precision fp32, or "
+            f"--skip-nonfinite to skip such batches.")
+
+    # ---- one epoch ------------------------------------------------------------------------
+
+    def train_epoch(self, progress: EpochProgress) -> dict:
+        config, epoch = self.config, progress.epoch
         self.model.train()
         use_mnr = config.sts_head == "mnr" and epoch <= mnr_epochs(config.epochs)
         plan = self.sampler.epoch_tasks(epoch, config.epochs, self.batches_per_epoch)
-        # Loss sums stay on the device: reading them every step would wait for the GPU.
-        loss_sums = {task: torch.zeros((), device=self.device) for task in TASKS}
-        counts = dict.fromkeys(TASKS, 0)
-        real_tokens = padded_tokens = 0
+        for task in TASKS:
+            progress.loss_sums.setdefault(task, torch.zeros((), device=self.device))
+        pending: list[tuple[int, str, Batch, torch.Tensor]] = []
         start = time.perf_counter()
-        bar = tqdm(plan, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress,
-                   dynamic_ncols=True, leave=False)
-        for step, task in enumerate(bar, 1):
-            loss, real, padded = self.train_step(task, use_mnr)
-            loss_sums[task] += loss
-            counts[task] += 1
-            real_tokens += real
-            padded_tokens += padded
-            if step % 50 == 0 or step == len(plan):
-                bar.set_postfix({t: f"{(loss_sums[t] / max(counts[t], 1)).item():.3f}" for t in TASKS})
+        bar = tqdm(total=len(plan), initial=progress.step, desc=f"epoch {epoch}/{config.epochs}",
+                   disable=not config.progress, dynamic_ncols=True, leave=False)
+        for step in range(progress.step, len(plan)):
+            task = plan[step]
+            loss, batch = self.train_step(task, use_mnr, progress)
+            # Loss sums stay on the device: reading them every step would wait for the GPU.
+            progress.loss_sums[task] += loss
+            progress.counts[task] += 1
+            progress.step = step + 1
+            pending.append((step, task, batch, loss))
+            bar.update(1)
+            if progress.step % self.NONFINITE_CHECK_EVERY == 0 or progress.step == len(plan):
+                self.check_finite(pending, epoch)
+                bar.set_postfix({t: f"{(progress.loss_sums[t] / max(progress.counts[t], 1)).item():.3f}"
+                                 for t in TASKS})
+            if config.save_every and progress.step % config.save_every == 0 and progress.step < len(plan):
+                self.check_finite(pending, epoch)
+                progress.seconds += time.perf_counter() - start
+                start = time.perf_counter()
+                self.save_state(progress)
         bar.close()
-        seconds = time.perf_counter() - start
-        losses = {f"train_loss_{t}": (loss_sums[t] / counts[t]).item() if counts[t] else None for t in TASKS}
+        progress.seconds += time.perf_counter() - start
+        counts = progress.counts
+        losses = {f"train_loss_{t}": (progress.loss_sums[t] / counts[t]).item() if counts[t] else None
+                  for t in TASKS}
         return {**losses, **{f"batches_{t}": counts[t] for t in TASKS},
                 # The MNR head's second phase trains the cosine head's loss.
                 "sts_objective": "mnr" if use_mnr else config.sts_head.replace("mnr", "cosine"),
-                "train_seconds": seconds, "train_tokens_per_second": real_tokens / seconds,
-                "padding_fraction": 1.0 - real_tokens / max(padded_tokens, 1)}
+                "skipped_nonfinite": progress.skipped_nonfinite,
+                "train_seconds": progress.seconds,
+                "train_tokens_per_second": progress.real_tokens / max(progress.seconds, 1e-9),
+                "padding_fraction": 1.0 - progress.real_tokens / max(progress.padded_tokens, 1)}
+
+    # ---- evaluation -----------------------------------------------------------------------
 
     def dev_splits(self, qqp_limit: int | None) -> dict[str, TokenizedSplit]:
         dev = {task: self.data[task].dev for task in TASKS}
@@ -209,18 +282,67 @@ class Trainer:
         return evaluate(self.model, self.dev_splits(qqp_limit), self.config.eval_batch_size,
                         self.tokenizer.pad_token_id, self.device, self.precision)
 
+    # ---- saving and resuming --------------------------------------------------------------
+
+    def save_state(self, progress: EpochProgress | None, next_epoch: int | None = None) -> None:
+        """Write OUT/checkpoint.pt: mid-epoch (`progress`) or between epochs (`next_epoch`)."""
+        checkpoint.save_training_state(self.state_path, {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": checkpoint.capture_rng_state(),
+            "streams": {name: stream.state() for name, stream in self.streams.items()},
+            "epoch": progress.epoch if progress else next_epoch,
+            "progress": progress.state() if progress else None,
+            "best_overall": self.best_overall,
+            "history": self.history,
+        })
+
+    def resume(self, path: Path) -> None:
+        """Continue from a training checkpoint exactly where it was written."""
+        state = checkpoint.load_training_state(path)
+        changed = {k: (v, getattr(self.config, k)) for k, v in state["config"].items()
+                   if k not in RESUMABLE_CHANGES and getattr(self.config, k, v) != v}
+        if changed:
+            raise checkpoint.CheckpointError(
+                f"{path} was written with other settings: " + ", ".join(
+                    f"{k}={old!r} (now {new!r})" for k, (old, new) in changed.items()))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        for name, stream_state in state["streams"].items():
+            self.streams[name].load_state(stream_state)
+        self.best_overall = state["best_overall"]
+        self.history = state["history"]
+        self.start_epoch = state["epoch"]
+        if state["progress"] is not None:
+            values = dict(state["progress"])
+            values["loss_sums"] = {t: v.to(self.device) for t, v in values["loss_sums"].items()}
+            self.resumed_progress = EpochProgress(**values)
+        checkpoint.restore_rng_state(state["rng"])
+        where = (f"epoch {self.start_epoch}, step {self.resumed_progress.step}"
+                 if self.resumed_progress else f"the start of epoch {self.start_epoch}")
+        self.log(f"resuming from {path} at {where}")
+
+    def write_metrics(self) -> None:
+        """Rewrite metrics.jsonl from the history (so a resumed run drops lines it redoes)."""
+        text = "".join(json.dumps(record) + "\n" for record in self.history)
+        atomic_write(self.out_dir / "metrics.jsonl", lambda temp: Path(temp).write_text(text))
+
+    # ---- the run --------------------------------------------------------------------------
+
     def run(self) -> dict:
         """Train all epochs, then evaluate the best checkpoint and write predictions."""
         config = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        metrics_file = self.out_dir / "metrics.jsonl"
-        metrics_file.write_text("")
         self.log(f"training on {self.device} ({self.precision}); {self.batches_per_epoch} batches "
                  f"per epoch; train sizes " + ", ".join(f"{t} {len(self.data[t].train)}" for t in TASKS))
-        for epoch in range(1, config.epochs + 1):
-            epoch_start = time.perf_counter()
-            record = {"epoch": epoch, **self.train_epoch(epoch)}
+        for epoch in range(self.start_epoch, config.epochs + 1):
+            progress = self.resumed_progress or EpochProgress(epoch)
+            self.resumed_progress = None
+            record = {"epoch": epoch, **self.train_epoch(progress)}
             eval_start = time.perf_counter()
             dev_metrics, _ = self.evaluate(config.qqp_eval_examples)
             record.update(dev_metrics, eval_seconds=time.perf_counter() - eval_start)
@@ -228,10 +350,10 @@ class Trainer:
             if record["best"]:
                 self.best_overall = dev_metrics["overall"]
                 checkpoint.save(self.out_dir / "best", self.model, self.tokenizer, config, record)
-            record["epoch_seconds"] = time.perf_counter() - epoch_start
+            record["epoch_seconds"] = record["train_seconds"] + record["eval_seconds"]
             self.history.append(record)
-            with open(metrics_file, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+            self.write_metrics()
+            self.save_state(None, next_epoch=epoch + 1)
             self.log(f"epoch {epoch}: sst acc {record['sst_acc']:.3f}  qqp acc {record['qqp_acc']:.3f}  "
                      f"sts r {record['sts_corr']:.3f}  overall {record['overall']:.3f}"
                      f"{'  (best)' if record['best'] else ''}  [{record['epoch_seconds']:.0f} s]")
@@ -254,5 +376,14 @@ class Trainer:
         return metrics
 
 
-def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
-    return Trainer(config, log).run()
+# Settings that may differ when a run is resumed: they change neither the numbers nor the files.
+RESUMABLE_CHANGES = {"progress", "device", "compile", "save_every", "out_dir", "data_dir", "skip_nonfinite"}
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = print, resume: str | Path | None = None) -> dict:
+    """Run a whole training; `resume` names a training checkpoint (or run folder) to continue."""
+    trainer = Trainer(config, log)
+    if resume is not None:
+        path = Path(resume)
+        trainer.resume(path / "checkpoint.pt" if path.is_dir() else path)
+    return trainer.run()

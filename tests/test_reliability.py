@@ -1,0 +1,201 @@
+"""Reliability: a killed run resumes exactly, checkpoints survive a crash mid-write, loading
+never runs pickled code, and a NaN loss stops the run (or is skipped) as documented."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import multitask_classifier
+from bert import CheckpointError
+from multitask import checkpoint, training
+from multitask.config import TrainConfig
+from multitask.heads import MultitaskBert
+
+from synthetic import write_dataset, write_tiny_checkpoint
+from test_training import read_metrics
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TIMING_KEYS = ("train_seconds", "eval_seconds", "epoch_seconds", "train_tokens_per_second")
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, minilm_dir):
+    root = tmp_path_factory.mktemp("reliability")
+    return write_tiny_checkpoint(root / "model", minilm_dir), write_dataset(root / "data", train=96, dev=24, test=8)
+
+
+def cli_args(tiny_setup, out_dir, *extra) -> list[str]:
+    model_dir, data_dir = tiny_setup
+    return ["--model", str(model_dir), "--data-dir", str(data_dir), "--out-dir", str(out_dir),
+            "--epochs", "2", "--batches-per-epoch", "40", "--batch-size", "8", "--lr", "3e-3",
+            "--device", "cpu", "--precision", "fp32", "--no-progress", "--save-every", "3", *extra]
+
+
+def run_cli(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    return subprocess.Popen([sys.executable, str(REPO_ROOT / "multitask_classifier.py"), *args],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def without_timings(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def checkpoint_position(path) -> tuple[int, int] | None:
+    """(epoch, step) of a training checkpoint, or None if there is none yet."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return state["epoch"], (state["progress"] or {}).get("step", 0)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_setup, tmp_path):
+    reference = run_cli(cli_args(tiny_setup, tmp_path / "reference"))
+    assert reference.wait(timeout=600) == 0, reference.stdout.read()
+
+    killed_dir = tmp_path / "killed"
+    victim = run_cli(cli_args(tiny_setup, killed_dir))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and victim.poll() is None:
+        position = checkpoint_position(killed_dir / "checkpoint.pt")
+        if position and position[0] == 2 and position[1] > 0:  # in the middle of epoch 2
+            victim.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert victim.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed_dir / "final_metrics.json").exists()
+
+    resumed = run_cli(["--resume", str(killed_dir), "--no-progress"])
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming from" in output and "epoch 2, step" in output
+
+    assert without_timings(read_metrics(killed_dir)) == without_timings(read_metrics(tmp_path / "reference"))
+    final = torch.load(killed_dir / "checkpoint.pt", weights_only=True)["model"]
+    expected = torch.load(tmp_path / "reference" / "checkpoint.pt", weights_only=True)["model"]
+    assert final.keys() == expected.keys()
+    for name in final:
+        assert torch.equal(final[name], expected[name]), name
+    assert (json.loads((killed_dir / "final_metrics.json").read_text())
+            == json.loads((tmp_path / "reference" / "final_metrics.json").read_text()))
+
+
+def small_config(tiny_setup, out_dir, **overrides) -> TrainConfig:
+    model_dir, data_dir = tiny_setup
+    values = dict(model=str(model_dir), data_dir=str(data_dir), out_dir=str(out_dir), epochs=1,
+                  batches_per_epoch=12, batch_size=8, lr=3e-3, device="cpu", precision="fp32",
+                  progress=False, save_every=4)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_crash_during_checkpoint_write_keeps_the_previous_one(tiny_setup, tmp_path, monkeypatch):
+    trainer = training.Trainer(small_config(tiny_setup, tmp_path), log=lambda m: None)
+    trainer.save_state(None, next_epoch=1)
+    before = checkpoint.load_training_state(trainer.state_path)
+
+    def crash_half_way(obj, path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # the process dies here, between write and rename
+
+    monkeypatch.setattr(torch, "save", crash_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_state(None, next_epoch=2)
+    monkeypatch.undo()
+    after = checkpoint.load_training_state(trainer.state_path)
+    assert after["epoch"] == before["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint.pt.")] == []
+
+    # A SIGKILL would leave the temporary file behind: it is never mistaken for the checkpoint.
+    (tmp_path / "checkpoint.pt.abc.tmp").write_bytes(b"truncated")
+    assert checkpoint.load_training_state(trainer.state_path)["epoch"] == 1
+
+
+def test_truncated_or_foreign_checkpoint_is_named(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": 1, "weights": torch.ones(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: cannot read the training checkpoint"):
+        checkpoint.load_training_state(path)
+    torch.save({"something": "else"}, path)
+    with pytest.raises(CheckpointError, match="not a multibert training checkpoint"):
+        checkpoint.load_training_state(path)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        checkpoint.load_training_state(tmp_path / "missing.pt")
+
+
+def test_checkpoint_crafted_to_run_code_is_refused(tmp_path):
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "checkpoint.pt"
+    with open(path, "wb") as handle:
+        import pickle
+
+        pickle.dump({"format": 1, "model": Payload()}, handle, protocol=2)
+    with pytest.raises(CheckpointError, match="pickled code is never run"):
+        checkpoint.load_training_state(path)
+    assert not marker.exists()
+
+
+def inject_nan(monkeypatch, task: str, at_call: int) -> None:
+    """Make the `at_call`-th loss of `task` NaN (counting from 1)."""
+    original = MultitaskBert.loss
+    calls = {"n": 0}
+
+    def loss(self, batch, use_mnr=False):
+        value = original(self, batch, use_mnr)
+        if batch.task == task:
+            calls["n"] += 1
+            if calls["n"] == at_call:
+                return value * float("nan")
+        return value
+
+    monkeypatch.setattr(MultitaskBert, "loss", loss)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_setup, tmp_path, monkeypatch):
+    inject_nan(monkeypatch, "sst", at_call=3)
+    trainer = training.Trainer(small_config(tiny_setup, tmp_path), log=lambda m: None)
+    plan = trainer.sampler.epoch_tasks(1, 1, 12)
+    nan_step = [i for i, t in enumerate(plan) if t == "sst"][2] + 1
+    with pytest.raises(training.NonFiniteLossError) as info:
+        trainer.run()
+    message = str(info.value)
+    assert f"the sst loss is nan at epoch 1, step {nan_step}" in message
+    assert "batch ids: sst" in message and "--skip-nonfinite" in message
+    if nan_step > 4:  # a checkpoint was written before the NaN: it must hold finite weights
+        state = checkpoint.load_training_state(tmp_path / "checkpoint.pt")
+        assert state["progress"]["step"] < nan_step
+        assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert not (tmp_path / "final_metrics.json").exists()
+
+
+def test_skip_nonfinite_skips_and_counts(tiny_setup, tmp_path, monkeypatch):
+    inject_nan(monkeypatch, "qqp", at_call=2)
+    final = training.train(small_config(tiny_setup, tmp_path, skip_nonfinite=True), log=lambda m: None)
+    (record,) = read_metrics(tmp_path)
+    assert record["skipped_nonfinite"] == 1
+    assert all(v == v for v in final.values())  # no NaN reached the weights
+
+
+def test_resume_refuses_changed_settings(tiny_setup, tmp_path, capsys):
+    training.train(small_config(tiny_setup, tmp_path), log=lambda m: None)
+    code = multitask_classifier.main(["--resume", str(tmp_path), "--lr", "0.5", "--no-progress"])
+    assert code == 1
+    assert "lr=0.003 (now 0.5)" in capsys.readouterr().err
+    assert multitask_classifier.main(["--resume", str(tmp_path / "nowhere")]) == 1
+    assert "nothing to resume" in capsys.readouterr().err
