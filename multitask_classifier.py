@@ -16,18 +16,11 @@ import sys
 from pathlib import Path
 
 from bert import CheckpointError
-from multitask.config import TrainConfig
+from multitask.config import TrainConfig, positive_int
 from multitask.data import DataError
 from multitask.heads import STS_HEADS
 from multitask.runtime import RuntimeSetupError
 from multitask.samplers import SAMPLERS
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

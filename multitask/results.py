@@ -1,0 +1,353 @@
+"""The results table of a set of runs, in the format of the paper's Figure 3 (Multi-BERT, 5.4).
+
+run_experiments.sh trains each configuration into its own folder, RUNS_DIR/<sampler>-<head>/.
+This module reads what every run left there:
+
+    train_config.json     the run's settings (which sampler, which STS head, how long)
+    metrics.jsonl         one line of dev metrics per epoch
+    final_metrics.json    the best checkpoint's full dev evaluation; present only once a run ends
+
+and writes, next to each other, our numbers and the paper's:
+
+    results.md            a markdown table, model names as the paper writes them ("Ann + Concat")
+    results.csv           the same rows, one column per number, for spreadsheets and scripts
+    dev_metrics.png       the dev metrics after every epoch, one line per configuration
+
+A configuration that never started, or stopped before its end, gets a row that says so rather
+than an error, so the table can be read while the experiments are still running.
+
+    python -m multitask.results runs/gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The seven configurations of the paper (section 5.3), in the order of its results table.
+PAPER_CONFIGURATIONS = (
+    ("annealed", "concat"), ("annealed", "cosine"), ("annealed", "mnr"),
+    ("equitable", "concat"), ("equitable", "cosine"), ("equitable", "mnr"),
+    ("round-robin", "dot"),
+)
+
+# The paper's dev results (Figure 3; bert-base-uncased, 10 epochs of 3000 batches on a T4):
+# (SST accuracy, QQP accuracy, STS Pearson r, overall).
+PAPER_RESULTS = {
+    "Ann + Concat": (0.529, 0.889, 0.866, 0.784),
+    "Ann + CoSim": (0.524, 0.900, 0.388, 0.706),
+    "Ann + CoSim + MNR": (0.512, 0.892, 0.410, 0.703),
+    "Equit + Concat": (0.520, 0.898, 0.862, 0.782),
+    "Equit + CoSim": (0.514, 0.904, 0.428, 0.710),
+    "Equit + CoSim + MNR": (0.510, 0.901, 0.420, 0.707),
+    "Baseline": (0.505, 0.822, 0.496, 0.692),
+}
+
+SAMPLER_NAMES = {"annealed": "Ann", "equitable": "Equit", "round-robin": "RR"}
+HEAD_NAMES = {"concat": "Concat", "cosine": "CoSim", "mnr": "CoSim + MNR", "dot": "Dot"}
+METRICS = ("sst_acc", "qqp_acc", "sts_corr", "overall")
+METRIC_TITLES = {"sst_acc": "SST acc", "qqp_acc": "QQP acc", "sts_corr": "STS r", "overall": "Overall"}
+
+
+def paper_name(sampler: str, sts_head: str) -> str:
+    """The paper's name for a configuration: "Ann + Concat", "Equit + CoSim + MNR", "Baseline"."""
+    if (sampler, sts_head) == ("round-robin", "dot"):
+        return "Baseline"
+    sampler_name = SAMPLER_NAMES.get(sampler, sampler)
+    return f"{sampler_name} + {HEAD_NAMES.get(sts_head, sts_head)}"
+
+
+def run_folder_name(sampler: str, sts_head: str) -> str:
+    """The folder run_experiments.sh gives a configuration, e.g. "round-robin-dot"."""
+    return f"{sampler}-{sts_head}"
+
+
+@dataclass
+class RunResult:
+    """What one configuration's folder says: its status, and its numbers where it has them."""
+
+    sampler: str
+    sts_head: str
+    folder: Path
+    status: str  # "done", "partial (3 of 10 epochs)", "missing", "unreadable: ..."
+    metrics: dict[str, float] = field(default_factory=dict)  # the final full dev evaluation
+    history: list[dict] = field(default_factory=list)  # metrics.jsonl, one dict per epoch
+    config: dict = field(default_factory=dict)  # train_config.json
+    best_epoch: int | None = None
+    train_seconds: float | None = None  # the epochs' wall time: training plus dev evaluation
+
+    @property
+    def name(self) -> str:
+        return paper_name(self.sampler, self.sts_head)
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _read_history(path: Path) -> list[dict]:
+    """metrics.jsonl's records; a last line cut short by a crash is left out, not an error."""
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # the line being written when the run stopped
+            raise
+    return records
+
+
+def read_run(folder: Path, sampler: str, sts_head: str) -> RunResult:
+    """Everything a run folder holds, summarised; never raises for a missing or damaged run."""
+    result = RunResult(sampler, sts_head, folder, status="missing")
+    if not folder.is_dir():
+        return result
+    try:
+        if (folder / "train_config.json").is_file():
+            result.config = _read_json(folder / "train_config.json")
+        if (folder / "metrics.jsonl").is_file():
+            result.history = _read_history(folder / "metrics.jsonl")
+        final = folder / "final_metrics.json"
+        if final.is_file():
+            values = _read_json(final)
+            result.metrics = {key: float(values[key]) for key in METRICS}
+    except (OSError, ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+        result.status = f"unreadable: {err.__class__.__name__}: {err}"
+        return result
+    scored = [r for r in result.history if "overall" in r and "epoch" in r]
+    if scored:
+        # The trainer keeps the first epoch that reaches the best overall score (a strict >).
+        result.best_epoch = int(max(scored, key=lambda r: r["overall"])["epoch"])
+    seconds = [r["epoch_seconds"] for r in result.history if "epoch_seconds" in r]
+    result.train_seconds = float(sum(seconds)) if seconds else None
+    planned = result.config.get("epochs")
+    if result.metrics:
+        result.status = "done"
+    elif result.history or result.config:
+        of = f" of {planned}" if planned else ""
+        result.status = f"partial ({len(scored)}{of} epochs)"
+    else:
+        result.status = "partial (nothing written yet)"
+    return result
+
+
+def _configuration_of(folder: Path) -> tuple[str, str] | None:
+    """(sampler, head) of a run folder: from its train_config.json, else from its name."""
+    config_file = folder / "train_config.json"
+    try:
+        config = _read_json(config_file) if config_file.is_file() else {}
+    except (OSError, ValueError):
+        config = {}
+    if "sampler" in config and "sts_head" in config:
+        return config["sampler"], config["sts_head"]
+    sampler, _, head = folder.name.rpartition("-")  # samplers may hold a hyphen; heads do not
+    if sampler in SAMPLER_NAMES and head in HEAD_NAMES:
+        return sampler, head
+    return None
+
+
+def collect_runs(runs_dir: Path) -> list[RunResult]:
+    """The paper's seven configurations (present or not), then any other runs found beside them."""
+    runs_dir = Path(runs_dir)
+    results = [read_run(runs_dir / run_folder_name(s, h), s, h) for s, h in PAPER_CONFIGURATIONS]
+    known = {run_folder_name(s, h) for s, h in PAPER_CONFIGURATIONS}
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir() and p.name not in known):
+        configuration = _configuration_of(folder)
+        if configuration is not None:
+            results.append(read_run(folder, *configuration))
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the table
+# --------------------------------------------------------------------------------------------
+
+
+def format_duration(seconds: float | None) -> str:
+    """"42 s", "12.5 min", "4 h 03 min": the paper reports hours, a CPU smoke run seconds."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def markdown_table(results: list[RunResult]) -> str:
+    """Our full dev evaluation of each best checkpoint, the paper's number beside each of ours."""
+    header = ["Model"]
+    for metric in METRICS:
+        header += [METRIC_TITLES[metric], "(paper)"]
+    header += ["Best epoch", "Train time", "Status"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for result in results:
+        paper = PAPER_RESULTS.get(result.name)
+        cells = [result.name]
+        for index, metric in enumerate(METRICS):
+            cells.append(_number(result.metrics.get(metric)))
+            cells.append(_number(paper[index] if paper else None))
+        cells += [str(result.best_epoch) if result.done else "-",
+                  format_duration(result.train_seconds) if result.done else "-", result.status]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def settings_summary(results: list[RunResult]) -> list[str]:
+    """One line per distinct training setup among the runs, so the table says what it measured."""
+    setups: dict[str, list[str]] = {}
+    for result in results:
+        config = result.config
+        if not config:
+            continue
+        lr = f"{config.get('lr'):g}".replace("e-0", "e-") if "lr" in config else "?"
+        setup = (f"{config.get('model')}; epochs {config.get('epochs')} of "
+                 f"{config.get('batches_per_epoch')} batches (round-robin: one pass over the "
+                 f"smallest dataset); batch {config.get('batch_size')}; lr {lr}; "
+                 f"precision {config.get('precision')}; data {config.get('data_dir')}")
+        setups.setdefault(setup, []).append(result.name)
+    return [f"- {setup}: {', '.join(names)}" for setup, names in setups.items()]
+
+
+def write_markdown(results: list[RunResult], path: Path) -> None:
+    text = ["# Multi-BERT: our dev results beside the paper's", "",
+            "Ours: the best epoch's checkpoint (by overall score), evaluated on the full dev sets. "
+            "Paper: Figure 3 of 'Multi-BERT: Investigating Methods for BERT Multitask Learning' "
+            "(bert-base-uncased, 10 epochs x 3000 batches of 32, lr 1e-5, a T4 GPU, about "
+            "4 hours a model). Overall = (SST acc + QQP acc + (STS r + 1) / 2) / 3.", "",
+            markdown_table(results)]
+    summary = settings_summary(results)
+    if summary:
+        text += ["Our settings:", "", *summary, ""]
+    text += ["QQP: runs on the offline stand-in data (../shared/data) train and evaluate on a "
+             "split of the public Quora dev file, so their QQP numbers are not comparable with "
+             "the paper's.", ""]
+    path.write_text("\n".join(text), encoding="utf-8")
+
+
+CSV_COLUMNS = ("model", "sampler", "sts_head", "status", *METRICS, "best_epoch", "epochs_done",
+               "train_seconds", *(f"paper_{m}" for m in METRICS), "folder")
+
+
+def write_csv(results: list[RunResult], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for result in results:
+            paper = PAPER_RESULTS.get(result.name)
+            row = {"model": result.name, "sampler": result.sampler, "sts_head": result.sts_head,
+                   "status": result.status, "best_epoch": result.best_epoch if result.done else "",
+                   "epochs_done": len(result.history),
+                   "train_seconds": "" if result.train_seconds is None else f"{result.train_seconds:.1f}",
+                   "folder": str(result.folder)}
+            for index, metric in enumerate(METRICS):
+                row[metric] = f"{result.metrics[metric]:.4f}" if metric in result.metrics else ""
+                row[f"paper_{metric}"] = paper[index] if paper else ""
+            writer.writerow(row)
+
+
+def write_plot(results: list[RunResult], path: Path) -> bool:
+    """The dev metrics after each epoch, one line per run; False when matplotlib is absent.
+
+    These are the per-epoch evaluations the trainer chose its best checkpoint by (with QQP capped
+    where --qqp-eval-examples was given), so they may differ slightly from the table's numbers.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        return False
+    figure, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
+    plotted = [r for r in results if any("overall" in record for record in r.history)]
+    for axis, metric in zip(axes.flat, METRICS):
+        for result in plotted:
+            points = [(r["epoch"], r[metric]) for r in result.history if metric in r]
+            epochs, values = zip(*points)
+            style = "-" if result.done else "--"  # dashed: a run that has not finished
+            axis.plot(epochs, values, style, marker="o", markersize=3, label=result.name)
+        axis.set_title(f"dev {METRIC_TITLES[metric]}")
+        axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    for axis in axes[1]:
+        axis.set_xlabel("epoch")
+    if plotted:  # one legend for all four panels, below them
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
+    figure.suptitle("Multi-BERT: dev metrics after each epoch (dashed: unfinished runs)")
+    figure.tight_layout(rect=(0, 0.08, 1, 1))  # leave room for the legend
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+@dataclass
+class ResultsConfig:
+    runs_dir: str
+    out_dir: str | None = None  # default: runs_dir
+    plot: bool = True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m multitask.results",
+        description="Tabulate the runs in RUNS_DIR (one folder per configuration, as "
+                    "run_experiments.sh writes them) beside the paper's results, and plot their "
+                    "dev metrics per epoch.")
+    parser.add_argument("runs_dir", metavar="RUNS_DIR",
+                        help="folder holding one run folder per configuration, e.g. runs/gpu")
+    parser.add_argument("--out", dest="out_dir", default=None,
+                        help="where results.md, results.csv and dev_metrics.png go (default: RUNS_DIR)")
+    parser.add_argument("--no-plot", action="store_true", help="write the tables only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = ResultsConfig(runs_dir=args.runs_dir, out_dir=args.out_dir, plot=not args.no_plot)
+    runs_dir = Path(config.runs_dir)
+    if not runs_dir.is_dir():
+        print(f"error: {runs_dir} is not a folder; pass the folder that holds the run folders "
+              f"(e.g. runs/gpu)", file=sys.stderr)
+        return 1
+    out_dir = Path(config.out_dir or runs_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = collect_runs(runs_dir)
+    write_markdown(results, out_dir / "results.md")
+    write_csv(results, out_dir / "results.csv")
+    print(markdown_table(results), end="")
+    written = [out_dir / "results.md", out_dir / "results.csv"]
+    if config.plot:
+        if write_plot(results, out_dir / "dev_metrics.png"):
+            written.append(out_dir / "dev_metrics.png")
+        else:
+            print("matplotlib is not installed, so there is no plot "
+                  "(pip install 'multibert[plots]'); the tables are written.")
+    unfinished = [r.name for r in results if not r.done]
+    if unfinished:
+        print(f"not finished: {', '.join(unfinished)}")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""The experiments and reporting tools: run_experiments.sh, results, analysis, predict, export.
+
+One smoke-profile run of run_experiments.sh (a tiny random BERT, synthetic data) trains the seven
+configurations once for the whole module; the other tools are tested on its checkpoints.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bert import BertModel
+from multitask import analysis, export, predict, results
+from multitask.data import dataset_paths, load_sst, load_sts
+
+from synthetic import write_dataset, write_tiny_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGURATIONS = ["annealed-concat", "annealed-cosine", "annealed-mnr", "equitable-concat",
+                  "equitable-cosine", "equitable-mnr", "round-robin-dot"]
+PAPER_NAMES = ["Ann + Concat", "Ann + CoSim", "Ann + CoSim + MNR", "Equit + Concat",
+               "Equit + CoSim", "Equit + CoSim + MNR", "Baseline"]
+SMOKE_ARGS = ["--no-progress", "--device", "cpu", "--precision", "fp32"]
+
+
+def run_script(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO_ROOT / "run_experiments.sh"), *args], env=env,
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, minilm_dir):
+    """The smoke profile run once: (runs folder, data folder, environment, finished process)."""
+    root = tmp_path_factory.mktemp("experiments")
+    model_dir = write_tiny_checkpoint(root / "model", minilm_dir)
+    data_dir = write_dataset(root / "data", train=96, dev=40, test=16)
+    runs_dir = root / "runs"
+    env = {**os.environ, "MODEL": str(model_dir), "DATA_DIR": str(data_dir),
+           "RUNS_DIR": str(runs_dir), "PYTHON": sys.executable,
+           # A 2-layer model gains nothing from a second thread, and on a busy machine the
+           # threads' hand-offs cost more than the arithmetic.
+           "OMP_NUM_THREADS": "1"}
+    env.pop("PROFILE", None)
+    process = run_script(env, "smoke", *SMOKE_ARGS)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    return runs_dir, data_dir, env, process
+
+
+# --------------------------------------------------------------------------------------------
+# run_experiments.sh and the results table
+# --------------------------------------------------------------------------------------------
+
+
+def test_smoke_profile_trains_all_seven_and_tabulates(smoke):
+    runs_dir, _, _, _ = smoke
+    for name in CONFIGURATIONS:
+        folder = runs_dir / name
+        assert (folder / "final_metrics.json").is_file(), name
+        assert (folder / "best" / "model.safetensors").is_file(), name
+        config = json.loads((folder / "train_config.json").read_text())
+        assert (config["epochs"], config["batches_per_epoch"], config["precision"]) == (1, 4, "fp32")
+        assert f"{config['sampler']}-{config['sts_head']}" == name
+    table = (runs_dir / "results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == PAPER_NAMES
+    assert all(row.endswith("| done |") for row in rows)
+    with open(runs_dir / "results.csv", newline="") as handle:
+        records = list(csv.DictReader(handle))
+    assert [r["model"] for r in records] == PAPER_NAMES
+    assert all(r["status"] == "done" and r["best_epoch"] == "1" for r in records)
+    assert (runs_dir / "dev_metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_call_skips_finished_runs(smoke):
+    runs_dir, _, env, _ = smoke
+    watched = [runs_dir / name / f for name in CONFIGURATIONS
+               for f in ("final_metrics.json", "metrics.jsonl", "best/model.safetensors")]
+    before = {path: path.stat().st_mtime_ns for path in watched}
+    process = run_script({**env, "PROFILE": "smoke"}, *SMOKE_ARGS)  # the profile from PROFILE
+    assert process.returncode == 0, process.stderr[-3000:]
+    skipped = [line for line in process.stdout.splitlines() if line.startswith("skip ")]
+    assert [line.split(":")[0].removeprefix("skip ") for line in skipped] == CONFIGURATIONS
+    assert "===" not in process.stdout  # nothing trained
+    assert {path: path.stat().st_mtime_ns for path in watched} == before
+    assert (runs_dir / "results.md").is_file()
+
+
+def test_script_without_a_profile_is_a_usage_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("PROFILE", "MODEL", "DATA_DIR")}
+    process = run_script(env)
+    assert process.returncode == 2 and "profile" in process.stderr
+    process = run_script(env, "smoke")  # smoke needs MODEL and DATA_DIR
+    assert process.returncode == 2 and "MODEL and DATA_DIR" in process.stderr
+
+
+def test_profile_command_lines_and_a_failing_configuration(tmp_path):
+    """The profiles' command lines, seen by a stand-in for the Python interpreter."""
+    log = tmp_path / "calls.txt"
+    fake_python = tmp_path / "fake-python"
+    fake_python.write_text(f'#!/usr/bin/env bash\necho "$*" >> "{log}"\n')
+    fake_python.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("PROFILE", "MODEL", "DATA_DIR")}
+    env.update(PYTHON=str(fake_python), RUNS_DIR=str(tmp_path / "runs"))
+
+    assert run_script(env, "gpu", "--lr", "2e-5").returncode == 0
+    calls = log.read_text().splitlines()
+    assert len(calls) == 8 and calls[-1] == f"-m multitask.results {tmp_path / 'runs'}"
+    first = calls[0].split()
+    assert first[first.index("--model") + 1] == "bert-base-uncased"
+    paper = ("--epochs 10 --batches-per-epoch 3000 --batch-size 32 --lr 1e-5 "
+             "--qqp-eval-examples 32000 --device cuda")
+    runs = tmp_path / "runs"
+    # The extra argument comes after the profile's (so it wins); the script's own come last.
+    assert f"{paper} --lr 2e-5 --sampler annealed --sts-head concat --out-dir {runs}/annealed-concat" in calls[0]
+    assert calls[6].endswith(f"--sampler round-robin --sts-head dot --out-dir {runs}/round-robin-dot")
+
+    log.unlink()
+    assert run_script(env, "cpu").returncode == 0
+    first = log.read_text().splitlines()[0].split()
+    assert first[first.index("--model") + 1] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert first[first.index("--epochs") + 1] == "2"
+    assert first[first.index("--batches-per-epoch") + 1] == "120"
+    shared = REPO_ROOT / ".." / "shared" / "data"
+    assert first[first.index("--data-dir") + 1] == str(shared if shared.is_dir() else REPO_ROOT / "data")
+
+    # A failing configuration does not stop the others; the script reports it and exits 1.
+    log.unlink()
+    fake_python.write_text(f'#!/usr/bin/env bash\necho "$*" >> "{log}"\n[[ "$*" != *equitable-cosine* ]]\n')
+    process = run_script({**env, "MODEL": "m", "DATA_DIR": "d"}, "smoke")
+    assert process.returncode == 1 and "equitable-cosine failed" in process.stderr
+    assert len(log.read_text().splitlines()) == 8  # all seven tried, then the results step
+
+
+def write_run(folder: Path, sampler: str, head: str, history: list[dict], final: dict | None,
+              epochs: int = 3) -> None:
+    folder.mkdir(parents=True)
+    config = {"model": "tiny", "sampler": sampler, "sts_head": head, "epochs": epochs,
+              "batches_per_epoch": 10, "batch_size": 8, "lr": 1e-5, "precision": "fp32",
+              "data_dir": "data"}
+    (folder / "train_config.json").write_text(json.dumps(config))
+    lines = [json.dumps({"epoch": e, "epoch_seconds": 60.0, **m}) for e, m in enumerate(history, 1)]
+    (folder / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    if final is not None:
+        (folder / "final_metrics.json").write_text(json.dumps(final))
+
+
+def metrics(sst, qqp, sts):
+    return {"sst_acc": sst, "qqp_acc": qqp, "sts_corr": sts, "overall": (sst + qqp + (sts + 1) / 2) / 3}
+
+
+def test_results_table_from_hand_written_runs(tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    write_run(runs / "annealed-concat", "annealed", "concat",
+              [metrics(0.4, 0.7, 0.5), metrics(0.5, 0.8, 0.8), metrics(0.5, 0.8, 0.7)],
+              metrics(0.51, 0.81, 0.79))
+    write_run(runs / "round-robin-dot", "round-robin", "dot", [metrics(0.3, 0.6, 0.2)],
+              metrics(0.3, 0.6, 0.2), epochs=1)
+    write_run(runs / "equitable-mnr", "equitable", "mnr", [metrics(0.3, 0.6, 0.1)], None)
+    (runs / "equitable-mnr" / "metrics.jsonl").open("a").write('{"epoch": 2, "sst')  # cut short
+    write_run(runs / "round-robin-concat", "round-robin", "concat", [metrics(0.2, 0.5, 0.1)],
+              metrics(0.2, 0.5, 0.1), epochs=1)  # not one of the paper's seven
+    (runs / "notes").mkdir()  # not a run at all
+
+    assert results.main([str(runs), "--out", str(tmp_path / "out")]) == 0
+    by_model = {r["model"]: r for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))}
+    assert list(by_model) == PAPER_NAMES + ["RR + Concat"]
+    ann = by_model["Ann + Concat"]
+    assert (ann["status"], ann["sst_acc"], ann["sts_corr"]) == ("done", "0.5100", "0.7900")
+    assert ann["best_epoch"] == "2"  # the best per-epoch overall score
+    assert (ann["paper_sst_acc"], ann["paper_overall"], ann["train_seconds"]) == ("0.529", "0.784", "180.0")
+    assert by_model["Baseline"]["paper_qqp_acc"] == "0.822"
+    assert by_model["Equit + CoSim + MNR"]["status"] == "partial (1 of 3 epochs)"
+    assert by_model["Equit + CoSim + MNR"]["sst_acc"] == ""
+    assert by_model["Ann + CoSim"]["status"] == "missing"
+    assert by_model["RR + Concat"]["paper_sst_acc"] == ""
+
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert ("| Ann + Concat | 0.510 | 0.529 | 0.810 | 0.889 | 0.790 | 0.866 | 0.738 | 0.784 | 2 | 3.0 min "
+            "| done |") in table
+    assert "| Ann + CoSim | - | 0.524 | - | 0.900 | - | 0.388 | - | 0.706 | - | - | missing |" in table
+    assert (tmp_path / "out" / "dev_metrics.png").is_file()
+    assert "not finished: Ann + CoSim, Ann + CoSim + MNR" in capsys.readouterr().out
+
+    # Without matplotlib the tables are still written, and the output says why there is no plot.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    assert results.main([str(runs), "--out", str(tmp_path / "bare")]) == 0
+    assert "matplotlib is not installed" in capsys.readouterr().out
+    assert (tmp_path / "bare" / "results.md").is_file()
+    assert not (tmp_path / "bare" / "dev_metrics.png").exists()
+    assert results.main([str(tmp_path / "nowhere")]) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# analysis, predict, export on the smoke runs' checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def test_error_analysis_parts_have_the_right_counts(smoke, capsys):
+    runs_dir, data_dir, _, _ = smoke
+    sts_dev = load_sts(dataset_paths(data_dir)["sts-dev"])
+    sst_dev = load_sst(dataset_paths(data_dir)["sst-dev"])
+    trained = predict.open_checkpoint(runs_dir / "annealed-concat")
+    lengths = sorted(len(e.sentence1) + len(e.sentence2) for e in sts_dev.examples)
+    threshold = lengths[len(lengths) // 2]  # synthetic pairs are short: split them at the median
+    result = analysis.analyse(trained, sts_dev, sst_dev, top=7, long_characters=threshold)
+
+    errors = [abs(pair.error) for pair in result.largest_errors]
+    assert len(errors) == 7 and errors == sorted(errors, reverse=True)
+    assert result.largest_errors[0].sentence1 in {e.sentence1 for e in sts_dev.examples}
+    long, short = result.long_pairs, result.short_pairs
+    assert long.count == sum(n >= threshold for n in lengths)
+    assert long.count + short.count == len(sts_dev.examples)
+    for group in (long, short):
+        assert group.over + group.under + group.exact == group.count
+    assert result.confusion.shape == (5, 5) and result.confusion.sum() == len(sst_dev.examples)
+    gold = np.bincount([e.label for e in sst_dev.examples], minlength=5)
+    assert result.confusion.sum(axis=1).tolist() == gold.tolist()  # rows are the gold classes
+
+    assert analysis.main([str(runs_dir / "annealed-concat"), "--data-dir", str(data_dir), "--top", "3"]) == 0
+    report = capsys.readouterr().out
+    assert "(a) The 3 STS dev pairs" in report and "(b)" in report and "(c) SST dev confusion" in report
+    assert f"({len(sst_dev.examples)} sentences" in report
+    assert analysis.main([str(runs_dir / "nowhere"), "--data-dir", str(data_dir)]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_predict_sentence_and_pair(smoke, capsys):
+    runs_dir, _, _, _ = smoke
+    trained = predict.open_checkpoint(runs_dir / "annealed-concat" / "best")  # best/ works too
+    sentiment = predict.predict_sentiment(trained, "the movie was great and nice")
+    assert len(sentiment.probabilities) == 5 and sum(sentiment.probabilities) == pytest.approx(1, abs=1e-5)
+    assert sentiment.label == int(np.argmax(sentiment.probabilities))
+    pair = predict.predict_pair(trained, "what is the cat dog house ?", "what is the dog cat house ?")
+    assert 0.0 <= pair.paraphrase_probability <= 1.0 and 0.0 <= pair.similarity <= 5.0
+
+    assert predict.main([str(runs_dir / "round-robin-dot"), "--pair", "a cat", "a dog"]) == 0
+    assert "unscaled dot product" in capsys.readouterr().out
+    assert predict.main([str(runs_dir / "equitable-cosine"), "--sentence", "a fine film"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("sentiment: ") and "somewhat positive" in out
+
+    assert predict.main([str(runs_dir), "--sentence", "x"]) == 1  # the runs folder, not a run
+    assert "not a multitask checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        predict.main([str(runs_dir / "annealed-concat")])  # neither --sentence nor --pair
+
+
+def test_export_loads_in_transformers_and_ours_with_equal_outputs(smoke, tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    runs_dir, _, _, _ = smoke
+    out_dir = tmp_path / "exported"
+    assert export.main([str(runs_dir / "annealed-concat"), str(out_dir)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    for name in export.EXPORTED_FILES:
+        assert (out_dir / name).is_file(), name
+
+    trained = predict.open_checkpoint(runs_dir / "annealed-concat")
+    ours = trained.model.bert.float().eval()
+    reference = transformers.BertModel.from_pretrained(out_dir, attn_implementation="eager").eval()
+    reloaded = BertModel.from_pretrained(out_dir).eval()
+    inputs = trained.tokenizer(["the movie was good", "what is the river ?"], ["a cat", "a dog barks"])
+    inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
+    with torch.no_grad():
+        expected = ours(**inputs)
+        theirs = reference(**inputs)
+        again = reloaded(**inputs)
+    mask = inputs["attention_mask"].bool()
+    torch.testing.assert_close(theirs.last_hidden_state[mask], expected["last_hidden_state"][mask],
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(theirs.pooler_output, expected["pooler_output"], atol=1e-5, rtol=0)
+    for key in ("last_hidden_state", "pooler_output"):
+        assert torch.equal(again[key], expected[key])
+
+    # Exporting into a checkpoint folder would overwrite its multitask weights: refused.
+    assert export.main([str(runs_dir / "annealed-concat"), str(runs_dir / "annealed-concat" / "best")]) == 1
+    assert "choose another output folder" in capsys.readouterr().err
