@@ -146,3 +146,43 @@ def test_cli_runs_and_reports_user_errors(tiny_setup, tmp_path, capsys, monkeypa
     with pytest.raises(SystemExit):
         multitask_classifier.main(["--sts-head", "euclid"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    from multitask import runtime
+
+    def broken_compile(module, **kwargs):
+        def compiled(*args, **kw):
+            raise RuntimeError("no C++ compiler found\nlong backtrace")
+        return compiled
+
+    monkeypatch.setattr(runtime.torch, "compile", broken_compile)
+    eager = torch.nn.Linear(3, 2)
+    wrapped = runtime.CompiledOrEager(eager)
+    x = torch.randn(4, 3)
+    with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler found.*running without"):
+        out = wrapped(x)
+    torch.testing.assert_close(out, eager(x))
+    torch.testing.assert_close(wrapped(x), eager(x))  # stays eager, warns once
+
+
+def test_out_of_memory_is_one_message_with_a_hint(tiny_setup, tmp_path, monkeypatch, capsys):
+    def out_of_memory(config, resume=None):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(training, "train", out_of_memory)
+    model_dir, data_dir = tiny_setup
+    code = multitask_classifier.main(["--model", str(model_dir), "--data-dir", str(data_dir),
+                                      "--out-dir", str(tmp_path), "--no-progress"])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: out of memory") and "--batch-size" in error and "--resume" in error
+
+
+def test_unavailable_device_is_a_clear_error(tiny_setup, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    model_dir, data_dir = tiny_setup
+    code = multitask_classifier.main(["--model", str(model_dir), "--data-dir", str(data_dir),
+                                      "--out-dir", str(tmp_path), "--device", "cuda", "--no-progress"])
+    assert code == 1 and "no CUDA GPU" in capsys.readouterr().err
