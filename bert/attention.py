@@ -7,7 +7,10 @@ Two interchangeable implementations of that formula live here:
 - `reference_attention`: the formula written out, line by line, for reading;
 - `sdpa_attention`: torch's fused `scaled_dot_product_attention`, the fast path.
 
-`tests/test_attention.py` holds them equal. `BertSelfAttention` picks one from the config.
+`tests/test_model.py` holds them equal. `BertSelfAttention` picks one from the config.
+
+Padding enters as an additive bias on the scores, built once per forward by `BertModel` with
+`additive_attention_mask`; a batch without padding passes None and skips the addition.
 """
 
 from __future__ import annotations
@@ -32,22 +35,25 @@ def additive_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) ->
 
 
 def reference_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_bias: torch.Tensor,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_bias: torch.Tensor | None,
     dropout: nn.Dropout,
 ) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d) + mask) V, written out. q, k, v: (B, heads, T, head_dim)."""
+    """softmax(Q K^T / sqrt(d) + mask) V, written out. q, k, v: (B, heads, T, head_dim);
+    mask_bias: (B, 1, 1, T), or None where no key is padding."""
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))  # (B, heads, T, T)
-    scores = scores + mask_bias  # padding keys -> ~ -inf, broadcast over heads and queries
+    if mask_bias is not None:
+        scores = scores + mask_bias  # padding keys -> ~ -inf, broadcast over heads and queries
     weights = torch.softmax(scores, dim=-1)  # (B, heads, T, T), each row sums to 1
     weights = dropout(weights)  # BERT drops attention weights, not scores
     return weights @ v  # (B, heads, T, head_dim)
 
 
 def sdpa_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_bias: torch.Tensor,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_bias: torch.Tensor | None,
     dropout: nn.Dropout,
 ) -> torch.Tensor:
-    """The same computation through torch's fused kernel (flash / memory-efficient / math)."""
+    """The same computation through torch's fused kernel (flash / memory-efficient / math).
+    Without a mask (None) torch may pick a kernel that has no mask input at all."""
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask_bias, dropout_p=dropout.p if dropout.training else 0.0
     )  # (B, heads, T, head_dim)
@@ -74,12 +80,12 @@ class BertSelfAttention(nn.Module):
         x = x.view(batch, length, self.num_heads, self.head_dim)  # (B, T, heads, head_dim)
         return x.transpose(1, 2)  # (B, heads, T, head_dim)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask_bias: torch.Tensor | None) -> torch.Tensor:
+        """hidden: (B, T, hidden); mask_bias: (B, 1, 1, T) from `additive_attention_mask` in
+        the dtype q, k and v are computed in, or None where no token is padding."""
         q = self.split_heads(self.query(hidden))
         k = self.split_heads(self.key(hidden))
         v = self.split_heads(self.value(hidden))
-        # Built in q's dtype (bf16 under autocast) so the "minus infinity" stays finite there.
-        mask_bias = additive_attention_mask(attention_mask, q.dtype)
         attend = ATTENTION_IMPLEMENTATIONS[self.implementation]
         context = attend(q, k, v, mask_bias, self.dropout)  # (B, heads, T, head_dim)
         batch, _, length, _ = context.shape

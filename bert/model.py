@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bert.attention import BertSelfAttention
+from bert.attention import BertSelfAttention, additive_attention_mask
 from bert.config import BertConfig
 
 
@@ -27,6 +27,24 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 
 ACTIVATIONS = {"gelu": F.gelu, "gelu_new": gelu_tanh, "relu": F.relu}
+
+
+def attention_bias(attention_mask: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor | None:
+    """The (B, 1, 1, T) bias every layer adds to its attention scores, built once per forward.
+
+    None where no token is padding: attention then skips the addition, and torch's sdpa can pick
+    a kernel without a mask input (what transformers does too). Under torch.compile the bias is
+    always built, as checking the mask's values would break the graph.
+    """
+    if not torch.compiler.is_compiling() and bool(attention_mask.all()):
+        return None
+    # The scores are computed in q's dtype: autocast's (e.g. bf16) where autocast covers the
+    # float32 hidden states, else the hidden states' own. The bias's "minus infinity" must be
+    # finite in that dtype (see additive_attention_mask), so it is built in it.
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device) and hidden.dtype == torch.float32:
+        return additive_attention_mask(attention_mask, torch.get_autocast_dtype(device))
+    return additive_attention_mask(attention_mask, hidden.dtype)
 
 
 class BertEmbeddings(nn.Module):
@@ -74,8 +92,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.output(self.self(hidden, attention_mask), hidden)
+    def forward(self, hidden: torch.Tensor, mask_bias: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.self(hidden, mask_bias), hidden)
 
 
 class BertIntermediate(nn.Module):
@@ -112,8 +130,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        attended = self.attention(hidden, attention_mask)
+    def forward(self, hidden: torch.Tensor, mask_bias: torch.Tensor | None) -> torch.Tensor:
+        attended = self.attention(hidden, mask_bias)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -122,9 +140,9 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask_bias: torch.Tensor | None) -> torch.Tensor:
         for layer in self.layer:
-            hidden = layer(hidden, attention_mask)
+            hidden = layer(hidden, mask_bias)
         return hidden
 
 
@@ -191,7 +209,7 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         hidden = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        hidden = self.encoder(hidden, attention_mask)  # (B, T, H)
+        hidden = self.encoder(hidden, attention_bias(attention_mask, hidden))  # (B, T, H)
         return {"last_hidden_state": hidden, "pooler_output": self.pooler(hidden)}
 
     @classmethod

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from bert import BertConfig, BertModel
-from bert.attention import reference_attention, sdpa_attention
+from bert.attention import additive_attention_mask, reference_attention, sdpa_attention
+from bert.model import attention_bias
 
 
 def tiny_config(**overrides) -> BertConfig:
@@ -70,6 +71,44 @@ def test_reference_and_sdpa_attention_agree(dtype, atol):
     dropout = torch.nn.Dropout(0.0)
     torch.testing.assert_close(reference_attention(q, k, v, bias, dropout),
                                sdpa_attention(q, k, v, bias, dropout), atol=atol, rtol=0)
+    torch.testing.assert_close(reference_attention(q, k, v, None, dropout),
+                               sdpa_attention(q, k, v, None, dropout), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("implementation", ["reference", "sdpa"])
+def test_unpadded_batch_skips_the_mask_and_matches_the_masked_computation(implementation):
+    """A batch without padding gets no attention bias (None); the layers must then compute what
+    they compute with an explicit all-zero bias, forward and backward."""
+    torch.manual_seed(0)
+    model = BertModel(tiny_config(attention_implementation=implementation)).eval()
+    ids = torch.randint(1, 100, (3, 9))
+    full = torch.ones_like(ids)
+    hidden = model.embeddings(ids, torch.zeros_like(ids))
+    assert attention_bias(full, hidden) is None
+    results = []
+    for bias in (None, additive_attention_mask(full, hidden.dtype)):
+        model.zero_grad()
+        out = model.encoder(hidden.detach(), bias)
+        out.sum().backward()
+        results.append((out, [p.grad.clone() for p in model.encoder.parameters()]))
+    (skipped, skipped_grads), (added, added_grads) = results
+    torch.testing.assert_close(skipped, added, atol=1e-6, rtol=0)
+    for a, b in zip(skipped_grads, added_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_attention_bias_is_built_in_the_dtype_attention_computes_in():
+    """Built once per forward: bf16 under autocast (where float32's most negative number would
+    round to -inf), the hidden states' dtype otherwise."""
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    hidden = torch.zeros(2, 3, 4)
+    assert attention_bias(mask, hidden).dtype == torch.float32
+    assert attention_bias(mask, hidden.double()).dtype == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bias = attention_bias(mask, hidden)
+        assert attention_bias(mask, hidden.double()).dtype == torch.float64  # autocast skips fp64
+    assert bias.dtype == torch.bfloat16 and bias.shape == (2, 1, 1, 3)
+    assert torch.isfinite(bias).all() and bias[0, 0, 0, 2] < -1e38 and bias[1].eq(0).all()
 
 
 def test_attention_paths_agree_in_model_forward_and_backward():
