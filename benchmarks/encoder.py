@@ -17,8 +17,8 @@ Before timing, the outputs are compared on the very inputs that are timed (max a
 last_hidden_state over real tokens and of pooler_output, and of the parameter gradients), so the
 comparison is between two implementations of the same function.
 
-    python benchmarks/encoder.py                # the full run (about 10 minutes on 2 CPU cores)
-    python benchmarks/encoder.py --quick        # a short run (about 2 minutes)
+    python benchmarks/encoder.py                # the full run (8.5 minutes on 2 CPU cores)
+    python benchmarks/encoder.py --quick        # a short run (1 minute)
     python benchmarks/encoder.py --device cuda  # on a GPU (timed with cuda.synchronize)
 """
 
