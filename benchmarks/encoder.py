@@ -264,11 +264,16 @@ def machine_info(device: str) -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "--short", "HEAD") or None
+    # Uncommitted changes to tracked files mean the numbers are not those of `commit` alone.
+    changed = git("status", "--porcelain", "--untracked-files=no") if commit else None
     import transformers
 
     flags = set()
@@ -280,6 +285,7 @@ def machine_info(device: str) -> dict:
     info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "git_commit": commit,
+        "git_uncommitted_changes": None if changed is None else bool(changed),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "cpu_bf16_flags": sorted(flags & {"avx512f", "avx512_bf16", "amx_bf16", "avx2"}),
