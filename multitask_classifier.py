@@ -12,6 +12,7 @@ A quick CPU run on the offline checkpoint:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -52,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     optimisation.add_argument("--batches-per-epoch", type=positive_int, default=defaults.batches_per_epoch,
                               help="batches per epoch for the equitable and annealed samplers")
     optimisation.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
-                              help="examples per training batch")
+                              help="examples per training step; under torchrun the global batch, "
+                                   "shared by all processes")
+    optimisation.add_argument("--grad-accum", type=positive_int, default=defaults.grad_accum,
+                              help="split each step's batch into this many micro-batches whose "
+                                   "gradients add up before the optimizer step (same result, less memory)")
     optimisation.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
     optimisation.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
                               help="AdamW decoupled weight decay")
@@ -99,7 +104,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         model=args.model, sampler=args.sampler, sts_head=args.sts_head, data_dir=args.data_dir,
         out_dir=args.out_dir, epochs=args.epochs, batches_per_epoch=args.batches_per_epoch,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        weight_decay=args.weight_decay, dropout=args.dropout,
         seed=args.seed, max_length=args.max_length, max_train_examples=args.max_train_examples,
         group_by_length=not args.random_batches, eval_batch_size=args.eval_batch_size,
         qqp_eval_examples=args.qqp_eval_examples, device=args.device, precision=args.precision,
@@ -135,6 +141,12 @@ def out_of_memory_hint(err: BaseException) -> str | None:
     return None
 
 
+def error_prefix() -> str:
+    """The prefix of error messages; under torchrun it names the process (each reports its own)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"error (rank {os.environ.get('RANK', '?')} of {world_size}): " if world_size > 1 else "error: "
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -143,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_for_resume(parser, args, resume) if resume else config_from_args(args)
         config.validate()
     except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{error_prefix()}{err}", file=sys.stderr)
         return 1
     except ValueError as err:
         parser.error(str(err))
@@ -152,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(config, resume=resume)
     except (DataError, CheckpointError, RuntimeSetupError, NonFiniteLossError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{error_prefix()}{err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; --resume continues from the last checkpoint", file=sys.stderr)
@@ -161,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = out_of_memory_hint(err)
         if hint is None:
             raise
-        print(f"error: {hint}", file=sys.stderr)
+        print(f"{error_prefix()}{hint}", file=sys.stderr)
         return 1
     return 0
 

@@ -194,14 +194,18 @@ class BatchStream:
     def __len__(self) -> int:
         return len(self._batches)
 
-    def next(self) -> Batch:
+    def next_rows(self) -> np.ndarray:
+        """The rows (example indices) of the next batch."""
         if self.position == len(self._batches):
             self.passes += 1
             self.position = 0
             self._batches = self._plan(self.passes)
         rows = self._batches[self.position]
         self.position += 1
-        return collate(self.split, rows, self.pad_id)
+        return rows
+
+    def next(self) -> Batch:
+        return collate(self.split, self.next_rows(), self.pad_id)
 
     def state(self) -> dict[str, int]:
         return {"passes": self.passes, "position": self.position}
@@ -211,7 +215,12 @@ class BatchStream:
         self._batches = self._plan(self.passes)
 
 
-def evaluation_batches(split: TokenizedSplit, batch_size: int, pad_id: int):
-    """Length-sorted batches over the whole split, in a fixed order (see plan_batches)."""
-    for rows in plan_batches(split.lengths(), batch_size, rng=None):
+def evaluation_batches(split: TokenizedSplit, batch_size: int, pad_id: int, rank: int = 0,
+                       world_size: int = 1):
+    """Length-sorted batches over the whole split, in a fixed order (see plan_batches).
+
+    In a distributed run rank r takes batches r, r + W, r + 2W, ...: the very batches a single
+    process would run, so every prediction is computed exactly as it would be there.
+    """
+    for rows in plan_batches(split.lengths(), batch_size, rng=None)[rank::world_size]:
         yield collate(split, rows, pad_id)

@@ -23,7 +23,8 @@ class TrainConfig:
     # The paper's optimisation settings
     epochs: int = 10
     batches_per_epoch: int = 3000  # equitable and annealed; round-robin's epoch is data-defined
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch: summed over the processes of a torchrun job
+    grad_accum: int = 1  # micro-batches per step: their gradients add up before the AdamW step
     lr: float = 1e-5
     weight_decay: float = 0.0
     dropout: float = 0.3  # before each task head
@@ -53,7 +54,7 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("epochs", "batches_per_epoch", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batches_per_epoch", "batch_size", "grad_accum", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_length", "max_train_examples", "qqp_eval_examples", "save_every"):
@@ -64,6 +65,10 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr must be positive and weight_decay non-negative")
+
+        if self.grad_accum > self.batch_size:
+            raise ValueError(f"grad_accum ({self.grad_accum}) cannot exceed batch_size ({self.batch_size}): "
+                             f"each micro-batch needs at least one example")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from multitask.batching import TokenizedSplit, evaluation_batches
+from multitask.distributed import SINGLE_PROCESS, Distributed
 from multitask.heads import MultitaskBert
 from multitask.runtime import autocast
 
@@ -24,23 +25,29 @@ PREDICTION_PREFIXES = {"sst": "sst", "qqp": "para", "sts": "sts"}
 
 
 def predict_split(model: MultitaskBert, split: TokenizedSplit, batch_size: int, pad_id: int,
-                  device: torch.device, precision: str) -> np.ndarray:
+                  device: torch.device, precision: str,
+                  distributed: Distributed = SINGLE_PROCESS) -> np.ndarray:
     """The model's predictions for every example of `split`, in the split's order.
 
-    Batches are length-sorted for speed; the predictions are put back in file order.
+    Batches are length-sorted for speed; the predictions are put back in file order. In a
+    distributed run each rank predicts its share of the batches and every rank gets all of them.
     """
     model.eval()
-    outputs = None
+    rows, outputs = [], []
     with torch.inference_mode():
-        for batch in evaluation_batches(split, batch_size, pad_id):
+        for batch in evaluation_batches(split, batch_size, pad_id, distributed.rank, distributed.world_size):
             with autocast(device, precision):
-                predicted = model.predict(batch.to(device)).float().cpu().numpy()
-            if outputs is None:
-                outputs = np.zeros((len(split),) + predicted.shape[1:], dtype=np.float32)
-            outputs[batch.rows] = predicted
-    if outputs is None:
-        outputs = np.zeros((0,), dtype=np.float32)
-    return outputs
+                outputs.append(model.predict(batch.to(device)).float().cpu().numpy())
+            rows.append(batch.rows)
+    pieces = distributed.gather((rows, outputs))  # [(rows, outputs)] in a single process
+    all_rows = [r for piece_rows, _ in pieces for r in piece_rows]
+    all_outputs = [o for _, piece_outputs in pieces for o in piece_outputs]
+    if not all_outputs:
+        return np.zeros((0,), dtype=np.float32)
+    predictions = np.zeros((len(split),) + all_outputs[0].shape[1:], dtype=np.float32)
+    for batch_rows, predicted in zip(all_rows, all_outputs):
+        predictions[batch_rows] = predicted
+    return predictions
 
 
 def decide(task: str, predictions: np.ndarray) -> np.ndarray:
@@ -75,11 +82,13 @@ METRIC_NAMES = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_corr"}
 
 
 def evaluate(model: MultitaskBert, dev: dict[str, TokenizedSplit], batch_size: int, pad_id: int,
-             device: torch.device, precision: str) -> tuple[dict, dict]:
-    """Dev metrics of all three tasks, and the raw predictions they came from."""
+             device: torch.device, precision: str,
+             distributed: Distributed = SINGLE_PROCESS) -> tuple[dict, dict]:
+    """Dev metrics of all three tasks, and the raw predictions they came from (computed over the
+    whole dev sets on every rank of a distributed run)."""
     metrics, predictions = {}, {}
     for task, split in dev.items():
-        predictions[task] = predict_split(model, split, batch_size, pad_id, device, precision)
+        predictions[task] = predict_split(model, split, batch_size, pad_id, device, precision, distributed)
         metrics[METRIC_NAMES[task]] = task_metric(task, predictions[task], split.labels)
     metrics["overall"] = overall_score(metrics["sst_acc"], metrics["qqp_acc"], metrics["sts_corr"])
     if any(math.isnan(v) for v in metrics.values()):

@@ -51,7 +51,11 @@ class MultitaskBert(nn.Module):
         elif sts_head in ("cosine", "mnr"):
             self.similarity = nn.Linear(hidden, hidden)  # projects each sentence's embedding
         # "dot" has no parameters of its own: the score is the encoder's pooled outputs' product.
-        self.compiled_encoder = None  # set by compile_encoder(); not a submodule
+        # Wrappers that share the encoder's weights, set by compile_encoder() and, under torchrun,
+        # by the trainer (a multitask.distributed.ReplicatedEncoder for the training passes).
+        # Neither is a submodule, so parameter names and checkpoints stay those of the plain model.
+        self.compiled_encoder = None
+        self.replicated_encoder = None
 
     def compile_encoder(self) -> None:
         """Run the encoder through torch.compile (falls back to eager where that fails)."""
@@ -59,8 +63,15 @@ class MultitaskBert(nn.Module):
 
         self.compiled_encoder = CompiledOrEager(self.bert)
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The task heads' parameters: everything but the shared encoder."""
+        return [p for name, p in self.named_parameters() if not name.startswith("bert.")]
+
     def pooled(self, batch: Batch) -> torch.Tensor:
-        encoder = self.compiled_encoder or self.bert
+        if self.replicated_encoder is not None and torch.is_grad_enabled():
+            encoder = self.replicated_encoder  # a training pass under DDP: gradients get all-reduced
+        else:
+            encoder = self.compiled_encoder or self.bert
         return encoder(**batch.inputs)["pooler_output"]  # (B, H), or (2B, H) for "separate"
 
     def sentiment_logits(self, batch: Batch) -> torch.Tensor:

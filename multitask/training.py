@@ -18,6 +18,7 @@ Everything a run produces lands in its output folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -33,14 +34,16 @@ from tqdm import tqdm
 from bert import AdamW, BertModel, BertTokenizer
 from bert.loading import atomic_write
 from multitask import checkpoint
-from multitask.batching import Batch, BatchStream, TokenizedSplit, tokenize_split
+from multitask.batching import BatchStream, TokenizedSplit, collate, tokenize_split
 from multitask.config import TrainConfig
 from multitask.data import Split, dataset_paths, load_quora, load_sst, load_sts
+from multitask.distributed import (SINGLE_PROCESS, Distributed, ReplicatedEncoder, from_environment,
+                                   plan_fingerprint, shard_rows)
 from multitask.download import ensure_files
 from multitask.evaluation import evaluate, predict_split, prediction_path, write_predictions
 from multitask.heads import TASKS, MultitaskBert, layouts
 from multitask.losses import MNR_POSITIVE_THRESHOLD
-from multitask.runtime import autocast, grad_scaler, resolve_device, resolve_precision
+from multitask.runtime import RuntimeSetupError, autocast, grad_scaler, resolve_device, resolve_precision
 from multitask.samplers import RoundRobinSampler, make_sampler
 
 LOADERS = {"sst": load_sst, "qqp": load_quora, "sts": load_sts}
@@ -143,22 +146,43 @@ class Trainer:
     NONFINITE_CHECK_EVERY = 50  # steps between checks that the losses are finite (one sync each)
 
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print,
-                 model: MultitaskBert | None = None, tokenizer: BertTokenizer | None = None):
+                 model: MultitaskBert | None = None, tokenizer: BertTokenizer | None = None,
+                 distributed: Distributed = SINGLE_PROCESS):
         config.validate()
         self.config = config
-        self.log = log
+        self.distributed = distributed
+        self.log = log if distributed.is_main else (lambda message: None)  # rank 0 speaks for all
         self.out_dir = Path(config.out_dir)
         self.state_path = self.out_dir / "checkpoint.pt"
         self.device = resolve_device(config.device)
+        if distributed.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", distributed.local_rank)
         self.precision = resolve_precision(config.precision, self.device)
-        seed_everything(config.seed)
+        if config.batch_size < distributed.world_size * config.grad_accum:
+            raise RuntimeSetupError(
+                f"--batch-size {config.batch_size} is the global batch, shared by {distributed.world_size} "
+                f"process(es) x --grad-accum {config.grad_accum} micro-batches: make it at least "
+                f"{distributed.world_size * config.grad_accum}")
+        seed_everything(config.seed)  # the same on every rank: the heads start identical
         if model is None:
             model, tokenizer = build_model(config)
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         if config.compile:
             self.model.compile_encoder()
-        self.data = prepare_data(config, tokenizer, log)
+        if distributed.enabled:
+            distributed.broadcast_module(self.model)
+            self.model.replicated_encoder = ReplicatedEncoder(self.model.bert, self.device, config.compile)
+            # Dropout must differ between ranks (they see different rows), so torch's generator
+            # gets a per-rank seed; rank 0 keeps the single-process stream.
+            if distributed.rank:
+                torch.manual_seed(int(np.random.SeedSequence([config.seed, distributed.rank]).generate_state(1)[0]))
+        # The first process on each node downloads missing files while the others wait for it.
+        if distributed.local_rank != 0:
+            distributed.barrier()
+        self.data = prepare_data(config, tokenizer, self.log)
+        if distributed.local_rank == 0:
+            distributed.barrier()
         self.streams = {
             task: BatchStream(self.data[task].train, config.batch_size, config.seed + i,
                               tokenizer.pad_token_id, config.group_by_length)
@@ -171,6 +195,10 @@ class Trainer:
                                                   config.batch_size, config.seed + len(TASKS),
                                                   tokenizer.pad_token_id, config.group_by_length)
         sizes = {task: len(self.data[task].train) for task in TASKS}
+        # Paths may differ between nodes; what they hold may not (rank 0's weights are broadcast).
+        distributed.check_same("the settings", {k: v for k, v in config.to_dict().items()
+                                                if k not in ("progress", "model", "data_dir")})
+        distributed.check_same("the training set sizes", sizes)
         self.sampler = make_sampler(config.sampler, sizes, config.seed, config.batch_size)
         self.optimizer = AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = grad_scaler(self.device, self.precision)
@@ -187,24 +215,56 @@ class Trainer:
 
     # ---- one step -------------------------------------------------------------------------
 
-    def train_step(self, task: str, use_mnr: bool, progress: EpochProgress) -> tuple[torch.Tensor, Batch]:
-        """One optimizer step on the next batch of `task`; returns the detached loss and batch."""
+    def train_step(self, task: str, use_mnr: bool, progress: EpochProgress) -> tuple[torch.Tensor, list[str]]:
+        """One optimizer step on the next (global) batch of `task`.
+
+        The batch's rows are shared between the ranks of a distributed run, and each rank's share
+        is cut into --grad-accum micro-batches whose gradients add up before the one optimizer
+        step; only the last micro-batch's backward pass all-reduces the gradients. Each
+        micro-batch's mean loss is weighted by its share of the batch's rows, so the weighted
+        losses of all micro-batches on all ranks add up to the batch's mean loss: the step is the
+        single-process step on the whole batch. Returns this rank's part of that loss (detached)
+        and the batch's example ids.
+        """
         mnr = use_mnr and task == "sts"
-        batch = self.streams["sts-mnr" if mnr else task].next()
-        progress.real_tokens += batch.real_tokens
-        progress.padded_tokens += batch.padded_tokens
-        with autocast(self.device, self.precision):
-            loss = self.model.loss(batch.to(self.device), use_mnr=mnr)
+        stream = self.streams["sts-mnr" if mnr else task]
+        rows = stream.next_rows()
+        ids = [stream.split.ids[i] for i in rows]
+        distributed = self.distributed
+        micro_batches = shard_rows(rows, distributed.rank, distributed.world_size, self.config.grad_accum)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.config.skip_nonfinite and not torch.isfinite(loss):
-            progress.skipped_nonfinite += 1  # no backward, no step: the weights stay good
-            return torch.zeros((), device=self.device), batch
-        self.scaler.scale(loss).backward()
+        step_loss = torch.zeros((), device=self.device)
+        for i, micro_rows in enumerate(micro_batches):
+            weight = len(micro_rows) / len(rows)
+            if weight == 0:
+                micro_rows = rows[:1]  # an empty share still runs, weighted 0: every rank joins the all-reduce
+            batch = collate(stream.split, micro_rows, self.tokenizer.pad_token_id)
+            if weight:
+                progress.real_tokens += batch.real_tokens
+                progress.padded_tokens += batch.padded_tokens
+            last = i == len(micro_batches) - 1
+            replicated = self.model.replicated_encoder
+            with replicated.no_sync(skip=not last) if replicated else contextlib.nullcontext():
+                with autocast(self.device, self.precision):
+                    loss = self.model.loss(batch.to(self.device), use_mnr=mnr) * weight
+                if self.config.skip_nonfinite and not self.all_finite(loss):
+                    progress.skipped_nonfinite += 1  # no step: the weights stay good
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return torch.zeros((), device=self.device), ids
+                # DDP averages the ranks' gradients; scaling by the world size makes that the sum.
+                self.scaler.scale(loss * distributed.world_size).backward()
+            step_loss += loss.detach()
+        distributed.average_gradients(self.model.head_parameters())  # DDP covers the encoder
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.detach(), batch
+        return step_loss, ids
 
-    def check_finite(self, pending: list[tuple[int, str, Batch, torch.Tensor]], epoch: int) -> None:
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether `loss` is finite on every rank (one sync; all ranks reach the same answer)."""
+        bad = (~torch.isfinite(loss)).float().reshape(1)
+        return not bool(self.distributed.sum_(bad).item())
+
+    def check_finite(self, pending: list[tuple[int, str, list[str], torch.Tensor]], epoch: int) -> None:
         """Raise NonFiniteLossError naming the first of `pending`'s steps whose loss is not finite.
 
         Checking every step would make the CPU wait for the GPU at every step; checking a list
@@ -213,12 +273,16 @@ class Trainer:
         """
         if not pending:
             return
-        finite = torch.isfinite(torch.stack([loss for *_, loss in pending])).cpu()
+        # Summed over the ranks, the losses are the global batches' losses: a NaN on any rank
+        # shows on all of them, so every rank stops at the same step.
+        losses = self.distributed.sum_(torch.stack([loss for *_, loss in pending])).cpu()
+        finite = torch.isfinite(losses)
         if bool(finite.all()):
             pending.clear()
             return
-        step, task, batch, loss = pending[int((~finite).nonzero()[0])]
-        ids = batch.ids
+        first_bad = int((~finite).nonzero()[0])
+        step, task, ids, _ = pending[first_bad]
+        loss = losses[first_bad]
         shown = ", ".join(ids[:8]) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
         raise NonFiniteLossError(
             f"the {task} loss is {loss.item()} at epoch {epoch}, step {step + 1}; batch ids: {shown}. "
@@ -233,25 +297,26 @@ class Trainer:
         self.model.train()
         use_mnr = config.sts_head == "mnr" and epoch <= mnr_epochs(config.epochs)
         plan = self.sampler.epoch_tasks(epoch, config.epochs, self.batches_per_epoch)
+        self.distributed.check_same(f"the task plan of epoch {epoch}", plan_fingerprint(plan))
         for task in TASKS:
             progress.loss_sums.setdefault(task, torch.zeros((), device=self.device))
-        pending: list[tuple[int, str, Batch, torch.Tensor]] = []
+        pending: list[tuple[int, str, list[str], torch.Tensor]] = []
         start = time.perf_counter()
         bar = tqdm(total=len(plan), initial=progress.step, desc=f"epoch {epoch}/{config.epochs}",
-                   disable=not config.progress, dynamic_ncols=True, leave=False)
+                   disable=not (config.progress and self.distributed.is_main), dynamic_ncols=True, leave=False)
         for step in range(progress.step, len(plan)):
             task = plan[step]
-            loss, batch = self.train_step(task, use_mnr, progress)
+            loss, ids = self.train_step(task, use_mnr, progress)
             # Loss sums stay on the device: reading them every step would wait for the GPU.
             progress.loss_sums[task] += loss
             progress.counts[task] += 1
             progress.step = step + 1
-            pending.append((step, task, batch, loss))
+            pending.append((step, task, ids, loss))
             bar.update(1)
             if progress.step % self.NONFINITE_CHECK_EVERY == 0 or progress.step == len(plan):
                 self.check_finite(pending, epoch)
-                bar.set_postfix({t: f"{(progress.loss_sums[t] / max(progress.counts[t], 1)).item():.3f}"
-                                 for t in TASKS})
+                means = self.mean_losses(progress)
+                bar.set_postfix({t: f"{v:.3f}" for t, v in means.items() if v is not None})
             if config.save_every and progress.step % config.save_every == 0 and progress.step < len(plan):
                 self.check_finite(pending, epoch)
                 progress.seconds += time.perf_counter() - start
@@ -259,16 +324,31 @@ class Trainer:
                 self.save_state(progress)
         bar.close()
         progress.seconds += time.perf_counter() - start
+        totals = self.global_progress(progress)
         counts = progress.counts
-        losses = {f"train_loss_{t}": (progress.loss_sums[t] / counts[t]).item() if counts[t] else None
-                  for t in TASKS}
+        losses = {f"train_loss_{t}": v for t, v in self.mean_losses(progress).items()}
         return {**losses, **{f"batches_{t}": counts[t] for t in TASKS},
                 # The MNR head's second phase trains the cosine head's loss.
                 "sts_objective": "mnr" if use_mnr else config.sts_head.replace("mnr", "cosine"),
                 "skipped_nonfinite": progress.skipped_nonfinite,
                 "train_seconds": progress.seconds,
-                "train_tokens_per_second": progress.real_tokens / max(progress.seconds, 1e-9),
-                "padding_fraction": 1.0 - progress.real_tokens / max(progress.padded_tokens, 1)}
+                "train_tokens_per_second": totals.real_tokens / max(progress.seconds, 1e-9),
+                "padding_fraction": 1.0 - totals.real_tokens / max(totals.padded_tokens, 1)}
+
+    def global_progress(self, progress: EpochProgress) -> EpochProgress:
+        """`progress` with the loss sums and token counts summed over the ranks (a copy; in a
+        single process, the same numbers). Task counts and times are the same on every rank."""
+        sums = self.distributed.sum_(torch.stack([progress.loss_sums[t] for t in TASKS]))
+        tokens = self.distributed.sum_(torch.tensor([progress.real_tokens, progress.padded_tokens],
+                                                    dtype=torch.float64, device=self.device))
+        return EpochProgress(progress.epoch, progress.step, dict(zip(TASKS, sums.unbind())),
+                             dict(progress.counts), int(tokens[0]), int(tokens[1]),
+                             progress.skipped_nonfinite, progress.seconds)
+
+    def mean_losses(self, progress: EpochProgress) -> dict[str, float | None]:
+        """The mean training loss of each task so far in the epoch (None for a task not drawn)."""
+        sums = self.global_progress(progress).loss_sums
+        return {t: (sums[t] / progress.counts[t]).item() if progress.counts[t] else None for t in TASKS}
 
     # ---- evaluation -----------------------------------------------------------------------
 
@@ -280,27 +360,41 @@ class Trainer:
 
     def evaluate(self, qqp_limit: int | None = None) -> tuple[dict, dict]:
         return evaluate(self.model, self.dev_splits(qqp_limit), self.config.eval_batch_size,
-                        self.tokenizer.pad_token_id, self.device, self.precision)
+                        self.tokenizer.pad_token_id, self.device, self.precision, self.distributed)
 
     # ---- saving and resuming --------------------------------------------------------------
 
     def save_state(self, progress: EpochProgress | None, next_epoch: int | None = None) -> None:
-        """Write OUT/checkpoint.pt: mid-epoch (`progress`) or between epochs (`next_epoch`)."""
+        """Write OUT/checkpoint.pt: mid-epoch (`progress`) or between epochs (`next_epoch`).
+
+        Every rank takes part (the loss sums and random generators are gathered); rank 0 writes.
+        The stored loss sums and token counts are the totals over the ranks.
+        """
+        rng = self.distributed.gather(checkpoint.capture_rng_state())
+        progress_state = self.global_progress(progress).state() if progress else None
+        if not self.distributed.is_main:
+            return
         checkpoint.save_training_state(self.state_path, {
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": checkpoint.capture_rng_state(),
+            "rng": rng[0],
+            "rng_of_ranks": rng,  # one per rank; rank 0's is also "rng"
             "streams": {name: stream.state() for name, stream in self.streams.items()},
             "epoch": progress.epoch if progress else next_epoch,
-            "progress": progress.state() if progress else None,
+            "progress": progress_state,
             "best_overall": self.best_overall,
             "history": self.history,
         })
 
     def resume(self, path: Path) -> None:
-        """Continue from a training checkpoint exactly where it was written."""
+        """Continue from a training checkpoint exactly where it was written.
+
+        Under torchrun every rank reads the file (on several nodes it must be on a shared
+        filesystem). Resuming with another number of processes works, but is not bit-exact:
+        dropout then draws other masks.
+        """
         state = checkpoint.load_training_state(path)
         changed = {k: (v, getattr(self.config, k)) for k, v in state["config"].items()
                    if k not in RESUMABLE_CHANGES and getattr(self.config, k, v) != v}
@@ -319,14 +413,25 @@ class Trainer:
         if state["progress"] is not None:
             values = dict(state["progress"])
             values["loss_sums"] = {t: v.to(self.device) for t, v in values["loss_sums"].items()}
+            if not self.distributed.is_main:  # the stored sums are the totals: rank 0 carries them
+                values["loss_sums"] = {t: torch.zeros_like(v) for t, v in values["loss_sums"].items()}
+                values["real_tokens"] = values["padded_tokens"] = 0
             self.resumed_progress = EpochProgress(**values)
-        checkpoint.restore_rng_state(state["rng"])
+        rngs = state.get("rng_of_ranks", [state["rng"]])
+        if len(rngs) == self.distributed.world_size:
+            checkpoint.restore_rng_state(rngs[self.distributed.rank])
+        else:
+            self.log(f"warning: {path} was written by {len(rngs)} process(es), this run has "
+                     f"{self.distributed.world_size}: the run continues, but dropout draws other "
+                     f"masks than the original run would have")
         where = (f"epoch {self.start_epoch}, step {self.resumed_progress.step}"
                  if self.resumed_progress else f"the start of epoch {self.start_epoch}")
         self.log(f"resuming from {path} at {where}")
 
     def write_metrics(self) -> None:
         """Rewrite metrics.jsonl from the history (so a resumed run drops lines it redoes)."""
+        if not self.distributed.is_main:
+            return
         text = "".join(json.dumps(record) + "\n" for record in self.history)
         atomic_write(self.out_dir / "metrics.jsonl", lambda temp: Path(temp).write_text(text))
 
@@ -334,10 +439,12 @@ class Trainer:
 
     def run(self) -> dict:
         """Train all epochs, then evaluate the best checkpoint and write predictions."""
-        config = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        self.log(f"training on {self.device} ({self.precision}); {self.batches_per_epoch} batches "
+        config, main = self.config, self.distributed.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        processes = f" x {self.distributed.world_size} processes" if self.distributed.enabled else ""
+        self.log(f"training on {self.device}{processes} ({self.precision}); {self.batches_per_epoch} batches "
                  f"per epoch; train sizes " + ", ".join(f"{t} {len(self.data[t].train)}" for t in TASKS))
         for epoch in range(self.start_epoch, config.epochs + 1):
             progress = self.resumed_progress or EpochProgress(epoch)
@@ -346,10 +453,12 @@ class Trainer:
             eval_start = time.perf_counter()
             dev_metrics, _ = self.evaluate(config.qqp_eval_examples)
             record.update(dev_metrics, eval_seconds=time.perf_counter() - eval_start)
+            # Every rank computed the same metrics from the gathered predictions, so all agree.
             record["best"] = dev_metrics["overall"] > self.best_overall
             if record["best"]:
                 self.best_overall = dev_metrics["overall"]
-                checkpoint.save(self.out_dir / "best", self.model, self.tokenizer, config, record)
+                if main:
+                    checkpoint.save(self.out_dir / "best", self.model, self.tokenizer, config, record)
             record["epoch_seconds"] = record["train_seconds"] + record["eval_seconds"]
             self.history.append(record)
             self.write_metrics()
@@ -361,17 +470,24 @@ class Trainer:
 
     def finish(self) -> dict:
         """Reload the best weights, evaluate them in full and write every prediction file."""
-        checkpoint.load_weights(self.out_dir / "best", self.model)
+        if self.distributed.is_main:
+            checkpoint.load_weights(self.out_dir / "best", self.model)
+        self.distributed.broadcast_module(self.model)  # rank 0's copy: no shared filesystem needed
         metrics, predictions = self.evaluate()
-        (self.out_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        main = self.distributed.is_main
+        if main:
+            (self.out_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         for task in TASKS:
             dev = self.data[task].dev
-            write_predictions(prediction_path(self.out_dir, task, "dev"), task, dev.ids, predictions[task])
+            if main:
+                write_predictions(prediction_path(self.out_dir, task, "dev"), task, dev.ids, predictions[task])
             test = self.data[task].test
             if test is not None:
                 scores = predict_split(self.model, test, self.config.eval_batch_size,
-                                       self.tokenizer.pad_token_id, self.device, self.precision)
-                write_predictions(prediction_path(self.out_dir, task, "test"), task, test.ids, scores)
+                                       self.tokenizer.pad_token_id, self.device, self.precision,
+                                       self.distributed)
+                if main:
+                    write_predictions(prediction_path(self.out_dir, task, "test"), task, test.ids, scores)
         self.log("best checkpoint, full dev evaluation: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         return metrics
 
@@ -381,9 +497,17 @@ RESUMABLE_CHANGES = {"progress", "device", "compile", "save_every", "out_dir", "
 
 
 def train(config: TrainConfig, log: Callable[[str], None] = print, resume: str | Path | None = None) -> dict:
-    """Run a whole training; `resume` names a training checkpoint (or run folder) to continue."""
-    trainer = Trainer(config, log)
-    if resume is not None:
-        path = Path(resume)
-        trainer.resume(path / "checkpoint.pt" if path.is_dir() else path)
-    return trainer.run()
+    """Run a whole training; `resume` names a training checkpoint (or run folder) to continue.
+
+    Under torchrun, every process calls this: it joins the process group from the environment
+    (see multitask/distributed.py) and leaves it at the end.
+    """
+    distributed = from_environment(config.device)
+    try:
+        trainer = Trainer(config, log, distributed=distributed)
+        if resume is not None:
+            path = Path(resume)
+            trainer.resume(path / "checkpoint.pt" if path.is_dir() else path)
+        return trainer.run()
+    finally:
+        distributed.shutdown()

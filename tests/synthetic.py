@@ -83,11 +83,13 @@ def write_dataset(folder: Path, train: int = 160, dev: int = 48, test: int = 24,
     return folder
 
 
-def write_tiny_checkpoint(folder: Path, vocab_source: Path, seed: int = 0) -> Path:
-    """A randomly initialised 2-layer BERT with the real WordPiece vocabulary of `vocab_source`."""
+def write_tiny_checkpoint(folder: Path, vocab_source: Path, seed: int = 0, dropout: float = 0.1) -> Path:
+    """A randomly initialised 2-layer BERT with the real WordPiece vocabulary of `vocab_source`
+    (`dropout` 0 makes training deterministic given the batches, for equivalence tests)."""
     torch.manual_seed(seed)
     config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64)
+                        intermediate_size=64, max_position_embeddings=64,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     BertModel(config).save_pretrained(folder)
     shutil.copy(vocab_source / "vocab.txt", folder / "vocab.txt")
     return folder

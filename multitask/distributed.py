@@ -1,0 +1,221 @@
+"""Training on several processes (GPUs or nodes) with torchrun and DistributedDataParallel.
+
+    torchrun --nproc_per_node=4 multitask_classifier.py --sampler annealed --sts-head concat
+
+torchrun starts one process per GPU and tells each its place through environment variables
+(RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Every process ("rank") holds a full
+copy of the model; each training step is one *global* batch of --batch-size examples that the
+ranks split between them. How the pieces fit:
+
+- **Same task on every rank.** The sampler's plan of an epoch depends on (seed, epoch) only
+  (multitask/samplers.py), and each task's batch order on (seed, pass) only
+  (multitask/batching.py), so every rank draws the same task and the same global batch at every
+  step without talking to the others. `check_same_plan` verifies it once per epoch, because ranks
+  that disagreed would run different heads and hang in the gradient all-reduce.
+- **Sharding.** A rank takes its contiguous share of the global batch's rows (`shard_rows`), so
+  no example is seen twice per epoch and the ranks together see exactly the single-process batch.
+- **Gradients.** DistributedDataParallel wraps the *encoder*, which every task uses in full at
+  every step, so its reducer needs no `find_unused_parameters` graph search; it all-reduces the
+  encoder's gradients in buckets while the backward pass is still running. The task heads sit
+  outside DDP: a step uses one of them, and the ranks average that one head's few gradients
+  explicitly (`average_gradients`) after the backward pass. Heads a step does not use keep no
+  gradient at all, exactly as in a single-process run, so AdamW skips them in both.
+- **Loss scale.** A rank's loss is its rows' mean times (its rows / global rows); summed over the
+  ranks that is the global batch's mean. DDP *averages* gradients over the W ranks, so the
+  backward pass scales by W to turn that average into the sum (see Trainer.train_step). Uneven
+  shares (a last batch of 31 rows on 2 ranks) are therefore exact too.
+- **Input/output.** Rank 0 alone writes logs, metrics, checkpoints and predictions. Evaluation is
+  sharded batch by batch and the predictions gathered, so the metrics are computed once over the
+  whole dev set: exactly the single-process numbers, not an average of per-rank scores.
+
+Single-process runs use `Distributed()` (world size 1), whose methods do nothing, so the
+trainer has one code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import inspect
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from multitask.runtime import RuntimeSetupError
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job: rank r of world_size, local_rank on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0, the one process that writes files and prints."""
+        return self.rank == 0
+
+    # ---- collectives (each a no-op in a single process) --------------------------------------
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """All-reduce `tensor` in place to its sum over the ranks; returns it."""
+        if self.enabled:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def gather(self, value):
+        """Every rank's `value` (any picklable object), as a list indexed by rank."""
+        if not self.enabled:
+            return [value]
+        values = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
+    def broadcast(self, value):
+        """Rank 0's `value` (picklable), on every rank."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers to every rank, in place."""
+        if self.enabled:
+            with torch.no_grad():
+                for tensor in module.state_dict().values():
+                    dist.broadcast(tensor, src=0)
+
+    def average_gradients(self, parameters) -> None:
+        """Average the gradients of `parameters` that have one over the ranks (every rank must
+        pass the same parameters with gradients, which holds when all run the same task)."""
+        if not self.enabled:
+            return
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])  # one all-reduce for all of them
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def check_same(self, what: str, value) -> None:
+        """Raise if `value` differs between ranks, naming the ranks (and for a dict, the keys)
+        that disagree with rank 0."""
+        if not self.enabled:
+            return
+        values = self.gather(value)
+        differ = [r for r, v in enumerate(values) if v != values[0]]
+        if not differ:
+            return
+        r = differ[0]
+        if isinstance(value, dict):
+            keys = sorted(k for k in set(values[0]) | set(values[r]) if values[0].get(k) != values[r].get(k))
+            detail = "; ".join(f"{k}: {values[0].get(k)!r} on rank 0, {values[r].get(k)!r} on rank {r}" for k in keys)
+        else:
+            detail = f"{values[0]!r} on rank 0, {values[r]!r} on rank {r}"
+        raise RuntimeSetupError(
+            f"the ranks disagree on {what} ({detail}; rank(s) {', '.join(map(str, differ))} differ "
+            f"from rank 0). Every rank must run the same code with the same data and settings (on "
+            f"several nodes: the same command line and the same files in --data-dir).")
+
+    def shutdown(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+SINGLE_PROCESS = Distributed()
+
+
+def from_environment(device_name: str) -> Distributed:
+    """Join the process group torchrun described in the environment, if any.
+
+    The backend is nccl on CUDA (each process takes the GPU of its LOCAL_RANK) and gloo on the
+    CPU. Without torchrun's variables (or with WORLD_SIZE=1) this is a single-process run.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return SINGLE_PROCESS
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise RuntimeSetupError("--device cuda under torchrun, but PyTorch sees no CUDA GPU")
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeSetupError(
+                f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} GPU(s): "
+                f"give torchrun --nproc_per_node at most the number of GPUs")
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(minutes=30))
+    return Distributed(rank, world_size, local_rank)
+
+
+def shard_rows(rows: np.ndarray, rank: int, world_size: int, micro_steps: int) -> list[np.ndarray]:
+    """This rank's micro-batches of one global batch.
+
+    The global batch's rows are cut into world_size contiguous shares (sizes differ by at most
+    one), rank r takes share r and cuts it into `micro_steps` micro-batches for gradient
+    accumulation. A share or micro-batch may be empty when the batch has fewer rows than
+    world_size * micro_steps; the trainer still runs such a step, with weight 0, so that every
+    rank joins the gradient all-reduce.
+    """
+    share = np.array_split(np.asarray(rows), world_size)[rank]
+    return np.array_split(share, micro_steps)
+
+
+def plan_fingerprint(tasks: list[str]) -> str:
+    """A short hash of an epoch's task sequence, to compare between ranks cheaply."""
+    return hashlib.sha256(",".join(tasks).encode()).hexdigest()[:16]
+
+
+class ReplicatedEncoder:
+    """The encoder wrapped in DistributedDataParallel, for the training forward passes.
+
+    Held by MultitaskBert outside its module tree (this class is not an nn.Module), so the
+    model's parameter names, and so its checkpoints, stay those of the plain model. With
+    `compile`, the DDP module itself goes through torch.compile (which splits the graph at
+    DDP's buckets).
+    """
+
+    def __init__(self, encoder: nn.Module, device: torch.device, compile: bool = False):
+        from torch.nn.parallel import DistributedDataParallel
+
+        # BERT's buffers (position ids) never change: no need to re-send them every step. The
+        # option's name changed in torch 2.13 (the old one still works there, with a warning).
+        takes_new_name = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        no_buffer_sync = {"forward_sync_buffers" if takes_new_name else "broadcast_buffers": False}
+        self.ddp = DistributedDataParallel(
+            encoder, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
+        if compile:
+            from multitask.runtime import CompiledOrEager
+
+            self._run = CompiledOrEager(self.ddp)
+        else:
+            self._run = self.ddp
+
+    def __call__(self, *args, **kwargs):
+        return self._run(*args, **kwargs)
+
+    def no_sync(self, skip: bool):
+        """Inside, backward passes accumulate gradients without the all-reduce (when `skip`)."""
+        return self.ddp.no_sync() if skip else contextlib.nullcontext()
