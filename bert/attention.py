@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bert.config import BertConfig
 
@@ -48,15 +49,24 @@ def reference_attention(
     return weights @ v  # (B, heads, T, head_dim)
 
 
+# The fused kernels the fast path may use on a GPU. cuDNN's attention, which PyTorch may pick for
+# bf16 and fp16, builds an execution plan for every new input shape; length-grouped batches bring
+# a new shape at nearly every step, so it is left out (see benchmarks/README.md for the timing).
+CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def sdpa_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_bias: torch.Tensor | None,
     dropout: nn.Dropout,
 ) -> torch.Tensor:
-    """The same computation through torch's fused kernel (flash / memory-efficient / math).
-    Without a mask (None) torch may pick a kernel that has no mask input at all."""
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask_bias, dropout_p=dropout.p if dropout.training else 0.0
-    )  # (B, heads, T, head_dim)
+    """The same computation through torch's fused kernel (flash / memory-efficient / math),
+    returning (B, heads, T, head_dim). Without a mask (None) torch may pick a kernel that has no
+    mask input at all."""
+    dropout_p = dropout.p if dropout.training else 0.0
+    if not q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias, dropout_p=dropout_p)
+    with sdpa_kernel(CUDA_SDPA_BACKENDS):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias, dropout_p=dropout_p)
 
 
 ATTENTION_IMPLEMENTATIONS = {"reference": reference_attention, "sdpa": sdpa_attention}

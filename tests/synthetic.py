@@ -83,13 +83,31 @@ def write_dataset(folder: Path, train: int = 160, dev: int = 48, test: int = 24,
     return folder
 
 
-def write_tiny_checkpoint(folder: Path, vocab_source: Path, seed: int = 0, dropout: float = 0.1) -> Path:
-    """A randomly initialised 2-layer BERT with the real WordPiece vocabulary of `vocab_source`
-    (`dropout` 0 makes training deterministic given the batches, for equivalence tests)."""
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def write_vocab(folder: Path) -> Path:
+    """A WordPiece vocabulary of every word the synthetic dataset uses (for machines without the
+    offline MiniLM package, such as a GPU box): folder/vocab.txt."""
+    words = {"the", "was", "and", "what", "is", "?"} | set(NOUNS) | set(WORDS) | set(NUMBERS)
+    words |= {w for pair in ADJECTIVES for w in pair}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(SPECIAL_TOKENS + sorted(words)) + "\n")
+    return folder
+
+
+def write_tiny_checkpoint(folder: Path, vocab_source: Path | None, seed: int = 0, dropout: float = 0.1) -> Path:
+    """A randomly initialised 2-layer BERT with the real WordPiece vocabulary of `vocab_source`,
+    or with write_vocab's small one when `vocab_source` is None (`dropout` 0 makes training
+    deterministic given the batches, for equivalence tests)."""
     torch.manual_seed(seed)
     config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64,
                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    if vocab_source is None:
+        write_vocab(folder)
+        config.vocab_size = len((folder / "vocab.txt").read_text().split())
     BertModel(config).save_pretrained(folder)
-    shutil.copy(vocab_source / "vocab.txt", folder / "vocab.txt")
+    if vocab_source is not None:
+        shutil.copy(vocab_source / "vocab.txt", folder / "vocab.txt")
     return folder

@@ -1,0 +1,130 @@
+"""Checks that need a CUDA GPU (marked `gpu`; skipped where there is none).
+
+They use a tiny random BERT with the synthetic dataset's own vocabulary, so they need neither the
+offline MiniLM package nor the shared data: a bare GPU machine with torch runs them.
+
+    python -m pytest -m gpu -q
+"""
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+from bert import AdamW, BertModel
+from multitask import checkpoint, training
+from multitask.config import TrainConfig
+from multitask.evaluation import evaluate
+from multitask.heads import TASKS
+
+from synthetic import write_dataset, write_tiny_checkpoint
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpu")
+    return write_tiny_checkpoint(root / "model", None), write_dataset(root / "data", train=96, dev=32, test=8)
+
+
+def padded_inputs(vocab_size: int, device: str) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, vocab_size, (4, 12), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 7:] = 0
+    attention_mask[3, 3:] = 0
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, 6:] = 1
+    inputs = {"input_ids": input_ids * attention_mask, "token_type_ids": token_type_ids,
+              "attention_mask": attention_mask}
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("attention", ["reference", "sdpa"])
+def test_encoder_on_the_gpu_matches_the_cpu(tiny_setup, attention):
+    model_dir, _ = tiny_setup
+    cpu = BertModel.from_pretrained(model_dir, attention_implementation=attention).eval()
+    gpu = BertModel.from_pretrained(model_dir, attention_implementation=attention).cuda().eval()
+    real = padded_inputs(cpu.config.vocab_size, "cpu")["attention_mask"].bool()
+    with torch.no_grad():
+        expected = cpu(**padded_inputs(cpu.config.vocab_size, "cpu"))
+        got = gpu(**padded_inputs(cpu.config.vocab_size, "cuda"))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = gpu(**padded_inputs(cpu.config.vocab_size, "cuda"))
+    torch.testing.assert_close(got["last_hidden_state"].cpu()[real], expected["last_hidden_state"][real],
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got["pooler_output"].cpu(), expected["pooler_output"], atol=1e-4, rtol=1e-4)
+    # bf16 keeps 8 bits of mantissa: agreement to a few hundredths, no more.
+    torch.testing.assert_close(low["pooler_output"].float().cpu(), expected["pooler_output"], atol=5e-2, rtol=5e-2)
+
+
+def test_adamw_foreach_and_loop_agree_on_the_gpu():
+    torch.manual_seed(0)
+    shapes = [(64, 32), (32,), (5, 32), (1,)]
+    start = [torch.randn(s, device="cuda") for s in shapes]
+    results = []
+    for foreach in (True, False):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        optimizer = AdamW(params, lr=1e-2, weight_decay=0.01, foreach=foreach)
+        generator = torch.Generator(device="cuda").manual_seed(1)
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, device="cuda", generator=generator)
+            optimizer.step()
+        results.append(params)
+    for fast, loop, before in zip(*results, start):
+        torch.testing.assert_close(fast, loop, atol=1e-6, rtol=1e-6)
+        assert not torch.equal(fast, before)
+
+
+def gpu_config(tiny_setup, out_dir, **overrides) -> TrainConfig:
+    model_dir, data_dir = tiny_setup
+    values = dict(model=str(model_dir), data_dir=str(data_dir), out_dir=str(out_dir), epochs=2,
+                  batches_per_epoch=30, batch_size=16, lr=3e-3, dropout=0.0, device="cuda",
+                  progress=False, eval_batch_size=16)
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_fp32_training_on_the_gpu_follows_the_cpu(tiny_setup, tmp_path):
+    """Dropout off, the same seed and batches: the GPU's losses are the CPU's, to rounding."""
+    model_dir = write_tiny_checkpoint(tmp_path / "no-dropout", None, dropout=0.0)
+    losses = {}
+    for device in ("cuda", "cpu"):
+        config = gpu_config(tiny_setup, tmp_path / device, model=str(model_dir), epochs=1,
+                            batches_per_epoch=10, device=device, precision="fp32")
+        training.train(config, log=lambda message: None)
+        record = json.loads((tmp_path / device / "metrics.jsonl").read_text())
+        losses[device] = [record[f"train_loss_{task}"] for task in TASKS]
+    assert losses["cuda"] == pytest.approx(losses["cpu"], abs=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_on_the_gpu(tiny_setup, tmp_path, precision):
+    config = gpu_config(tiny_setup, tmp_path, precision=precision)
+    final = training.train(config, log=lambda message: None)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(math.isfinite(r[f"train_loss_{task}"]) for r in records for task in TASKS)
+    assert 0.0 <= final["overall"] <= 1.0
+    # The best checkpoint, saved from the GPU, reloads on the CPU with about the same scores (fp32
+    # there, so only close to the mixed-precision ones).
+    model, tokenizer, _, _ = checkpoint.load(tmp_path / "best", device="cpu")
+    trainer = training.Trainer(TrainConfig(**{**config.to_dict(), "device": "cpu", "precision": "fp32",
+                                              "out_dir": str(tmp_path / "cpu")}),
+                               log=lambda message: None, model=model, tokenizer=tokenizer)
+    metrics, _ = evaluate(trainer.model, trainer.dev_splits(None), 16, tokenizer.pad_token_id,
+                          trainer.device, "fp32")
+    assert metrics["sts_corr"] == pytest.approx(final["sts_corr"], abs=0.05)
+
+
+def test_compiled_encoder_trains_on_the_gpu(tiny_setup, tmp_path):
+    config = gpu_config(tiny_setup, tmp_path, epochs=1, batches_per_epoch=12, precision="bf16", compile=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        final = training.train(config, log=lambda message: None)
+    assert not [w for w in caught if "torch.compile failed" in str(w.message)]
+    assert 0.0 <= final["overall"] <= 1.0
