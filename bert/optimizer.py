@@ -54,6 +54,7 @@ class AdamW(Optimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         correct_bias=correct_bias, foreach=foreach)
         super().__init__(params, defaults)
+        self._scratch: dict[torch.Tensor, torch.Tensor] = {}  # see _scratch_for
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
@@ -97,6 +98,16 @@ class AdamW(Optimizer):
         if group["weight_decay"] > 0.0:
             p.mul_(1.0 - group["lr"] * group["weight_decay"])  # p - lr * wd * p
 
+    def _scratch_for(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One buffer per parameter for sqrt(v) + eps, kept from step to step.
+
+        A fresh tensor of the model's size at every step is costly on a CPU, where each large
+        allocation is new memory that the system must map page by page (measured on MiniLM's
+        22.7M parameters: about 55 ms of a 200 ms optimizer step, one thread). The buffers are
+        not optimizer state: they are not saved, and their contents never outlive a step.
+        """
+        return [self._scratch.setdefault(p, torch.empty_like(p)) for p in params]
+
     def _foreach_update(self, group: dict, params: list[torch.Tensor]) -> None:
         """The same arithmetic for all of a group's parameters at once (multi-tensor kernels)."""
         if not params:
@@ -112,7 +123,9 @@ class AdamW(Optimizer):
         torch._foreach_add_(m, grads, alpha=1.0 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
-        denominators = torch._foreach_sqrt(v)
+        denominators = self._scratch_for(params)
+        torch._foreach_copy_(denominators, v)
+        torch._foreach_sqrt_(denominators)
         torch._foreach_add_(denominators, group["eps"])
         step_sizes = [-self._step_size(group, s["step"]) for s in states]
         torch._foreach_addcdiv_(params, m, denominators, step_sizes)
