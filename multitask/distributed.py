@@ -24,6 +24,10 @@ ranks split between them. How the pieces fit:
   ranks that is the global batch's mean. DDP *averages* gradients over the W ranks, so the
   backward pass scales by W to turn that average into the sum (see Trainer.train_step). Uneven
   shares (a last batch of 31 rows on 2 ranks) are therefore exact too.
+- **MNR.** The ranking loss takes the other rows of the batch as negatives, so the ranks gather
+  each other's sentence embeddings (`gather_rows`, differentiable): each computes the loss of the
+  whole batch, as one process would. Its backward pass sums the W identical copies into each
+  rank's rows, which DDP's average turns back into one.
 - **Input/output.** Rank 0 alone writes logs, metrics, checkpoints and predictions. Evaluation is
   sharded batch by batch and the predictions gathered, so the metrics are computed once over the
   whole dev set: exactly the single-process numbers, not an average of per-rank scores.
@@ -116,6 +120,22 @@ class Distributed:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    def gather_rows(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Every rank's rows of `x`, stacked in rank order, with gradients flowing back to each
+        rank's own rows (the MNR loss uses this for in-batch negatives from all ranks).
+
+        counts[r] is how many rows rank r holds; x may carry more (a stand-in row on a rank with
+        none), which are left out. All ranks must call this with the same counts.
+        """
+        if not self.enabled:
+            return x[:counts[0]]
+        from torch.distributed.nn.functional import all_gather  # the version with a backward pass
+
+        width = max(max(counts), x.shape[0])
+        padded = torch.nn.functional.pad(x, (0, 0, 0, width - x.shape[0]))  # same shape on every rank
+        pieces = all_gather(padded)
+        return torch.cat([piece[:n] for piece, n in zip(pieces, counts)])
 
     def check_same(self, what: str, value) -> None:
         """Raise if `value` differs between ranks, naming the ranks (and for a dict, the keys)

@@ -15,6 +15,8 @@ dropout (the paper's 0.3). The losses themselves live in multitask/losses.py.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -98,8 +100,13 @@ class MultitaskBert(nn.Module):
             return losses.dot_similarity(u, v)
         return losses.rescale_cosine_to_similarity(losses.cosine_similarity(u, v))
 
-    def loss(self, batch: Batch, use_mnr: bool = False) -> torch.Tensor:
-        """The training loss of one batch of task `batch.task` (float32 scalar)."""
+    def loss(self, batch: Batch, use_mnr: bool = False,
+             gather_rows: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The training loss of one batch of task `batch.task` (float32 scalar).
+
+        `gather_rows`, in a distributed run, stacks every process's rows of a tensor, so that the
+        MNR loss takes its in-batch negatives from the whole global batch.
+        """
         if batch.task == "sst":
             return F.cross_entropy(self.sentiment_logits(batch).float(), batch.labels)
         if batch.task == "qqp":
@@ -109,6 +116,8 @@ class MultitaskBert(nn.Module):
         if self.sts_head in ("cosine", "mnr"):
             u, v = self.sentence_embeddings(batch)
             if use_mnr:
+                if gather_rows is not None:
+                    u, v = gather_rows(u), gather_rows(v)
                 return losses.multiple_negatives_ranking_loss(u, v)
             return losses.cosine_similarity_loss(u, v, batch.labels)
         return losses.similarity_mse_loss(self.similarity_score(batch), batch.labels)

@@ -19,6 +19,7 @@ Everything a run produces lands in its output folder:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -223,30 +224,42 @@ class Trainer:
         step; only the last micro-batch's backward pass all-reduces the gradients. Each
         micro-batch's mean loss is weighted by its share of the batch's rows, so the weighted
         losses of all micro-batches on all ranks add up to the batch's mean loss: the step is the
-        single-process step on the whole batch. Returns this rank's part of that loss (detached)
-        and the batch's example ids.
+        single-process step on the whole batch. (The MNR loss, whose negatives are the other rows,
+        is computed by every rank over all ranks' rows instead, and weighted 1 / world size.)
+        Returns this rank's part of the batch's loss (detached) and the batch's example ids.
         """
         mnr = use_mnr and task == "sts"
         stream = self.streams["sts-mnr" if mnr else task]
         rows = stream.next_rows()
         ids = [stream.split.ids[i] for i in rows]
-        distributed = self.distributed
-        micro_batches = shard_rows(rows, distributed.rank, distributed.world_size, self.config.grad_accum)
+        distributed, micro_steps = self.distributed, self.config.grad_accum
+        # Every rank's micro-batches (each rank can work them out: they depend on the rows only).
+        shares = [shard_rows(rows, r, distributed.world_size, micro_steps) for r in range(distributed.world_size)]
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=self.device)
-        for i, micro_rows in enumerate(micro_batches):
+        for i, micro_rows in enumerate(shares[distributed.rank]):
+            has_rows = len(micro_rows) > 0
             weight = len(micro_rows) / len(rows)
-            if weight == 0:
-                micro_rows = rows[:1]  # an empty share still runs, weighted 0: every rank joins the all-reduce
+            gather = None
+            if mnr and distributed.enabled:
+                # Every rank computes the ranking loss over all ranks' rows of this micro-step.
+                counts = [len(share[i]) for share in shares]
+                weight = sum(counts) / len(rows) / distributed.world_size
+                if sum(counts):
+                    gather = functools.partial(distributed.gather_rows, counts=counts)
+            if not has_rows:
+                # An empty share still runs, on a stand-in row weighted 0: every rank must join
+                # the gradient all-reduce.
+                micro_rows = rows[:1]
             batch = collate(stream.split, micro_rows, self.tokenizer.pad_token_id)
-            if weight:
+            if has_rows:
                 progress.real_tokens += batch.real_tokens
                 progress.padded_tokens += batch.padded_tokens
-            last = i == len(micro_batches) - 1
+            last = i == micro_steps - 1
             replicated = self.model.replicated_encoder
             with replicated.no_sync(skip=not last) if replicated else contextlib.nullcontext():
                 with autocast(self.device, self.precision):
-                    loss = self.model.loss(batch.to(self.device), use_mnr=mnr) * weight
+                    loss = self.model.loss(batch.to(self.device), use_mnr=mnr, gather_rows=gather) * weight
                 if self.config.skip_nonfinite and not self.all_finite(loss):
                     progress.skipped_nonfinite += 1  # no step: the weights stay good
                     self.optimizer.zero_grad(set_to_none=True)

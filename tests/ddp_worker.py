@@ -40,15 +40,17 @@ def main(config_json: str, steps: int, out: Path, weights: Path | None) -> None:
     progress = EpochProgress(1)
     trainer.model.train()
     losses = []
+    use_mnr = config.sts_head == "mnr"
     for task in plan:
-        loss, _ = trainer.train_step(task, False, progress)
+        loss, _ = trainer.train_step(task, use_mnr, progress)
         losses.append(float(distributed.sum_(loss.clone())))  # the global batch's loss
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     if weights is not None:
         trainer.model.load_state_dict(torch.load(weights, weights_only=True))
     metrics, predictions = trainer.evaluate()
     torch.save({"plan": plan, "losses": losses, "model": trainer.model.state_dict(), "metrics": metrics,
                 "predictions": {t: torch.from_numpy(p) for t, p in predictions.items()},
-                "synced_backward_passes": hook_state["synced_backward_passes"],
+                "grads": grads, "synced_backward_passes": hook_state["synced_backward_passes"],
                 "real_tokens": progress.real_tokens},
                out / f"rank{distributed.rank}.pt")
     distributed.shutdown()

@@ -175,6 +175,24 @@ def test_sharded_evaluation_gives_exactly_the_single_process_metrics(ddp_runs):
         assert torch.equal(rank0["predictions"][task], single_on_same_weights["predictions"][task]), task
 
 
+def test_mnr_takes_its_negatives_from_every_rank(tiny_setup, tmp_path):
+    """Two processes compute the ranking loss of the whole batch, as one process does: the same
+    loss and, at the MNR step, the same gradients (compared there, for the reason given in
+    test_accumulated_gradients_of_the_stacked_pair_layout_match)."""
+    values = config_values(tiny_setup, tmp_path / "unused", sts_head="mnr")
+    plan = training.Trainer(TrainConfig(**values), log=lambda m: None).sampler.epoch_tasks(1, 1, 18)
+    steps = plan.index("sts") + 1
+    for processes in (2, 1):
+        (tmp_path / str(processes)).mkdir()
+        torchrun(processes, WORKER, json.dumps(values), steps, tmp_path / str(processes))
+    two, one = (torch.load(tmp_path / str(n) / "rank0.pt", weights_only=True) for n in (2, 1))
+    assert two["plan"][-1] == "sts"
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
+    assert two["grads"].keys() == one["grads"].keys() and "similarity.weight" in one["grads"]
+    for name in one["grads"]:
+        torch.testing.assert_close(two["grads"][name], one["grads"][name], atol=1e-6, rtol=1e-4, msg=name)
+
+
 # ---- the command line under torchrun ---------------------------------------------------------
 
 
