@@ -199,7 +199,10 @@ class Trainer:
         # Paths may differ between nodes; what they hold may not (rank 0's weights are broadcast).
         distributed.check_same("the settings", {k: v for k, v in config.to_dict().items()
                                                 if k not in ("progress", "model", "data_dir")})
-        distributed.check_same("the training set sizes", sizes)
+        # (A test file missing on one node only would leave the others waiting in its evaluation.)
+        distributed.check_same("the dataset sizes", {
+            task: (len(self.data[task].train), len(self.data[task].dev),
+                   None if self.data[task].test is None else len(self.data[task].test)) for task in TASKS})
         self.sampler = make_sampler(config.sampler, sizes, config.seed, config.batch_size)
         self.optimizer = AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = grad_scaler(self.device, self.precision)

@@ -281,4 +281,4 @@ def test_ranks_that_disagree_stop_with_a_clear_error(tiny_setup, tmp_path):
     args = cli_args(tiny_setup, tmp_path / "out")
     result = torchrun(2, script, *args[1:], check=False)
     assert result.returncode != 0
-    assert "the ranks disagree on the training set sizes" in result.stderr + result.stdout
+    assert "the ranks disagree on the dataset sizes" in result.stderr + result.stdout
