@@ -1,0 +1,64 @@
+"""The benchmark scripts run end to end (tiny settings) and report what they promise.
+
+Their timings are not checked (no timed assertions in tests): what is checked is that each
+script finishes, writes its JSON, and that the numbers it derives hold together.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthetic import write_dataset, write_tiny_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("benchmarks")
+    return write_tiny_checkpoint(root / "model", None), write_dataset(root / "data", train=64, dev=40, test=4)
+
+
+def run_script(name: str, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / name), *map(str, args)],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+def test_training_benchmark_reports_both_pipelines(tmp_path, shared_data_dir, minilm_dir):
+    """On the real training files (whose sentences differ in length, unlike the synthetic ones),
+    with a tiny random model that uses the real vocabulary."""
+    model_dir = write_tiny_checkpoint(tmp_path / "model", minilm_dir)
+    out = tmp_path / "training.json"
+    result = run_script("training.py", "--model", model_dir, "--random-init", "--data-dir", shared_data_dir,
+                        "--device", "cpu", "--steps", 6, "--warmup", 3, "--chunk", 3, "--optimizer-steps", 2,
+                        "--peak-size", 256, "--peak-repeats", 1, "--out", out)
+    assert "ours / naive" in result.stdout
+    report = json.loads(out.read_text())
+    ours, naive = report["results"]["ours"], report["results"]["naive"]
+    for pipeline in (ours, naive):
+        assert pipeline["steps"] == 6 and pipeline["real_tokens"] > 0
+        assert pipeline["tokens_per_s"] == pytest.approx(pipeline["real_tokens"] / pipeline["seconds"], rel=1e-6)
+        assert 0.0 <= pipeline["padding_fraction"] < 1.0
+    assert ours["padding_fraction"] < naive["padding_fraction"]  # length grouping at work
+    assert report["ours_over_naive_tokens_per_s"] == pytest.approx(ours["tokens_per_s"] / naive["tokens_per_s"], rel=1e-6)
+    assert report["peak"]["best"]["fp32"]["flop_per_s"] > 0
+
+
+def test_inference_benchmark_pipelines_predict_the_same(tiny_setup, tmp_path):
+    model_dir, data_dir = tiny_setup
+    out = tmp_path / "inference.json"
+    run_script("inference.py", "--model", model_dir, "--random-init", "--data-dir", data_dir,
+               "--device", "cpu", "--precision", "fp32", "--batch-size", 16, "--repeats", 1, "--out", out)
+    report = json.loads(out.read_text())
+    assert [row["task"] for row in report["results"]] == ["sst", "qqp", "sts"]
+    for row in report["results"]:
+        assert row["examples"] == 40
+        assert row["max_abs_difference"] < 1e-4  # both fp32: the same predictions, to rounding
+        assert row["ours_examples_per_s"] > 0 and row["naive_examples_per_s"] > 0
