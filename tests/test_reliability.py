@@ -156,8 +156,8 @@ def inject_nan(monkeypatch, task: str, at_call: int) -> None:
     original = MultitaskBert.loss
     calls = {"n": 0}
 
-    def loss(self, batch, use_mnr=False):
-        value = original(self, batch, use_mnr)
+    def loss(self, batch, use_mnr=False, gather_rows=None):
+        value = original(self, batch, use_mnr, gather_rows)
         if batch.task == task:
             calls["n"] += 1
             if calls["n"] == at_call:
