@@ -10,8 +10,9 @@ ranks split between them. How the pieces fit:
 - **Same task on every rank.** The sampler's plan of an epoch depends on (seed, epoch) only
   (multitask/samplers.py), and each task's batch order on (seed, pass) only
   (multitask/batching.py), so every rank draws the same task and the same global batch at every
-  step without talking to the others. `check_same_plan` verifies it once per epoch, because ranks
-  that disagreed would run different heads and hang in the gradient all-reduce.
+  step without talking to the others. The trainer checks it once per epoch (`check_same` on a
+  `plan_fingerprint`), because ranks that disagreed would run different heads and hang in the
+  gradient all-reduce.
 - **Sharding.** A rank takes its contiguous share of the global batch's rows (`shard_rows`), so
   no example is seen twice per epoch and the ranks together see exactly the single-process batch.
 - **Gradients.** DistributedDataParallel wraps the *encoder*, which every task uses in full at
@@ -24,6 +25,8 @@ ranks split between them. How the pieces fit:
   ranks that is the global batch's mean. DDP *averages* gradients over the W ranks, so the
   backward pass scales by W to turn that average into the sum (see Trainer.train_step). Uneven
   shares (a last batch of 31 rows on 2 ranks) are therefore exact too.
+- **Gradient accumulation.** With --grad-accum, a rank's share is cut into micro-batches; all
+  but the last run under DDP's `no_sync`, so the gradients are all-reduced once per step.
 - **MNR.** The ranking loss takes the other rows of the batch as negatives, so the ranks gather
   each other's sentence embeddings (`gather_rows`, differentiable): each computes the loss of the
   whole batch, as one process would. Its backward pass sums the W identical copies into each
@@ -90,14 +93,6 @@ class Distributed:
         dist.all_gather_object(values, value)
         return values
 
-    def broadcast(self, value):
-        """Rank 0's `value` (picklable), on every rank."""
-        if not self.enabled:
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def broadcast_module(self, module: nn.Module) -> None:
         """Copy rank 0's parameters and buffers to every rank, in place."""
         if self.enabled:
@@ -132,8 +127,10 @@ class Distributed:
             return x[:counts[0]]
         from torch.distributed.nn.functional import all_gather  # the version with a backward pass
 
-        width = max(max(counts), x.shape[0])
-        padded = torch.nn.functional.pad(x, (0, 0, 0, width - x.shape[0]))  # same shape on every rank
+        # The collective needs one shape on every rank: pad to the largest share. (A rank with
+        # no rows holds one stand-in row, and this is only called when some rank has rows.)
+        width = max(counts)
+        padded = torch.nn.functional.pad(x, (0, 0, 0, width - x.shape[0]))
         pieces = all_gather(padded)
         return torch.cat([piece[:n] for piece, n in zip(pieces, counts)])
 
