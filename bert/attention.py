@@ -51,7 +51,7 @@ def reference_attention(
 
 # The fused kernels the fast path may use on a GPU. cuDNN's attention, which PyTorch may pick for
 # bf16 and fp16, builds an execution plan for every new input shape; length-grouped batches bring
-# a new shape at nearly every step, so it is left out (see benchmarks/README.md for the timing).
+# a new shape at nearly every step, so it is left out (timed on an H200: README.md, "Speed").
 CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
