@@ -56,9 +56,9 @@ from training import (  # noqa: E402  (training.py also puts the repository on s
     build_model,
     load_split,
     require_files,
+    run_and_report,
     run_main,
     synchronize,
-    write_report,
 )
 from encoder import machine_info  # noqa: E402
 
@@ -265,13 +265,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = parse_args(argv)
-    started = time.perf_counter()
-    report = run(settings)
-    report["wall_s"] = round(time.perf_counter() - started, 1)
-    print_report(report)
-    out = write_report(report, settings.out)
-    print(f"\n{report['wall_s']:.0f} s; written to {out}")
+    run_and_report(run, parse_args(argv), print_report)
 
 
 if __name__ == "__main__":

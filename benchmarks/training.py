@@ -192,6 +192,16 @@ def write_report(report: dict, out: str) -> Path:
     return path
 
 
+def run_and_report(run: Callable, settings, print_report: Callable[[dict], None]) -> None:
+    """Run a benchmark with `settings`, print its table and write its JSON to settings.out."""
+    started = time.perf_counter()
+    report = run(settings)
+    report["wall_s"] = round(time.perf_counter() - started, 1)
+    print_report(report)
+    out = write_report(report, settings.out)
+    print(f"\n{report['wall_s']:.0f} s; written to {out}")
+
+
 def run_main(main: Callable[[], None]) -> None:
     """Run a benchmark; setup problems (data, checkpoint, device) end it with their message."""
     try:
@@ -745,13 +755,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = parse_args(argv)
-    started = time.perf_counter()
-    report = run(settings)
-    report["wall_s"] = round(time.perf_counter() - started, 1)
-    print_report(report)
-    out = write_report(report, settings.out)
-    print(f"\n{report['wall_s']:.0f} s; written to {out}")
+    run_and_report(run, parse_args(argv), print_report)
 
 
 if __name__ == "__main__":
