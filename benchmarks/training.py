@@ -65,6 +65,7 @@ from multitask.config import TrainConfig  # noqa: E402
 from multitask.data import DataError, Split, dataset_paths, load_quora, load_sst, load_sts  # noqa: E402
 from multitask.heads import TASKS, MultitaskBert  # noqa: E402
 from multitask.runtime import RuntimeSetupError, cpu_has_fast_bf16  # noqa: E402
+from multitask.samplers import epoch_plan  # noqa: E402
 from multitask.training import EpochProgress, Trainer  # noqa: E402
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -598,7 +599,8 @@ def run(settings: Settings) -> dict:
         pipelines = [ours, naive]
 
         # The annealed sampler's plan for a first epoch (alpha = 1: proportional to dataset size).
-        plan = trainer.sampler.epoch_tasks(1, config.epochs, settings.steps + settings.optimizer_steps)
+        plan = epoch_plan(config.sampler, trainer.task_sizes, 1, config.epochs,
+                          settings.steps + settings.optimizer_steps, config.seed)
         warmup = [TASKS[i % len(TASKS)] for i in range(settings.warmup)]
         print(f"warm-up, not timed: {len(warmup)} step(s) each ({', '.join(warmup) or 'none'})",
               flush=True)

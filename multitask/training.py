@@ -45,7 +45,7 @@ from multitask.evaluation import evaluate, predict_split, prediction_path, write
 from multitask.heads import TASKS, MultitaskBert, layouts
 from multitask.losses import MNR_POSITIVE_THRESHOLD
 from multitask.runtime import RuntimeSetupError, autocast, grad_scaler, resolve_device, resolve_precision
-from multitask.samplers import RoundRobinSampler, make_sampler
+from multitask.samplers import epoch_plan, round_robin_batches
 
 LOADERS = {"sst": load_sst, "qqp": load_quora, "sts": load_sts}
 FILE_KEYS = {"sst": "sst", "qqp": "quora", "sts": "sts"}  # dataset_paths() names Quora "quora"
@@ -203,7 +203,7 @@ class Trainer:
         distributed.check_same("the dataset sizes", {
             task: (len(self.data[task].train), len(self.data[task].dev),
                    None if self.data[task].test is None else len(self.data[task].test)) for task in TASKS})
-        self.sampler = make_sampler(config.sampler, sizes, config.seed, config.batch_size)
+        self.task_sizes = sizes
         self.optimizer = AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = grad_scaler(self.device, self.precision)
         self.best_overall = -math.inf
@@ -213,9 +213,14 @@ class Trainer:
 
     @property
     def batches_per_epoch(self) -> int:
-        if isinstance(self.sampler, RoundRobinSampler):
-            return self.sampler.batches_per_epoch
+        if self.config.sampler == "round-robin":
+            return round_robin_batches(self.task_sizes, self.config.batch_size)
         return self.config.batches_per_epoch
+
+    def epoch_plan(self, epoch: int) -> list[str]:
+        """The task of each of the epoch's batches (multitask/samplers.py)."""
+        return epoch_plan(self.config.sampler, self.task_sizes, epoch, self.config.epochs,
+                          self.batches_per_epoch, self.config.seed)
 
     # ---- one step -------------------------------------------------------------------------
 
@@ -312,7 +317,7 @@ class Trainer:
         config, epoch = self.config, progress.epoch
         self.model.train()
         use_mnr = config.sts_head == "mnr" and epoch <= mnr_epochs(config.epochs)
-        plan = self.sampler.epoch_tasks(epoch, config.epochs, self.batches_per_epoch)
+        plan = self.epoch_plan(epoch)
         self.distributed.check_same(f"the task plan of epoch {epoch}", plan_fingerprint(plan))
         for task in TASKS:
             progress.loss_sums.setdefault(task, torch.zeros((), device=self.device))
@@ -383,11 +388,14 @@ class Trainer:
     def save_state(self, progress: EpochProgress | None, next_epoch: int | None = None) -> None:
         """Write OUT/checkpoint.pt: mid-epoch (`progress`) or between epochs (`next_epoch`).
 
-        Every rank takes part (the loss sums and random generators are gathered); rank 0 writes.
-        The stored loss sums and token counts are the totals over the ranks.
+        Every rank takes part (the random generators and each rank's running sums are
+        gathered); rank 0 writes. Each rank's own loss sums and token counts are stored, so a
+        resumed rank adds the same numbers in the same order as an uninterrupted one (float sums
+        depend on the order); "progress" holds the totals over the ranks, for readers.
         """
         rng = self.distributed.gather(checkpoint.capture_rng_state())
         progress_state = self.global_progress(progress).state() if progress else None
+        progress_of_ranks = self.distributed.gather(progress.state()) if progress else None
         if not self.distributed.is_main:
             return
         checkpoint.save_training_state(self.state_path, {
@@ -400,6 +408,7 @@ class Trainer:
             "streams": {name: stream.state() for name, stream in self.streams.items()},
             "epoch": progress.epoch if progress else next_epoch,
             "progress": progress_state,
+            "progress_of_ranks": progress_of_ranks,  # one per rank, each its own running sums
             "best_overall": self.best_overall,
             "history": self.history,
         })
@@ -426,15 +435,19 @@ class Trainer:
         self.best_overall = state["best_overall"]
         self.history = state["history"]
         self.start_epoch = state["epoch"]
-        if state["progress"] is not None:
-            values = dict(state["progress"])
-            values["loss_sums"] = {t: v.to(self.device) for t, v in values["loss_sums"].items()}
-            if not self.distributed.is_main:  # the stored sums are the totals: rank 0 carries them
-                values["loss_sums"] = {t: torch.zeros_like(v) for t, v in values["loss_sums"].items()}
-                values["real_tokens"] = values["padded_tokens"] = 0
-            self.resumed_progress = EpochProgress(**values)
         rngs = state.get("rng_of_ranks", [state["rng"]])
-        if len(rngs) == self.distributed.world_size:
+        same_world = len(rngs) == self.distributed.world_size
+        if state["progress"] is not None:
+            if same_world and state.get("progress_of_ranks"):  # this rank's own running sums:
+                values = dict(state["progress_of_ranks"][self.distributed.rank])  # same order of adds
+            else:  # another number of processes: rank 0 carries the totals, the others start at 0
+                values = dict(state["progress"])
+                if not self.distributed.is_main:
+                    values["loss_sums"] = {t: torch.zeros_like(v) for t, v in values["loss_sums"].items()}
+                    values["real_tokens"] = values["padded_tokens"] = 0
+            values["loss_sums"] = {t: v.to(self.device) for t, v in values["loss_sums"].items()}
+            self.resumed_progress = EpochProgress(**values)
+        if same_world:
             checkpoint.restore_rng_state(rngs[self.distributed.rank])
         else:
             self.log(f"warning: {path} was written by {len(rngs)} process(es), this run has "

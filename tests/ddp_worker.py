@@ -36,7 +36,7 @@ def main(config_json: str, steps: int, out: Path, weights: Path | None) -> None:
     hook_state = {"synced_backward_passes": 0}
     if distributed.enabled:
         trainer.model.replicated_encoder.ddp.register_comm_hook(hook_state, counting_allreduce)
-    plan = trainer.sampler.epoch_tasks(1, config.epochs, trainer.batches_per_epoch)[:steps]
+    plan = trainer.epoch_plan(1)[:steps]
     progress = EpochProgress(1)
     trainer.model.train()
     losses = []

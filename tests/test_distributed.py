@@ -81,7 +81,7 @@ def test_shards_cover_the_batch_once_in_order(rows, world_size, micro_steps):
 def train_steps(values: dict, steps: int) -> tuple[dict, dict, list[float]]:
     """Weights after `steps` steps, the gradients of the last step, and the losses."""
     trainer = training.Trainer(TrainConfig(**values), log=lambda m: None)
-    plan = trainer.sampler.epoch_tasks(1, 1, trainer.batches_per_epoch)[:steps]
+    plan = trainer.epoch_plan(1)[:steps]
     progress = training.EpochProgress(1)
     trainer.model.train()
     losses = [float(trainer.train_step(task, False, progress)[0]) for task in plan]
@@ -106,7 +106,7 @@ def test_accumulated_gradients_of_the_stacked_pair_layout_match(tiny_setup, tmp_
     AdamW divides by their root mean square, so last-digit differences of those would move the
     *weights* by a good part of the learning rate, while the gradients agree to 1e-7."""
     values = config_values(tiny_setup, tmp_path, batch_size=32, sts_head="cosine")
-    plan = training.Trainer(TrainConfig(**values), log=lambda m: None).sampler.epoch_tasks(1, 1, 18)
+    plan = training.Trainer(TrainConfig(**values), log=lambda m: None).epoch_plan(1)
     steps = plan.index("sts") + 1
     _, whole, whole_losses = train_steps(values, steps)
     _, accumulated, accumulated_losses = train_steps({**values, "grad_accum": 4}, steps)
@@ -180,7 +180,7 @@ def test_mnr_takes_its_negatives_from_every_rank(tiny_setup, tmp_path):
     loss and, at the MNR step, the same gradients (compared there, for the reason given in
     test_accumulated_gradients_of_the_stacked_pair_layout_match)."""
     values = config_values(tiny_setup, tmp_path / "unused", sts_head="mnr")
-    plan = training.Trainer(TrainConfig(**values), log=lambda m: None).sampler.epoch_tasks(1, 1, 18)
+    plan = training.Trainer(TrainConfig(**values), log=lambda m: None).epoch_plan(1)
     steps = plan.index("sts") + 1
     for processes in (2, 1):
         (tmp_path / str(processes)).mkdir()
