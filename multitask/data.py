@@ -179,22 +179,43 @@ def _problem_kind(reason: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def load_sst(path: PathLike, labelled: bool = True) -> Split:
+# A labelled file that yields no example at all (a header only, or every label invalid) is a
+# DataError unless the caller passes allow_empty=True: training or evaluating on nothing would
+# only fail later, far from the cause (an empty batch, a NaN correlation). Unlabelled test files
+# may be empty: there is then nothing to predict.
+
+
+def load_sst(path: PathLike, labelled: bool = True, allow_empty: bool = False) -> Split:
     """Load an SST-5 file (``ids-sst-*.csv``): columns id, sentence and, if labelled, sentiment."""
     fmt = _Format("sst", ("sentence",), "sentiment", _parse_sentiment)
-    return _load(path, fmt, labelled, _make_sentence_example)
+    return _load(path, fmt, labelled, _make_sentence_example, allow_empty)
 
 
-def load_quora(path: PathLike, labelled: bool = True) -> Split:
+def load_quora(path: PathLike, labelled: bool = True, allow_empty: bool = False) -> Split:
     """Load a Quora file (``quora-*.csv``): id, sentence1, sentence2 and (labelled) is_duplicate."""
     fmt = _Format("quora", ("sentence1", "sentence2"), "is_duplicate", _parse_duplicate)
-    return _load(path, fmt, labelled, _make_pair_example)
+    return _load(path, fmt, labelled, _make_pair_example, allow_empty)
 
 
-def load_sts(path: PathLike, labelled: bool = True) -> Split:
+def load_sts(path: PathLike, labelled: bool = True, allow_empty: bool = False) -> Split:
     """Load an STS-B file (``sts-*.csv``): id, sentence1, sentence2 and, if labelled, similarity."""
     fmt = _Format("sts", ("sentence1", "sentence2"), "similarity", _parse_similarity)
-    return _load(path, fmt, labelled, _make_pair_example)
+    return _load(path, fmt, labelled, _make_pair_example, allow_empty)
+
+
+def require_examples(split: Split) -> Split:
+    """Return `split` if it holds at least one example; otherwise raise a DataError that names
+    its file, says why nothing was left (the skipped rows, or no rows at all) and what to do."""
+    if split.examples:
+        return split
+    if split.skipped:
+        why = f"every row was skipped: {split.report()}"
+    else:
+        why = "it has a header line but no rows"
+    raise DataError(
+        f"{split.path}: no usable examples ({why}). Fix the file, or delete it so that it is "
+        f"downloaded again (when online), or point --data-dir at a folder with good files."
+    )
 
 
 def dataset_paths(data_dir: PathLike) -> dict[str, Path]:
@@ -297,7 +318,8 @@ def _parse_record(
     return row_id, texts, label
 
 
-def _load(path: PathLike, fmt: _Format, labelled: bool, make_example: Callable) -> Split:
+def _load(path: PathLike, fmt: _Format, labelled: bool, make_example: Callable,
+          allow_empty: bool = False) -> Split:
     """Read one file of the given format into a Split, skipping (and recording) bad records."""
     path = Path(path)
     if not path.is_file():
@@ -348,5 +370,5 @@ def _load(path: PathLike, fmt: _Format, labelled: bool, make_example: Callable) 
                 f"{path}:{reader.line_num}: cannot parse the file as csv ({error})."
             ) from error
 
-    name = _split_name(fmt.task, path)
-    return Split(name=name, path=str(path), examples=examples, skipped=skipped)
+    split = Split(name=_split_name(fmt.task, path), path=str(path), examples=examples, skipped=skipped)
+    return split if allow_empty or not labelled else require_examples(split)

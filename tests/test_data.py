@@ -19,6 +19,7 @@ from multitask.data import (
     load_quora,
     load_sst,
     load_sts,
+    require_examples,
 )
 
 SST_HEADER = "\tid\tsentence\tsentiment\n"
@@ -155,7 +156,7 @@ def test_out_of_range_label_is_skipped(tmp_path, loader, header, row_prefix, bad
 ])
 def test_missing_or_non_numeric_label_is_skipped(tmp_path, loader, header, row_prefix, bad_label):
     path = write(tmp_path, "f.csv", header + row_prefix + bad_label + "\n")
-    split = loader(path)
+    split = loader(path, allow_empty=True)  # the file's only row is bad: nothing left
     assert split.examples == []
     assert [row.line for row in split.skipped] == [2]
     reason = split.skipped[0].reason
@@ -223,6 +224,39 @@ def test_pair_file_loaded_as_sst_is_a_clear_error(tmp_path):
 def test_empty_file_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="empty"):
         load_sst(write(tmp_path, "sst.csv", ""))
+
+
+@pytest.mark.parametrize("loader, header", [(load_sst, SST_HEADER), (load_quora, QUORA_HEADER),
+                                            (load_sts, STS_HEADER)])
+def test_labelled_file_with_a_header_only_is_a_clear_error(tmp_path, loader, header):
+    path = write(tmp_path, "sts-train.csv", header)
+    with pytest.raises(DataError) as caught:
+        loader(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: no usable examples")
+    assert "header line but no rows" in message and "--data-dir" in message
+
+
+def test_labelled_file_whose_every_label_is_invalid_is_a_clear_error(tmp_path):
+    rows = "".join(f"{i}\ts{i}\tOne .\tTwo .\t{bad}\n" for i, bad in enumerate(["9", "", "x"]))
+    path = write(tmp_path, "sts-dev.csv", STS_HEADER + rows)
+    with pytest.raises(DataError) as caught:
+        load_sts(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: no usable examples (every row was skipped")
+    # The skip report says which rows and why, as training prints it for a partly bad file.
+    assert "skipped 3 rows with a missing or invalid label" in message
+    assert "sts-dev.csv:2 label '9' out of range" in message
+
+
+def test_empty_splits_allowed_where_asked_and_for_unlabelled_files(tmp_path):
+    path = write(tmp_path, "sts-test-student.csv", "\tid\tsentence1\tsentence2\n")
+    assert load_sts(path, labelled=False).examples == []
+    assert load_sts(write(tmp_path, "sts-dev.csv", STS_HEADER), allow_empty=True).examples == []
+    with pytest.raises(DataError, match="no usable examples"):
+        require_examples(Split("sts-dev", str(path), []))
+    split = Split("sts-dev", str(path), ["one"])
+    assert require_examples(split) is split
 
 
 def test_not_utf8_is_a_clear_error(tmp_path):
@@ -393,7 +427,7 @@ def check_round_trip(tmp_path, task, rows, dialect):
     path = tmp_path / f"{task}.csv"
     path.write_bytes(content.encode("utf-8"))
 
-    split = loader(path)
+    split = loader(path, allow_empty=True)
 
     # The oracle: which rows must come back, and on which line every other row starts.
     expected, skipped_lines, bad_label_lines, seen = [], [], set(), set()
@@ -420,6 +454,9 @@ def check_round_trip(tmp_path, task, rows, dialect):
         if row.line in bad_label_lines:
             assert "label" in row.reason
     assert (split.report() is None) == (not skipped_lines)
+    if not expected:  # without allow_empty, a file with nothing usable is an error
+        with pytest.raises(DataError, match="no usable examples"):
+            loader(path)
 
 
 # csv.writer leaves a lone "\r" unquoted unless "\r" is part of its line terminator, so a "\n"
