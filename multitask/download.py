@@ -14,6 +14,7 @@ put them; ``--data-dir`` can point at any folder that already has them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -101,6 +102,11 @@ def ensure_files(
     latter names every file still missing and says where to put them.
     """
     folder = Path(data_dir)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(
+            f"{folder}: the data folder is a file, not a folder. Point --data-dir at the folder "
+            f"that holds (or should receive) the CS224N csv files."
+        )
     names = list(names)
     for name in names:
         # The name becomes part of a path and a URL, so it must be a bare file name.
@@ -113,10 +119,39 @@ def ensure_files(
 
     if manifest is None:
         manifest = load_manifest()
-    folder.mkdir(parents=True, exist_ok=True)
+    created = _make_folder(folder)
     if not base_url.endswith("/"):
         base_url += "/"
+    try:
+        _download_missing(folder, paths, missing, base_url, manifest, progress, timeout)
+    except BaseException:
+        # A run that got nothing (offline, say) leaves no empty data folder behind to puzzle over.
+        for made in created:
+            with contextlib.suppress(OSError):
+                made.rmdir()  # only succeeds while the folder is empty
+        raise
+    return paths
 
+
+def _make_folder(folder: Path) -> list[Path]:
+    """Create `folder` and any missing parents; return the folders created, deepest first."""
+    created = []
+    missing = folder
+    while not missing.exists() and missing != missing.parent:
+        created.append(missing)
+        missing = missing.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(
+            f"{folder}: cannot create the data folder ({error.strerror or error}). Point --data-dir "
+            f"at a folder you can write to, or at one that already holds the CS224N csv files."
+        ) from None
+    return created
+
+
+def _download_missing(folder: Path, paths: dict[str, Path], missing: list[str], base_url: str,
+                      manifest: Mapping[str, FileInfo], progress: bool, timeout: float) -> None:
     for position, name in enumerate(missing):
         url = base_url + urllib.parse.quote(name)
         expected = manifest.get(name)
@@ -132,7 +167,6 @@ def ensure_files(
                 f"Download them from {base_url} or copy them into {folder} by hand, "
                 f"or point --data-dir at a folder that already has them."
             ) from failure
-    return paths
 
 
 class _NetworkFailure(Exception):
@@ -147,7 +181,14 @@ def _download(
     # file, and "x" mode refuses to clobber one that somehow exists.
     temp_path = target.with_name(f"{target.name}.part-{secrets.token_hex(6)}")
     try:
-        with open(temp_path, "xb") as out:
+        out = open(temp_path, "xb")
+    except OSError as error:
+        raise DataError(
+            f"{target.parent}: cannot write {target.name} there ({error.strerror or error}). Point "
+            f"--data-dir at a folder you can write to, or copy the files there by hand."
+        ) from None
+    try:
+        with out:
             digest, size = _fetch(url, out, target.name, progress=progress, timeout=timeout)
         if expected is not None:
             _verify(target.name, expected, digest, size)

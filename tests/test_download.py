@@ -197,6 +197,35 @@ def test_server_gone_names_every_missing_file(tmp_path, served):
     assert leftovers(data_dir) == []
 
 
+def test_offline_run_does_not_leave_an_empty_data_folder(tmp_path, served):
+    folder, server, _ = served
+    server.stop()
+    data_dir = tmp_path / "new" / "data"  # neither folder exists yet
+    with pytest.raises(DataError, match="Could not download"):
+        ensure_files(data_dir, ["sts-dev.csv"], base_url=server.base_url, manifest={}, progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_existing_data_folder_is_kept_after_a_failed_download(tmp_path, served):
+    folder, server, _ = served
+    server.stop()
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with pytest.raises(DataError):
+        ensure_files(data_dir, ["sts-dev.csv"], base_url=server.base_url, manifest={}, progress=False)
+    assert data_dir.is_dir()
+
+
+def test_data_dir_naming_a_file_is_a_clear_error(tmp_path):
+    a_file = tmp_path / "sts-dev.csv"
+    a_file.write_text("not a folder")
+    with pytest.raises(DataError, match=f"^{a_file}: the data folder is a file.*--data-dir"):
+        ensure_files(a_file, ["sts-dev.csv"], manifest={}, progress=False)
+    with pytest.raises(DataError, match="cannot create the data folder"):
+        ensure_files(a_file / "data", ["sts-dev.csv"], manifest={}, progress=False)
+    assert a_file.read_text() == "not a folder"
+
+
 def test_http_404_after_a_good_file(tmp_path, served):
     folder, server, _ = served
     (folder / "ids-sst-dev.csv").write_bytes(SST_TEXT)
