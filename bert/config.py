@@ -9,12 +9,47 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 
+# Terminal escape sequences (colours, bold) that some libraries put into their error text; a
+# message that quotes such text is printed to files and pipes too, where they are debris.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def strip_ansi(text: str) -> str:
+    """`text` without terminal escape sequences such as "\x1b[1m" (bold) and "\x1b[0m"."""
+    return _ANSI_ESCAPE.sub("", text)
+
+
 class CheckpointError(Exception):
-    """A checkpoint or its files cannot be used; the message names the file and what to do."""
+    """A checkpoint or its files cannot be used; the message names the file and what to do.
+
+    The message is kept free of terminal escape sequences, whatever text it quotes.
+    """
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(strip_ansi(str(message)))
+
+
+# What a config.json value must be for the encoder to be built: (type, smallest, largest). The
+# upper bounds are far beyond any published BERT (bert-large: 1024 wide, 24 layers, 30522
+# words; multilingual vocabularies reach about 250,000) yet stop a damaged file from asking
+# nn.Embedding for terabytes. Floats must be finite as well.
+_INTEGER_LIMITS = {
+    "vocab_size": (1, 10_000_000),
+    "hidden_size": (1, 65_536),
+    "num_hidden_layers": (1, 1_000),
+    "num_attention_heads": (1, 65_536),
+    "intermediate_size": (1, 1_000_000),
+    "max_position_embeddings": (1, 1_000_000),
+    "type_vocab_size": (1, 1_000),
+}
+_PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
 @dataclass
@@ -38,6 +73,26 @@ class BertConfig:
     attention_implementation: str = "sdpa"
 
     def __post_init__(self) -> None:
+        for name, (lowest, highest) in _INTEGER_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
+                raise ValueError(f"{name} is {value!r}; it must be a whole number from {lowest:,} "
+                                 f"to {highest:,}")
+        if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int) \
+                or not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id is {self.pad_token_id!r}; it must be a token id from 0 "
+                             f"to vocab_size - 1 ({self.vocab_size - 1})")
+        for name in _PROBABILITIES:
+            value = getattr(self, name)
+            if not _is_real(value) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} is {value!r}; it must be a number from 0 up to (not "
+                                 f"including) 1")
+        if not _is_real(self.layer_norm_eps) or self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps is {self.layer_norm_eps!r}; it must be a finite "
+                             f"number above 0")
+        if not _is_real(self.initializer_range) or self.initializer_range < 0:
+            raise ValueError(f"initializer_range is {self.initializer_range!r}; it must be a finite "
+                             f"number, 0 or more")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by "
@@ -78,7 +133,8 @@ class BertConfig:
         try:
             return cls.from_dict(values)
         except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: {err}") from None
+            raise CheckpointError(f"{path}: {err}. The file is damaged or not a BERT config.json: "
+                                  f"fix it, or download the checkpoint again.") from None
 
     def to_dict(self) -> dict:
         """The config.json form (with the keys other BERT libraries expect)."""
@@ -89,3 +145,8 @@ class BertConfig:
 
     def save(self, folder: str | Path) -> None:
         Path(folder, "config.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def _is_real(value: object) -> bool:
+    """A finite int or float from JSON (not a bool, a string or NaN)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

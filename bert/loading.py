@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bert.config import BertConfig, CheckpointError
+from bert.config import BertConfig, CheckpointError, strip_ansi
 
 logger = logging.getLogger("bert")
 
@@ -161,15 +161,34 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(
-            f"{path}: cannot read the weights ({err.__class__.__name__}: {first_line[:200]}). "
+            f"{path}: cannot read the weights ({err.__class__.__name__}: {load_error_reason(err)}). "
             f"The file may be truncated or corrupt (download it again), or not a weights file. "
             f"Only plain tensors are loaded; pickled code is refused."
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors")
     return state
+
+
+def load_error_reason(err: BaseException, limit: int = 200) -> str:
+    """The one line of a loading error worth quoting, without terminal colour codes.
+
+    torch's refusal of pickled code opens with advice on loading the file anyway (with
+    weights_only=False, in bold), which is not what a user of this project should do; the line
+    that names the refused global ("GLOBAL posix.system ...") says what was wrong. Other errors
+    are quoted by their first line.
+    """
+    lines = [strip_ansi(line).strip() for line in str(err).splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return err.__class__.__name__
+    refused = [line for line in lines if "GLOBAL " in line]
+    if refused:  # its first sentence; the next ones explain how to allow the global after all
+        chosen = refused[0].removeprefix("WeightsUnpickler error: ").split(". ")[0].rstrip(".")
+    else:
+        chosen = lines[0]
+    return chosen if len(chosen) <= limit else chosen[:limit] + "..."
 
 
 def standard_name(name: str) -> str:

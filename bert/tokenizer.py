@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from bert.config import CheckpointError
+from bert.config import BertConfig, CheckpointError
 
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -96,12 +96,12 @@ class BertTokenizer:
         settings = {}
         tokenizer_config = resolve_file(name_or_path, "tokenizer_config.json")
         if tokenizer_config is not None:
-            settings = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+            settings = _read_settings(tokenizer_config)
         max_length = int(min(settings.get("model_max_length") or 512, 10**6))
         model_config = resolve_file(name_or_path, "config.json")
         if model_config is not None:
-            positions = json.loads(model_config.read_text(encoding="utf-8")).get("max_position_embeddings")
-            max_length = min(max_length, positions or max_length)
+            # The config loader checks every value and names the file and key of a bad one.
+            max_length = min(max_length, BertConfig.from_json_file(model_config).max_position_embeddings)
         return cls(
             vocab_file,
             do_lower_case=settings.get("do_lower_case", True),
@@ -184,6 +184,34 @@ class BertTokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+# The tokenizer_config.json settings read here: what each must be, and how to say so.
+_SETTINGS = {
+    "do_lower_case": (lambda v: isinstance(v, bool), "true or false"),
+    "strip_accents": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "tokenize_chinese_chars": (lambda v: isinstance(v, bool), "true or false"),
+    # bool is an int in Python, so it is ruled out by name; NaN fails the comparison.
+    "model_max_length": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 and v >= 1), "a number of at least 1, or null"),
+}
+
+
+def _read_settings(path: Path) -> dict:
+    """tokenizer_config.json as a dict, each setting we use checked; a CheckpointError that names
+    the file (and the key) when it is cut off, not JSON or holds a value of the wrong kind."""
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err}). Fix the file, or download the "
+                              f"checkpoint again.") from None
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of tokenizer settings")
+    for key, (valid, wanted) in _SETTINGS.items():
+        if key in settings and not valid(settings[key]):
+            raise CheckpointError(f"{path}: {key} is {settings[key]!r}; it must be {wanted}. Fix the "
+                                  f"file, or download the checkpoint again.")
+    return settings
 
 
 def _check_texts(texts: Sequence[str], argument: str) -> list[str]:

@@ -88,9 +88,18 @@ def test_pickled_code_is_refused(tiny_checkpoint, tmp_path):
     (folder / "model.safetensors").unlink()
     with open(folder / "pytorch_model.bin", "wb") as handle:
         pickle.dump({"embeddings.word_embeddings.weight": Exploit()}, handle, protocol=2)
-    with pytest.raises(CheckpointError, match="pickled code is refused"):
+    with pytest.raises(CheckpointError, match="pickled code is refused") as caught:
         BertModel.from_pretrained(folder)
     assert not marker.exists()
+    # torch's refusal carries bold-text escape codes and advice to load the file unsafely; the
+    # message quotes only the line that names the refused global, as plain text.
+    message = str(caught.value)
+    assert "\x1b" not in message and "GLOBAL io.open was not an allowed global" in message
+    assert "weights_only" not in message and "add_safe_globals" not in message
+
+
+def test_checkpoint_errors_never_carry_terminal_colour_codes():
+    assert str(CheckpointError("a \x1b[1mbold\x1b[0m word")) == "a bold word"
 
 
 def test_bad_config_json(tmp_path):
@@ -100,6 +109,50 @@ def test_bad_config_json(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(CheckpointError, match="only 'bert'"):
         BertModel.from_pretrained(tmp_path)
+
+
+VOCAB = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\n"
+
+
+@pytest.mark.parametrize("key, value", [
+    ("vocab_size", 0), ("vocab_size", -5), ("vocab_size", 10**12), ("vocab_size", "30522"),
+    ("vocab_size", 99.5), ("vocab_size", True), ("hidden_size", 0), ("num_attention_heads", 0),
+    ("num_hidden_layers", -1), ("max_position_embeddings", 0), ("type_vocab_size", 0),
+    ("hidden_dropout_prob", 1.5), ("attention_probs_dropout_prob", float("nan")),
+    ("layer_norm_eps", 0), ("initializer_range", float("inf")), ("pad_token_id", 10**6),
+])
+def test_insane_config_value_names_the_file_and_key(tiny_checkpoint, key, value):
+    """Checked when config.json is read, before nn.Embedding or the tokenizer see the value."""
+    _, folder = tiny_checkpoint
+    (folder / "vocab.txt").write_text(VOCAB)
+    values = json.loads((folder / "config.json").read_text())
+    values[key] = value  # json.dumps writes NaN and Infinity, as a careless tool would
+    (folder / "config.json").write_text(json.dumps(values))
+    for load in (BertModel.from_pretrained, BertTokenizer.from_pretrained):
+        with pytest.raises(CheckpointError) as caught:
+            load(folder)
+        message = str(caught.value)
+        assert message.startswith(f"{folder / 'config.json'}: {key} is {value!r}; it must be"), message
+        assert "download the checkpoint again" in message
+
+
+def test_cut_off_json_files_are_clear_errors_in_the_tokenizer(tiny_checkpoint):
+    _, folder = tiny_checkpoint
+    (folder / "vocab.txt").write_text(VOCAB)
+    config_text = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(config_text[: len(config_text) // 2])
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        BertTokenizer.from_pretrained(folder)
+    (folder / "config.json").write_text(config_text)
+    (folder / "tokenizer_config.json").write_text('{"do_lower_case": tr')
+    with pytest.raises(CheckpointError, match="tokenizer_config.json: not valid JSON"):
+        BertTokenizer.from_pretrained(folder)
+    for key, value in (("do_lower_case", "yes"), ("model_max_length", -1), ("model_max_length", True)):
+        (folder / "tokenizer_config.json").write_text(json.dumps({key: value}))
+        with pytest.raises(CheckpointError, match=f"tokenizer_config.json: {key} is {value!r}; it must be"):
+            BertTokenizer.from_pretrained(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 16}))
+    assert BertTokenizer.from_pretrained(folder).model_max_length == 16
 
 
 def test_config_overrides(tiny_checkpoint):
