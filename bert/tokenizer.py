@@ -155,6 +155,15 @@ class BertTokenizer:
             Encoded(e.ids, e.type_ids) for e in self.backend.encode_batch(inputs, add_special_tokens=True)
         ]
 
+    def untruncated_lengths(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[int]:
+        """How many tokens each input (special tokens included) has before any truncation, so
+        that a caller can say how much `encode` cuts off."""
+        texts = _check_texts(texts, "texts")
+        inputs = texts if pairs is None else list(zip(texts, _check_texts(pairs, "pairs")))
+        self.backend.no_truncation()
+        self._truncation_length = None  # the next encode() sets its truncation again
+        return [len(e.ids) for e in self.backend.encode_batch(inputs, add_special_tokens=True)]
+
     def pad(self, encoded: Sequence[Encoded]) -> dict[str, torch.Tensor]:
         """Stack encodings into (B, T) tensors, T the longest; padding has attention_mask 0."""
         length = max((len(e.input_ids) for e in encoded), default=0)

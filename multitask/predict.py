@@ -116,6 +116,39 @@ def predict_pair(trained: TrainedModel, first: str, second: str) -> PairPredicti
     return PairPrediction(float(paraphrase), float(similarity), trained.config.sts_head)
 
 
+def input_limit(trained: TrainedModel) -> tuple[int, str]:
+    """The most tokens the model reads per input, and where that limit comes from."""
+    if trained.config.max_length is not None:
+        return trained.config.max_length, "the --max-length it was trained with"
+    return trained.tokenizer.model_max_length, "the checkpoint's maximum"
+
+
+def truncation_warnings(trained: TrainedModel, first: str, second: str | None = None) -> list[str]:
+    """A warning for each input the model will see cut short, saying how many tokens were cut.
+
+    The model reads at most `input_limit` tokens, [CLS] and [SEP] included; the tokenizer drops
+    the rest (for a pair read jointly, from the longer sentence first). Predicting silently from
+    the beginning of a long text would pass off an answer about a part as one about the whole.
+    """
+    limit, source = input_limit(trained)
+    tokenizer = trained.tokenizer
+    measured = []  # (what, tokens)
+    if second is None:
+        measured.append(("the sentence", tokenizer.untruncated_lengths([first])[0]))
+    else:
+        # The paraphrase head always reads the pair jointly; the similarity head does too for
+        # "concat", and otherwise reads each sentence on its own.
+        measured.append(("the pair (read together)", tokenizer.untruncated_lengths([first], [second])[0]))
+        if layouts(trained.config.sts_head)["sts"] == "separate":
+            measured.append(("the first sentence", tokenizer.untruncated_lengths([first])[0]))
+            measured.append(("the second sentence", tokenizer.untruncated_lengths([second])[0]))
+    return [
+        f"warning: {what} is {tokens:,} tokens long but the model reads at most {limit} ({source}): "
+        f"{tokens - limit:,} tokens were cut off, so the answer is about the part that was kept"
+        for what, tokens in measured if tokens > limit
+    ]
+
+
 def format_sentiment(prediction: SentimentPrediction) -> str:
     lines = [f"sentiment: {prediction.label} ({prediction.name})"]
     for label, (name, p) in enumerate(zip(SENTIMENT_NAMES, prediction.probabilities)):
@@ -162,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, RuntimeSetupError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    texts = [args.sentence] if args.sentence is not None else args.pair
+    for warning in truncation_warnings(trained, *texts):
+        print(warning, file=sys.stderr)
     if args.sentence is not None:
         print(format_sentiment(predict_sentiment(trained, args.sentence)))
     else:
