@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from bert import CheckpointError
 from multitask.batching import tokenize_split
 from multitask.config import positive_int
-from multitask.data import DataError, Split, dataset_paths, load_sst, load_sts
+from multitask.data import DataError, Split, dataset_paths, load_sst, load_sts, require_examples
 from multitask.evaluation import pearson, predict_split
 from multitask.heads import NUM_SENTIMENTS, layouts
 from multitask.predict import SENTIMENT_NAMES, TrainedModel, open_checkpoint
@@ -79,6 +79,9 @@ class ErrorAnalysis:
     confusion: np.ndarray  # (c): (5, 5) counts, rows = gold class, columns = predicted class
     sst_accuracy: float
     sts_pearson: float
+    # The dev files' skipped rows (bad labels, duplicate ids), each summed up in the one line
+    # training prints for them (Split.report()): the analysis covers only the rows kept.
+    skipped_rows: list[str] = field(default_factory=list)
 
 
 def length_group(name: str, errors: np.ndarray) -> LengthGroup:
@@ -100,6 +103,8 @@ def analyse(trained: TrainedModel, sts_dev: Split, sst_dev: Split, top: int = 10
             long_characters: int = LONG_PAIR_CHARACTERS, precision: str = "fp32",
             batch_size: int = 64) -> ErrorAnalysis:
     """Predict the STS and SST dev sets with `trained` and compute the three parts."""
+    for split in (sts_dev, sst_dev):  # a correlation or confusion matrix of nothing means nothing
+        require_examples(split)
     config, tokenizer = trained.config, trained.tokenizer
     task_layouts = layouts(config.sts_head)
 
@@ -128,11 +133,15 @@ def analyse(trained: TrainedModel, sts_dev: Split, sst_dev: Split, top: int = 10
         long_pairs=length_group("long", errors[is_long]),
         short_pairs=length_group("short", errors[~is_long]), long_characters=long_characters,
         confusion=confusion, sst_accuracy=float(np.trace(confusion) / max(confusion.sum(), 1)),
-        sts_pearson=pearson(scores, labels))
+        sts_pearson=pearson(scores, labels),
+        skipped_rows=[split.report() for split in (sts_dev, sst_dev) if split.report()])
 
 
 def format_report(analysis: ErrorAnalysis) -> str:
     lines = [f"Error analysis of {analysis.checkpoint} (STS head: {analysis.sts_head})", ""]
+    if analysis.skipped_rows:
+        lines += [f"note: {report}" for report in analysis.skipped_rows]
+        lines += ["(the analysis below covers only the rows that were kept)", ""]
     if analysis.sts_head == "dot":
         lines += ["note: the dot head's STS score is an unscaled dot product, not on the labels' "
                   "0-5 scale, so its errors below measure scale as much as mistakes.", ""]
