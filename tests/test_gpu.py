@@ -7,7 +7,6 @@ offline MiniLM package nor the shared data: a bare GPU machine with torch runs t
 """
 
 import json
-import math
 import warnings
 
 import pytest
@@ -19,6 +18,7 @@ from multitask.config import TrainConfig
 from multitask.evaluation import evaluate
 from multitask.heads import TASKS
 
+from learning import LEARNING_SETTINGS, assert_every_task_learned
 from synthetic import write_dataset, write_tiny_checkpoint
 
 pytestmark = [pytest.mark.gpu,
@@ -103,13 +103,23 @@ def test_fp32_training_on_the_gpu_follows_the_cpu(tiny_setup, tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_training_on_the_gpu(tiny_setup, tmp_path, precision):
-    config = gpu_config(tiny_setup, tmp_path, precision=precision)
+def test_mixed_precision_training_on_the_gpu_learns(tiny_setup, tmp_path, precision):
+    """bf16 and fp16 (with loss scaling) both learn every task, at the budget of tests/learning.py.
+
+    An earlier 2 x 30 batches at lr 3e-3 was too short to ask that of: fp32 failed it too on
+    some seeds, and fp16's loss scaler spends its first three STS steps finding its scale.
+    """
+    config = gpu_config(tiny_setup, tmp_path, precision=precision, **LEARNING_SETTINGS)
     final = training.train(config, log=lambda message: None)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2]
-    assert all(math.isfinite(r[f"train_loss_{task}"]) for r in records for task in TASKS)
-    assert 0.0 <= final["overall"] <= 1.0
+    assert [r["epoch"] for r in records] == list(range(1, config.epochs + 1))
+    assert_every_task_learned(records)
+    scaler = checkpoint.load_training_state(tmp_path / "checkpoint.pt")["scaler"]
+    if precision == "fp16":
+        # A few halvings from 2^16 at the start (three on the CPU), not one per step.
+        assert 2.0**10 <= scaler["scale"] <= 2.0**16, scaler
+    else:
+        assert scaler == {}  # bf16 has fp32's range: no loss scaling
     # The best checkpoint, saved from the GPU, reloads on the CPU with about the same scores (fp32
     # there, so only close to the mixed-precision ones).
     model, tokenizer, _, _ = checkpoint.load(tmp_path / "best", device="cpu")
