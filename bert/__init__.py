@@ -4,7 +4,8 @@ Read in this order: config.py (the hyper-parameters), attention.py (multi-head s
 model.py (embeddings, layers, pooler), loading.py (public checkpoints), tokenizer.py, optimizer.py.
 """
 
-from bert.config import BertConfig, CheckpointError
+from bert.config import BertConfig
+from bert.files import CheckpointError
 from bert.model import BertModel
 from bert.optimizer import AdamW
 from bert.tokenizer import BertTokenizer, Encoded

@@ -11,29 +11,10 @@ import dataclasses
 import json
 import math
 import numbers
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-
-# Terminal escape sequences (colours, bold) that some libraries put into their error text; a
-# message that quotes such text is printed to files and pipes too, where they are debris.
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-
-
-def strip_ansi(text: str) -> str:
-    """`text` without terminal escape sequences such as "\x1b[1m" (bold) and "\x1b[0m"."""
-    return _ANSI_ESCAPE.sub("", text)
-
-
-class CheckpointError(Exception):
-    """A checkpoint or its files cannot be used; the message names the file and what to do.
-
-    The message is kept free of terminal escape sequences, whatever text it quotes.
-    """
-
-    def __init__(self, message: object = "") -> None:
-        super().__init__(strip_ansi(str(message)))
+from bert.files import CheckpointError
 
 
 # What a config.json value must be for the encoder to be built: (type, smallest, largest). The

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 import socket
-import tempfile
 from pathlib import Path
 
 import torch
 
-from bert.config import BertConfig, CheckpointError, strip_ansi
+from bert.config import BertConfig
+from bert.files import CheckpointError, atomic_write, strip_ansi
 
 logger = logging.getLogger("bert")
 
@@ -250,21 +249,6 @@ def load_pretrained_model(cls, name_or_path: str | Path, **config_overrides):
     model = cls(config)
     load_weights_into(model, load_state_dict(weights), str(weights))
     return model.eval()  # like other libraries: dropout off until the caller trains
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(temp_path) then rename onto `path`, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temp)
-        with open(temp, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def save_model(model: torch.nn.Module, folder: str | Path) -> None:

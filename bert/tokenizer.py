@@ -25,7 +25,8 @@ from typing import Sequence
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from bert.config import BertConfig, CheckpointError
+from bert.config import BertConfig
+from bert.files import CheckpointError
 
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
