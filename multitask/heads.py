@@ -24,8 +24,8 @@ from torch import nn
 from bert import BertModel
 from multitask import losses
 from multitask.batching import Batch
+from multitask.config import STS_HEADS
 
-STS_HEADS = ("dot", "cosine", "concat", "mnr")
 NUM_SENTIMENTS = 5
 TASKS = ("sst", "qqp", "sts")
 
