@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from bert import BertConfig, BertModel, BertTokenizer, CheckpointError
-from bert.loading import atomic_write, load_state_dict
+from bert.files import atomic_write
+from bert.loading import load_state_dict
 from multitask.config import TrainConfig
 from multitask.heads import MultitaskBert
 
@@ -106,11 +107,105 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(path: Path, state: dict) -> None:
-    """Write a resumable training state atomically: a kill at any moment leaves the previous
-    file intact (the new one is written to a temporary name, fsynced, then renamed)."""
-    state = {"format": TRAINING_STATE_FORMAT, **state}
-    atomic_write(Path(path), lambda temp: torch.save(state, temp))
+def save_training_state(trainer, progress=None, next_epoch: int | None = None) -> None:
+    """Write OUT/checkpoint.pt for `trainer` (multitask/training.py): mid-epoch (`progress`, an
+    EpochProgress) or between epochs (`next_epoch`).
+
+    Every rank takes part (the random generators and each rank's running sums are gathered);
+    rank 0 writes. Each rank's own loss sums and token counts are stored, so that a resumed rank
+    adds the same numbers in the same order as an uninterrupted one (float sums depend on the
+    order); "progress" holds the totals over the ranks, for readers. The file is written
+    atomically: a kill at any moment leaves the previous one intact.
+    """
+    distributed = trainer.distributed
+    rng = distributed.gather(capture_rng_state())
+    progress_of_ranks = distributed.gather(progress.state()) if progress else None
+    totals = progress.totals(distributed).state() if progress else None
+    if not distributed.is_main:
+        return
+    state = {
+        "format": TRAINING_STATE_FORMAT,
+        "config": trainer.config.to_dict(),
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "rng": rng[0],
+        "rng_of_ranks": rng,  # one per rank; rank 0's is also "rng"
+        "streams": {name: stream.state() for name, stream in trainer.streams.items()},
+        "epoch": progress.epoch if progress else next_epoch,
+        "progress": totals,
+        "progress_of_ranks": progress_of_ranks,  # one per rank, each its own running sums
+        "best_overall": trainer.best_overall,
+        "history": trainer.history,
+    }
+    atomic_write(training_state_path(trainer.out_dir), lambda temp: torch.save(state, temp))
+
+
+def training_state_path(out_dir: Path) -> Path:
+    return Path(out_dir) / "checkpoint.pt"
+
+
+# Settings that may differ when a run is resumed: they change neither the numbers nor the files.
+RESUMABLE_CHANGES = {"progress", "device", "compile", "save_every", "out_dir", "data_dir", "skip_nonfinite"}
+
+
+def resume_training(trainer, path: Path) -> dict | None:
+    """Put `trainer` where the training checkpoint `path` was written, exactly; return this
+    rank's progress in the interrupted epoch (EpochProgress's fields), or None at an epoch's start.
+
+    Under torchrun every rank reads the file (on several nodes it must be on a shared
+    filesystem). Resuming with another number of processes works, but is not bit-exact: dropout
+    then draws other masks.
+    """
+    state = load_training_state(path)
+    changed = {k: (v, getattr(trainer.config, k)) for k, v in state["config"].items()
+               if k not in RESUMABLE_CHANGES and getattr(trainer.config, k, v) != v}
+    if changed:
+        raise CheckpointError(f"{path} was written with other settings: " + ", ".join(
+            f"{k}={old!r} (now {new!r})" for k, (old, new) in changed.items()))
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    for name, stream_state in state["streams"].items():
+        trainer.streams[name].load_state(stream_state)
+    trainer.best_overall, trainer.history, trainer.start_epoch = state["best_overall"], state["history"], state["epoch"]
+    distributed = trainer.distributed
+    rngs = state.get("rng_of_ranks", [state["rng"]])
+    same_world = len(rngs) == distributed.world_size
+    values = None
+    if state["progress"] is not None:
+        if same_world and state.get("progress_of_ranks"):  # this rank's own running sums
+            values = dict(state["progress_of_ranks"][distributed.rank])
+        else:  # another number of processes: rank 0 carries the totals, the others start at 0
+            values = dict(state["progress"])
+            if not distributed.is_main:
+                values["loss_sums"] = {t: torch.zeros_like(v) for t, v in values["loss_sums"].items()}
+                values["real_tokens"] = values["padded_tokens"] = 0
+        values["loss_sums"] = {t: v.to(trainer.device) for t, v in values["loss_sums"].items()}
+    if same_world:
+        restore_rng_state(rngs[distributed.rank])
+    else:
+        trainer.log(f"warning: {path} was written by {len(rngs)} process(es), this run has "
+                    f"{distributed.world_size}: the run continues, but dropout draws other masks "
+                    f"than the original run would have")
+    where = f"epoch {trainer.start_epoch}, step {values['step']}" if values else f"the start of epoch {trainer.start_epoch}"
+    trainer.log(f"resuming from {path} at {where}")
+    return values
+
+
+def start_run(out_dir: Path, config: TrainConfig) -> None:
+    """Write the run's settings into its folder, and remove temporary files that a killed
+    write left behind (atomic_write's NAME.*.tmp: never a valid file)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in [*out_dir.glob("*.*.tmp"), *out_dir.glob("best/*.*.tmp")]:
+        leftover.unlink()
+    (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def write_metrics(out_dir: Path, history: list[dict]) -> None:
+    """Rewrite metrics.jsonl from the history (so a resumed run drops lines it redoes)."""
+    text = "".join(json.dumps(record) + "\n" for record in history)
+    atomic_write(out_dir / "metrics.jsonl", lambda temp: Path(temp).write_text(text))
 
 
 def load_training_state(path: Path) -> dict:

@@ -23,10 +23,11 @@ ranks split between them. How the pieces fit:
   gradient at all, exactly as in a single-process run, so AdamW skips them in both.
 - **Loss scale.** A rank's loss is its rows' mean times (its rows / global rows); summed over the
   ranks that is the global batch's mean. DDP *averages* gradients over the W ranks, so the
-  backward pass scales by W to turn that average into the sum (see Trainer.train_step). Uneven
+  backward pass scales by W to turn that average into the sum (`Piece`, Trainer.train_step). Uneven
   shares (a last batch of 31 rows on 2 ranks) are therefore exact too.
-- **Gradient accumulation.** With --grad-accum, a rank's share is cut into micro-batches; all
-  but the last run under DDP's `no_sync`, so the gradients are all-reduced once per step.
+- **Gradient accumulation.** With --grad-accum, a rank's share is cut into micro-batches
+  (`pieces`); all but the last run without DDP's gradient sync (`sync_gradients`), so the
+  gradients are all-reduced once per step.
 - **MNR.** The ranking loss takes the other rows of the batch as negatives, so the ranks gather
   each other's sentence embeddings (`gather_rows`, differentiable): each computes the loss of the
   whole batch, as one process would. Its backward pass sums the W identical copies into each
@@ -41,11 +42,12 @@ trainer has one code path.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
+import functools
 import hashlib
 import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +56,21 @@ import torch.distributed as dist
 from torch import nn
 
 from multitask.runtime import RuntimeSetupError
+
+
+@dataclass
+class Piece:
+    """One forward and backward pass of a training step.
+
+    In one process without --grad-accum a step is one piece: the whole batch, weight 1. Under
+    torchrun it is this rank's share of the batch's rows, cut into --grad-accum micro-batches.
+    """
+
+    rows: np.ndarray  # row indices into the task's split (one stand-in row if the share is empty)
+    real: bool  # False for the stand-in row: it runs only so that this rank joins the all-reduce
+    weight: float  # the piece's part of the batch's mean loss: the pieces of all ranks add up to 1
+    last: bool  # the step's last piece: its backward pass all-reduces the encoder's gradients
+    gather_rows: Callable | None = None  # MNR under torchrun: every rank's rows of this micro-step
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,61 @@ class Distributed:
     def is_main(self) -> bool:
         """Rank 0, the one process that writes files and prints."""
         return self.rank == 0
+
+    # ---- one training step --------------------------------------------------------------------
+
+    def pieces(self, rows: np.ndarray, micro_steps: int, ranking: bool = False) -> list[Piece]:
+        """How this process runs the step whose global batch is `rows` (see `Piece`).
+
+        Each micro-batch's mean loss is weighted by its share of the batch's rows, so the
+        weighted losses of all pieces on all ranks add up to the batch's mean loss. The MNR loss
+        (`ranking`), whose negatives are the other rows, is computed by every rank over all
+        ranks' rows of the micro-step instead, and weighted 1 / world size.
+        """
+        shares = [shard_rows(rows, r, self.world_size, micro_steps) for r in range(self.world_size)]
+        pieces = []
+        for i, own in enumerate(shares[self.rank]):
+            weight, gather = len(own) / len(rows), None
+            if ranking and self.enabled:
+                counts = [len(share[i]) for share in shares]
+                weight = sum(counts) / len(rows) / self.world_size
+                if sum(counts):
+                    gather = functools.partial(self.gather_rows, counts=counts)
+            pieces.append(Piece(own if len(own) else rows[:1], len(own) > 0, weight, i == micro_steps - 1, gather))
+        return pieces
+
+    def sync_gradients(self, model: nn.Module, now: bool) -> None:
+        """Whether the next backward pass all-reduces the encoder's gradients: only a step's last
+        piece does (DDP's no_sync as one flag, set before the forward pass that DDP reads it in)."""
+        if model.replicated_encoder is not None:
+            model.replicated_encoder.ddp.require_backward_grad_sync = now
+
+    # ---- setting a run up ----------------------------------------------------------------------
+
+    def own_device(self, device: torch.device) -> torch.device:
+        """The GPU of this process's LOCAL_RANK under torchrun; `device` otherwise."""
+        return torch.device("cuda", self.local_rank) if self.enabled and device.type == "cuda" else device
+
+    def replicate(self, model: nn.Module, device: torch.device, seed: int, compile: bool) -> None:
+        """Give every rank rank 0's weights and wrap the encoder in DDP (`ReplicatedEncoder`)."""
+        if not self.enabled:
+            return
+        self.broadcast_module(model)
+        model.replicated_encoder = ReplicatedEncoder(model.bert, device, compile)
+        # Dropout must differ between ranks (they see different rows), so torch's generator gets
+        # a per-rank seed; rank 0 keeps the single-process stream.
+        if self.rank:
+            torch.manual_seed(int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0]))
+
+    def first_on_each_node(self, work: Callable):
+        """Run `work` on each node's first process, then on the others (which then find the
+        files it downloaded); returns its result."""
+        if self.local_rank != 0:
+            self.barrier()
+        result = work()
+        if self.local_rank == 0:
+            self.barrier()
+        return result
 
     # ---- collectives (each a no-op in a single process) --------------------------------------
 
@@ -232,7 +304,3 @@ class ReplicatedEncoder:
 
     def __call__(self, *args, **kwargs):
         return self._run(*args, **kwargs)
-
-    def no_sync(self, skip: bool):
-        """Inside, backward passes accumulate gradients without the all-reduce (when `skip`)."""
-        return self.ddp.no_sync() if skip else contextlib.nullcontext()

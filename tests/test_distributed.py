@@ -117,7 +117,7 @@ def test_accumulated_gradients_of_the_stacked_pair_layout_match(tiny_setup, tmp_
 
 
 def test_grad_accum_larger_than_the_batch_is_refused(tiny_setup, tmp_path):
-    with pytest.raises(ValueError, match="grad_accum"):
+    with pytest.raises(ValueError, match="grad.accum"):
         TrainConfig(**config_values(tiny_setup, tmp_path, batch_size=4, grad_accum=8)).validate()
 
 

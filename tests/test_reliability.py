@@ -99,8 +99,9 @@ def small_config(tiny_setup, out_dir, **overrides) -> TrainConfig:
 
 def test_crash_during_checkpoint_write_keeps_the_previous_one(tiny_setup, tmp_path, monkeypatch):
     trainer = training.Trainer(small_config(tiny_setup, tmp_path), log=lambda m: None)
-    trainer.save_state(None, next_epoch=1)
-    before = checkpoint.load_training_state(trainer.state_path)
+    state_path = checkpoint.training_state_path(tmp_path)
+    checkpoint.save_training_state(trainer, next_epoch=1)
+    before = checkpoint.load_training_state(state_path)
 
     def crash_half_way(obj, path, *args, **kwargs):
         with open(path, "wb") as handle:
@@ -109,15 +110,15 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tiny_setup, tmp_pa
 
     monkeypatch.setattr(torch, "save", crash_half_way)
     with pytest.raises(KeyboardInterrupt):
-        trainer.save_state(None, next_epoch=2)
+        checkpoint.save_training_state(trainer, next_epoch=2)
     monkeypatch.undo()
-    after = checkpoint.load_training_state(trainer.state_path)
+    after = checkpoint.load_training_state(state_path)
     assert after["epoch"] == before["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint.pt.")] == []
 
     # A SIGKILL would leave the temporary file behind: it is never mistaken for the checkpoint.
     (tmp_path / "checkpoint.pt.abc.tmp").write_bytes(b"truncated")
-    assert checkpoint.load_training_state(trainer.state_path)["epoch"] == 1
+    assert checkpoint.load_training_state(state_path)["epoch"] == 1
 
 
 def test_truncated_or_foreign_checkpoint_is_named(tmp_path):
@@ -170,7 +171,7 @@ def inject_nan(monkeypatch, task: str, at_call: int) -> None:
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_setup, tmp_path, monkeypatch):
     inject_nan(monkeypatch, "sst", at_call=3)
     trainer = training.Trainer(small_config(tiny_setup, tmp_path), log=lambda m: None)
-    plan = trainer.sampler.epoch_tasks(1, 1, 12)
+    plan = trainer.epoch_plan(1)
     nan_step = [i for i, t in enumerate(plan) if t == "sst"][2] + 1
     with pytest.raises(training.NonFiniteLossError) as info:
         trainer.run()
