@@ -6,9 +6,6 @@ synthetic dataset (tests/synthetic.py), then checks the exit status, a key phras
 and that no Python traceback was printed; some rows also check what must not have happened
 (an input replaced, a training run started, a folder created).
 
-Rows marked PENDING belong to the trainer's command line, which is being restructured (issue 12):
-they state what the issue asks for and are expected to fail until that lands.
-
 The predict, analysis and export rows share one finished tiny run (trained once, in this process).
 Every subprocess imports torch (2 to 3 s), so each row starts exactly one.
 """
@@ -38,7 +35,6 @@ from multitask.predict import open_checkpoint, truncation_warnings
 from synthetic import write_dataset, write_tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PENDING = pytest.mark.xfail(strict=True, reason="CLI part of issue 16, pending the trainer restructuring")
 
 # 100,000 characters of words the tiny vocabulary knows: 4 tokens per 20 characters, so the
 # sentence is 20,000 tokens plus [CLS] and [SEP]; the tiny checkpoint reads at most 64.
@@ -169,7 +165,6 @@ class Case:
     status: int | tuple[int, ...]
     phrases: tuple[str, ...]  # regular expressions, searched in stdout + stderr
     check: Callable[[World, Path, subprocess.CompletedProcess], None] | None = None
-    pending: bool = False
 
 
 def no_training_started(world, tmp, result):
@@ -256,7 +251,7 @@ def check_no_data_folder(world, tmp, result):
 NAN_LR = r"(?i)--lr\b[^\n]*\b(nan|not a number|finite|positive)\b"
 CASES = [
     Case("1-out-dir-holds-a-finished-run", setup_rerun, (1, 2), (r"--resume", r"--overwrite"),
-         check_rerun, pending=True),
+         check_rerun),
     Case("2-predict-sentence-too-long",
          lambda w, t: ["-m", "multitask.predict", str(w.run), "--sentence", LONG_SENTENCE], 0,
          (r"warning: the sentence is 20,002 tokens long but the model reads at most 64 "
@@ -276,7 +271,7 @@ CASES = [
          (r"note: sts-dev\.csv: skipped 9 rows with a duplicate id \(sts-dev\.csv:5 duplicate id "
           r"'sts00000' \(first on line 2\)", r"\(a\) The 7 STS dev pairs")),  # 16 rows, 9 dropped
     Case("4-lr-nan", lambda w, t: trainer(w, t / "out", "--lr", "nan"), (1, 2), (NAN_LR,),
-         no_training_started, pending=True),
+         no_training_started),
     Case("5-sts-train-header-only",
          lambda w, t: trainer(w, t / "out", data=data_copy(w, t, "sts-train.csv", lambda rows: [])), 1,
          (r"^error: \S*sts-train\.csv: no usable examples \(it has a header line but no rows\)",),
@@ -293,15 +288,15 @@ CASES = [
          (r"^error: Could not download ids-sst-train\.csv", r"--data-dir"),
          check_no_data_folder),
     Case("8-out-dir-is-a-file", setup_out_dir_is_a_file, (1, 2), (r"a-file|--out-dir",),
-         check_file_kept, pending=True),
+         check_file_kept),
     Case("8-out-dir-not-writable", lambda w, t: trainer(w, unwritable(t)), (1, 2),
-         (r"multibert-test-out|locked|--out-dir",), pending=True),
+         (r"multibert-test-out|locked|--out-dir",)),
     Case("9-max-length-1", lambda w, t: trainer(w, t / "out", "--max-length", "1"), (1, 2),
-         (r"--max-length",), no_training_started, pending=True),
+         (r"--max-length",), no_training_started),
     Case("9-max-length-100000", lambda w, t: trainer(w, t / "out", "--max-length", "100000"), (1, 2),
-         (r"--max-length",), no_training_started, pending=True),
+         (r"--max-length",), no_training_started),
     Case("10-lr-nan-skip-nonfinite", lambda w, t: trainer(w, t / "out", "--lr", "nan", "--skip-nonfinite"),
-         (1, 2), (NAN_LR,), no_training_started, pending=True),
+         (1, 2), (NAN_LR,), no_training_started),
     Case("11-config-vocab-size-0",
          lambda w, t: trainer(w, t / "out", model=edited_copy(w.model, t / "model", set_vocab_size(0))), 1,
          (r"^error: \S*config\.json: vocab_size is 0; it must be a whole number",)),
@@ -322,8 +317,7 @@ CASES = [
     Case("12-export-target-not-writable",
          lambda w, t: ["-m", "multitask.export", str(w.run), str(unwritable(t))], 1,
          (r"^error: \S+: cannot write in \S+ \(.+\); choose an OUT_DIR you can write to",)),
-    Case("minor-leftover-tmp-checkpoint-removed", setup_leftover_tmp, 0, (), check_tmp_removed,
-         pending=True),
+    Case("minor-leftover-tmp-checkpoint-removed", setup_leftover_tmp, 0, (), check_tmp_removed),
 ]
 
 
@@ -355,8 +349,7 @@ def outcomes(world, tmp_path_factory, request) -> dict[str, tuple[Path, object]]
     return results
 
 
-@pytest.mark.parametrize("case", [pytest.param(case, id=case.name, marks=[PENDING] if case.pending else [])
-                                  for case in CASES])
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.name) for case in CASES])
 def test_bad_input(world, outcomes, case):
     tmp, result = outcomes[case.name]
     if isinstance(result, pytest.skip.Exception):
