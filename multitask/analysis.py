@@ -28,7 +28,7 @@ import numpy as np
 
 from bert import CheckpointError
 from multitask.batching import tokenize_split
-from multitask.config import positive_int
+from multitask.config import DEVICES, PRECISIONS, positive_int
 from multitask.data import DataError, Split, dataset_paths, load_sst, load_sts, require_examples
 from multitask.evaluation import pearson, predict_split
 from multitask.heads import NUM_SENTIMENTS, layouts
@@ -206,9 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--long-chars", type=positive_int, default=LONG_PAIR_CHARACTERS,
                         help="a pair is long when its two sentences total at least this many "
                              "characters (the paper: 300)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto: CUDA when there is a GPU, else the CPU")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="autocast precision of the predictions (fp32: the exact scores)")
     return parser
 

@@ -96,8 +96,6 @@ def plan_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator 
     pools of POOL_BATCHES batches, and the batches shuffled. Without `rng` (evaluation): sorted
     by length over the whole split, the least padding possible; callers restore the order.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if rng is None:
         order = np.argsort(lengths, kind="stable")
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -175,7 +173,7 @@ class BatchStream:
 
     def __init__(self, split: TokenizedSplit, batch_size: int, seed: int, pad_id: int,
                  group_by_length: bool = True):
-        if len(split) == 0:
+        if len(split) == 0:  # (an endless stream of nothing would never end)
             raise ValueError(f"{split.name} has no examples to train on")
         self.split = split
         self.batch_size = batch_size

@@ -25,7 +25,7 @@ import torch
 from bert import BertTokenizer, CheckpointError
 from multitask import checkpoint
 from multitask.batching import collate, tokenize_split
-from multitask.config import TrainConfig
+from multitask.config import DEVICES, TrainConfig
 from multitask.data import PairExample, SentenceExample, Split
 from multitask.heads import MultitaskBert, layouts
 from multitask.runtime import RuntimeSetupError, resolve_device
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--sentence", type=non_empty, help="one sentence: its SST-5 sentiment")
     what.add_argument("--pair", nargs=2, type=non_empty, metavar=("FIRST", "SECOND"),
                       help="two sentences: paraphrase probability and similarity")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
                         help="where to run the model (one input: the CPU is quick enough)")
     return parser
 

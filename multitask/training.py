@@ -39,7 +39,7 @@ from bert import AdamW, BertModel, BertTokenizer
 from multitask import checkpoint
 from multitask.batching import BatchStream, TokenizedSplit, collate, tokenize_split
 from multitask.config import TrainConfig
-from multitask.data import Split, dataset_paths, load_quora, load_sst, load_sts
+from multitask.data import DataError, Split, dataset_paths, load_quora, load_sst, load_sts
 from multitask.distributed import SINGLE_PROCESS, Distributed, from_environment, plan_fingerprint
 from multitask.download import ensure_files
 from multitask.evaluation import evaluate, predict_split, prediction_path, write_predictions
@@ -386,6 +386,9 @@ def make_streams(data: dict[str, TaskData], config: TrainConfig, pad_id: int) ->
     if config.sts_head == "mnr":
         sts = data["sts"].train
         positives = np.flatnonzero(sts.labels.numpy() >= MNR_POSITIVE_THRESHOLD)
+        if len(positives) == 0:
+            raise DataError(f"{sts.name}: no pair is labelled {MNR_POSITIVE_THRESHOLD} or more, and the mnr "
+                            f"head trains on those alone; choose another --sts-head")
         streams["sts-mnr"] = BatchStream(sts.subset(positives, "sts-train (label >= 4)"), config.batch_size,
                                          config.seed + len(TASKS), pad_id, config.group_by_length)
     return streams

@@ -210,11 +210,6 @@ def test_empty_plan():
     assert plan_batches(np.array([], dtype=np.int64), 4, None) == []
 
 
-def test_bad_batch_size():
-    with pytest.raises(ValueError, match="batch_size"):
-        plan_batches(np.arange(5), 0, np.random.default_rng(0))
-
-
 def test_length_grouping_removes_most_padding():
     lengths = sst_like_lengths(8000)
     grouped = plan_batches(lengths, 32, np.random.default_rng(0), group_by_length=True)
