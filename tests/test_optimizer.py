@@ -10,7 +10,9 @@ from bert import AdamW
 
 
 def train_fixture_layer(foreach: bool) -> np.ndarray:
-    """The exact recipe behind optimizer_test.npy (see ../shared/data/README.md)."""
+    """The recipe that produced the shared fixture optimizer_test.npy: a bias-free Linear(3, 2)
+    built after torch.manual_seed(0), 1000 steps on inputs x ~ default_rng(0).uniform(size=3) drawn
+    one per step, target (x0 + x1, -x2), summed squared error; AdamW as configured below."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(3, 2, bias=False)
     optimizer = AdamW(layer.parameters(), lr=1e-3, weight_decay=1e-4, betas=(0.9, 0.999),
@@ -108,3 +110,69 @@ def test_invalid_hyperparameters():
         AdamW(params, lr=-1)
     with pytest.raises(ValueError, match="betas"):
         AdamW(small_model().parameters(), betas=(1.0, 0.9))
+
+
+def test_defaults():
+    """The defaults are the BERT recipe's: lr 1e-3, betas (0.9, 0.999), eps 1e-6, no weight
+    decay, bias correction on, and the multi-tensor path."""
+    group = AdamW(small_model().parameters()).param_groups[0]
+    assert group["lr"] == 1e-3 and group["betas"] == (0.9, 0.999) and group["eps"] == 1e-6
+    assert group["weight_decay"] == 0.0 and group["correct_bias"] is True and group["foreach"] is True
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_first_step_moves_each_weight_by_lr_against_its_gradient(foreach):
+    """At step 1, m = (1 - beta1) g and sqrt(v) = sqrt(1 - beta2) |g|; the bias correction
+    lr * sqrt(1 - beta2) / (1 - beta1) turns the update into lr * g / (|g| + eps / sqrt(1 - beta2)),
+    i.e. lr * sign(g) where |g| is large against eps. Without the correction it is
+    lr * (1 - beta1) / sqrt(1 - beta2) * sign(g), about 3.16 lr."""
+    for correct_bias, scale in ((True, 1.0), (False, 0.1 / 0.001 ** 0.5)):
+        weight = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+        optimizer = AdamW([weight], lr=0.01, eps=1e-8, correct_bias=correct_bias, foreach=foreach)
+        weight.grad = torch.tensor([0.5, -4.0, 2.0])
+        optimizer.step()
+        expected = torch.tensor([1.0, -2.0, 3.0]) - 0.01 * scale * torch.tensor([1.0, -1.0, 1.0])
+        torch.testing.assert_close(weight.detach(), expected, rtol=0, atol=1e-6)
+
+
+def test_step_returns_the_closure_loss():
+    weight = torch.nn.Parameter(torch.tensor([2.0]))
+    optimizer = AdamW([weight], lr=0.1)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (weight**2).sum()
+        loss.backward()
+        return loss
+
+    assert optimizer.step(closure).item() == 4.0
+    assert weight.item() < 2.0  # the closure's gradient was used
+    assert optimizer.step() is None
+
+
+def test_sparse_gradients_are_refused():
+    embedding = torch.nn.Embedding(10, 3, sparse=True)
+    embedding(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        AdamW(embedding.parameters()).step()
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=0.0), dict(eps=0.0), dict(weight_decay=0.0),
+                                    dict(betas=(0.0, 0.0)), dict(betas=(0.0, 0.999))])
+def test_boundary_hyperparameters_are_accepted(kwargs):
+    """Zero is a valid lr (a frozen group), eps, weight decay and beta (no averaging)."""
+    model = small_model()
+    optimizer = AdamW(model.parameters(), **kwargs)
+    train(model, optimizer, 2)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lr=-1e-3), "learning rate"),
+    (dict(betas=(1.0, 0.9)), "betas"), (dict(betas=(0.9, 1.0)), "betas"),
+    (dict(betas=(-0.1, 0.9)), "betas"), (dict(betas=(0.9, -0.1)), "betas"),
+    (dict(eps=-1e-8), "eps"), (dict(weight_decay=-0.01), "weight_decay"),
+])
+def test_out_of_range_hyperparameters_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdamW(small_model().parameters(), **kwargs)
