@@ -1,16 +1,41 @@
-"""Export the fine-tuned encoder of a multitask checkpoint as a standard BERT folder.
+"""Export a trained multitask checkpoint in the forms the usual libraries load.
 
-Multi-BERT fine-tunes every parameter of the shared encoder, so after training it is a BERT of
-its own, tuned for sentiment, paraphrase and similarity. This writes it in the layout every BERT
-library reads:
+Multi-BERT fine-tunes the whole shared encoder together with a small head per task. This writes
+the encoder, and each trained head on its own copy of the encoder, as folders that other tools
+read without this project:
 
-    config.json            the encoder's shape (BertConfig.save)
-    model.safetensors      the encoder's weights under the public names ("encoder.layer.0. ...")
-    vocab.txt              the WordPiece vocabulary
-    tokenizer_config.json  lower-casing and the maximum length
+    OUT_DIR/               the encoder alone: a BertModel folder (config.json, model.safetensors,
+                           vocab.txt, tokenizer_config.json), as `BertModel.from_pretrained` reads it
+    OUT_DIR/sst/           SST-5 sentiment: a BertForSequenceClassification folder with 5 labels
+                           (names in id2label), for transformers' text-classification pipeline
+    OUT_DIR/paraphrase/    paraphrase (QQP): a BertForSequenceClassification folder for sentence
+                           pairs, 2 labels (not_paraphrase, paraphrase)
+    OUT_DIR/sts/           similarity (STS): for the concat head, a cross-encoder
+                           (sentence_transformers.CrossEncoder); for the cosine, mnr and dot heads,
+                           a SentenceTransformer folder
 
-so that `transformers.BertModel.from_pretrained(OUT_DIR)`, or ours, loads it as it would
-bert-base-uncased. The task heads are not part of it: they stay in the checkpoint.
+How each folder gives back our numbers (fp32; tests/test_export.py compares them on dev sentences):
+
+- sst: the classifier is our sentiment layer, on BERT's pooler output like ours, so the softmax
+  of its logits (what the pipeline returns) is our five class probabilities.
+- paraphrase: our head has one logit z, P(paraphrase) = sigmoid(z). The export has two logits,
+  [0, z] (a zero row and our row), whose softmax is [1 - sigmoid(z), sigmoid(z)]: the pipeline's
+  "paraphrase" score is our probability, and logits[1] - logits[0] is z itself.
+- sts, concat: our score is 2.5 * (tanh(z) + 1) on [0, 5]. The export's single logit is 2z (our
+  layer's weights doubled, exact in floating point), and CrossEncoder applies a sigmoid to one
+  logit: sigmoid(2z) = (tanh(z) + 1) / 2, which is our score / 5. Scores x 5 are ours; as an
+  affine image they have the same Pearson r.
+- sts, cosine / mnr / dot: the sentence embedding is BERT's pooler output (dense + tanh on the
+  [CLS] token), projected by the head's linear layer for cosine and mnr. sentence-transformers
+  modules: Transformer -> Pooling (CLS token) -> Dense (the pooler's weights, Tanh) -> Dense (the
+  projection, no activation; not for dot). `encode` returns our embeddings; the folder's
+  similarity function is cosine (our 0-5 score = 2.5 * (cos + 1)) or, for dot, the dot product
+  (our score itself).
+
+Every folder truncates inputs where our model does (the run's --max-length, or the checkpoint's
+maximum): model_max_length in tokenizer_config.json, max_seq_length for sentence-transformers.
+The files are written by this module (safetensors and JSON); transformers and
+sentence-transformers are needed only to load them.
 
     python -m multitask.export runs/gpu/annealed-concat exported/ann-concat
 """
@@ -18,6 +43,8 @@ bert-base-uncased. The task heads are not part of it: they stay in the checkpoin
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -25,13 +52,37 @@ from pathlib import Path
 import torch
 
 from bert import BertModel, CheckpointError
-from multitask.predict import open_checkpoint
+from bert.loading import load_state_dict
+from multitask.commands import program_name
+from multitask.predict import SENTIMENT_NAMES, TrainedModel, input_limit, open_checkpoint
 
 EXPORTED_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json")
 
+# The parts of an export; "sts" stands for whichever STS head the run trained.
+PARTS = ("encoder", "sst", "paraphrase", "sts")
+STS_PARTS = ("sts-concat", "sts-cosine", "sts-mnr", "sts-dot")  # asking for a particular STS head
+PARAPHRASE_LABELS = ("not_paraphrase", "paraphrase")
+TASK_OF_PART = {"sst": "sst", "paraphrase": "qqp", "sts": "sts"}
+
+# Files and folders a head export writes; an existing head folder holding anything else is not
+# replaced (it is not ours).
+HEAD_FOLDER_ENTRIES = {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json",
+                       "special_tokens_map.json", "modules.json", "sentence_bert_config.json",
+                       "config_sentence_transformers.json", "README.md", "1_Pooling", "2_Dense",
+                       "3_Dense"}
+# The parameters this export knows how to map; a checkpoint with others (a head layout added
+# later) is refused rather than exported without them.
+KNOWN_HEAD_PARAMETERS = {"sentiment.weight", "sentiment.bias", "paraphrase.weight", "paraphrase.bias",
+                         "similarity.weight", "similarity.bias"}
+
+TANH = "torch.nn.modules.activation.Tanh"
+IDENTITY = "torch.nn.modules.linear.Identity"
+SIGMOID = "torch.nn.modules.activation.Sigmoid"
+
 
 class ExportError(Exception):
-    """The output folder cannot be written; the message names it and what to do."""
+    """The output folder cannot be written, or a part cannot be exported; the message says why
+    and what to do."""
 
 
 def check_target(out_dir: Path) -> None:
@@ -56,23 +107,302 @@ def check_target(out_dir: Path) -> None:
                           f"an OUT_DIR you can write to") from None
 
 
-def export(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the checkpoint's encoder and tokenizer into `out_dir`, then check it loads back."""
+# --------------------------------------------------------------------------------------------
+# Which parts a run can export
+# --------------------------------------------------------------------------------------------
+
+
+def batches_trained(trained: TrainedModel) -> dict[str, int] | None:
+    """How many training batches each task had up to the saved (best) epoch, from the run's
+    metrics.jsonl (beside best/) or, without it, the checkpoint's own epoch record; None where
+    the run's records do not say."""
+    info = json.loads((trained.folder / "multitask.json").read_text(encoding="utf-8"))
+    best = info.get("metrics") or {}
+    records = [best]
+    history_file = trained.folder.parent / "metrics.jsonl"
+    if trained.folder.name == "best" and history_file.is_file() and "epoch" in best:
+        try:
+            history = [json.loads(line) for line in history_file.read_text(encoding="utf-8").splitlines()
+                       if line.strip()]
+            records = [r for r in history if isinstance(r, dict) and r.get("epoch", 0) <= best["epoch"]] or records
+        except json.JSONDecodeError:
+            pass  # an unreadable history: the checkpoint's own record still says something
+    counts = {}
+    for task in TASK_OF_PART.values():
+        values = [r.get(f"batches_{task}") for r in records]
+        if any(not isinstance(v, int) for v in values):
+            return None
+        counts[task] = sum(values)
+    return counts
+
+
+def choose_parts(trained: TrainedModel, only: list[str] | None) -> list[str]:
+    """The parts to write. Without `only`: the encoder and every head the run trained (a head
+    that never had a training batch is left out, with a note). A part named in `only` that the
+    run did not train is an ExportError."""
+    head = trained.config.sts_head
+    unknown = sorted(set(trained.model.state_dict()) - KNOWN_HEAD_PARAMETERS
+                     - {n for n in trained.model.state_dict() if n.startswith("bert.")})
+    if unknown:
+        raise ExportError(f"{trained.folder}: the checkpoint has parameters the export cannot map "
+                          f"onto a standard model ({', '.join(unknown[:5])}); its heads cannot be "
+                          f"exported exactly. Export the encoder alone with --only encoder")
+    counts = batches_trained(trained)
+    untrained = {part for part, task in TASK_OF_PART.items() if counts is not None and counts[task] == 0}
+    if only is None:
+        for part in sorted(untrained, key=PARTS.index):
+            print(f"note: {part} not exported: the run never trained it (0 batches of "
+                  f"{TASK_OF_PART[part]} up to the saved epoch)", file=sys.stderr)
+        return [p for p in PARTS if p not in untrained]
+    chosen = []
+    for part in only:
+        if part in STS_PARTS:
+            asked = part.removeprefix("sts-")
+            if asked != head:
+                raise ExportError(f"{trained.folder}: the run trained the {head} STS head, not "
+                                  f"{asked}, so there is no {asked} head to export; --only sts "
+                                  f"exports the {head} head")
+            part = "sts"
+        if part in untrained:
+            raise ExportError(f"{trained.folder}: the run never trained the {part} head (0 batches "
+                              f"of {TASK_OF_PART[part]} up to the saved epoch): its weights are "
+                              f"the random initialisation. Leave {part} out of --only")
+        if part not in chosen:
+            chosen.append(part)
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the folders
+# --------------------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, values: dict) -> None:
+    path.write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write safetensors, then read them back and insist on the very same values."""
+    from safetensors.torch import save_file
+
+    tensors = {name: t.detach().float().contiguous().cpu() for name, t in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    reloaded = load_state_dict(path)
+    for name, tensor in tensors.items():
+        if name not in reloaded or not torch.equal(reloaded[name], tensor):
+            raise CheckpointError(f"{path}: {name} did not survive the round trip")
+
+
+def _write_tokenizer(folder: Path, trained: TrainedModel) -> None:
+    """vocab.txt and tokenizer_config.json, truncating where our model does."""
+    trained.tokenizer.save_pretrained(folder)
+    config_file = folder / "tokenizer_config.json"
+    settings = json.loads(config_file.read_text(encoding="utf-8"))
+    settings.update(model_max_length=input_limit(trained)[0], cls_token="[CLS]", sep_token="[SEP]",
+                    pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]")
+    _write_json(config_file, settings)
+
+
+def _encoder_tensors(trained: TrainedModel, prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + name: tensor for name, tensor in trained.model.bert.state_dict().items()}
+
+
+def _bert_config(trained: TrainedModel, architecture: str, **extra) -> dict:
+    values = trained.model.bert.config.to_dict()
+    values.update(architectures=[architecture], torch_dtype="float32", **extra)
+    return values
+
+
+def _labels(names) -> dict:
+    return {"id2label": {str(i): name for i, name in enumerate(names)},
+            "label2id": {name: i for i, name in enumerate(names)}}
+
+
+def _readme(folder: Path, title: str, body: str) -> None:
+    (folder / "README.md").write_text(f"# {title}\n\n{body.strip()}\n", encoding="utf-8")
+
+
+def write_sst(folder: Path, trained: TrainedModel) -> None:
+    model = trained.model
+    _write_json(folder / "config.json", _bert_config(
+        trained, "BertForSequenceClassification", problem_type="single_label_classification",
+        classifier_dropout=trained.config.dropout, **_labels(SENTIMENT_NAMES)))
+    _write_weights(folder / "model.safetensors", {
+        **_encoder_tensors(trained, "bert."),
+        "classifier.weight": model.sentiment.weight, "classifier.bias": model.sentiment.bias})
+    _write_tokenizer(folder, trained)
+    _readme(folder, "SST-5 sentiment (multibert export)", """
+A BertForSequenceClassification with 5 labels (0 negative .. 4 positive). The softmax of its
+logits is the multitask model's class probabilities:
+
+    from transformers import pipeline
+    classify = pipeline("text-classification", model="PATH", top_k=None, truncation=True)
+    classify("A gripping, funny film.")
+""".replace("PATH", str(folder)))
+
+
+def write_paraphrase(folder: Path, trained: TrainedModel) -> None:
+    head = trained.model.paraphrase  # Linear(H, 1): the logit z, P(paraphrase) = sigmoid(z)
+    weight = torch.cat([torch.zeros_like(head.weight), head.weight])  # logits [0, z]
+    bias = torch.cat([torch.zeros_like(head.bias), head.bias])
+    _write_json(folder / "config.json", _bert_config(
+        trained, "BertForSequenceClassification", problem_type="single_label_classification",
+        classifier_dropout=trained.config.dropout, **_labels(PARAPHRASE_LABELS)))
+    _write_weights(folder / "model.safetensors", {
+        **_encoder_tensors(trained, "bert."), "classifier.weight": weight, "classifier.bias": bias})
+    _write_tokenizer(folder, trained)
+    _readme(folder, "Paraphrase detection, Quora (multibert export)", """
+A BertForSequenceClassification for sentence pairs with two logits, [0, z], where z is the
+multitask model's paraphrase logit: their softmax is [1 - p, p] with p = sigmoid(z), the model's
+paraphrase probability (logits[1] - logits[0] = z).
+
+    from transformers import pipeline
+    classify = pipeline("text-classification", model="PATH", top_k=None, truncation=True)
+    classify({"text": "How do I cook rice?", "text_pair": "How is rice cooked?"})
+""".replace("PATH", str(folder)))
+
+
+def write_cross_encoder(folder: Path, trained: TrainedModel) -> None:
+    head = trained.model.similarity  # Linear(H, 1): the logit z, our score 2.5 * (tanh(z) + 1)
+    _write_json(folder / "config.json", _bert_config(
+        trained, "BertForSequenceClassification", classifier_dropout=trained.config.dropout,
+        sentence_transformers={"activation_fn": SIGMOID}, **_labels(["similarity"])))
+    _write_weights(folder / "model.safetensors", {
+        **_encoder_tensors(trained, "bert."),
+        # 2z: sigmoid(2z) = (tanh(z) + 1) / 2, our score / 5. Doubling is exact in floating point.
+        "classifier.weight": 2 * head.weight, "classifier.bias": 2 * head.bias})
+    _write_tokenizer(folder, trained)
+    _readme(folder, "Semantic similarity, STS-B: a cross-encoder (multibert export)", """
+The multitask model's concat head as a cross-encoder. Its one logit is twice the head's, so
+CrossEncoder's sigmoid gives (tanh(z) + 1) / 2: the model's 0-5 similarity divided by 5.
+
+    from sentence_transformers import CrossEncoder
+    model = CrossEncoder("PATH")
+    5 * model.predict([("A man is playing a guitar.", "A man plays the guitar.")])
+""".replace("PATH", str(folder)))
+
+
+def write_sentence_transformer(folder: Path, trained: TrainedModel) -> None:
+    model, hidden = trained.model, trained.model.bert.config.hidden_size
+    pooler = model.bert.pooler.dense
+    projected = model.sts_head != "dot"
+    modules = [("sentence_transformers.models.Transformer", ""),
+               ("sentence_transformers.models.Pooling", "1_Pooling"),
+               ("sentence_transformers.models.Dense", "2_Dense")]
+    if projected:
+        modules.append(("sentence_transformers.models.Dense", "3_Dense"))
+    (folder / "modules.json").write_text(json.dumps(
+        [{"idx": i, "name": str(i), "path": path, "type": kind} for i, (kind, path) in enumerate(modules)],
+        indent=2) + "\n", encoding="utf-8")
+    _write_json(folder / "config.json", _bert_config(trained, "BertModel"))
+    _write_weights(folder / "model.safetensors", _encoder_tensors(trained, ""))
+    _write_tokenizer(folder, trained)
+    _write_json(folder / "sentence_bert_config.json",
+                {"max_seq_length": input_limit(trained)[0], "do_lower_case": False})
+    similarity = "dot" if model.sts_head == "dot" else "cosine"
+    _write_json(folder / "config_sentence_transformers.json",
+                {"model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None,
+                 "similarity_fn_name": similarity})
+    (folder / "1_Pooling").mkdir()
+    _write_json(folder / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": True,
+        "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False, "include_prompt": True})
+    # BERT's pooler (dense + tanh on the [CLS] token), which our heads read, as a Dense module.
+    _write_dense(folder / "2_Dense", pooler.weight, pooler.bias, TANH)
+    if projected:
+        _write_dense(folder / "3_Dense", model.similarity.weight, model.similarity.bias, IDENTITY)
+    if similarity == "cosine":
+        score = "the cosine of two embeddings, c, is the model's similarity as 2.5 * (c + 1) (0-5)"
+    else:
+        score = "the dot product of two embeddings is the model's similarity score (the dot head's, unscaled)"
+    _readme(folder, "Sentence embeddings, STS-B (multibert export)", f"""
+The multitask model's {model.sts_head} head as a SentenceTransformer: [CLS] token -> BERT's pooler
+(dense + tanh) -> {"the head's projection -> " if projected else ""}embedding. `encode` returns the
+model's sentence embeddings; {score}.
+
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer("{folder}")
+    u, v = model.encode(["A man is playing a guitar.", "A man plays the guitar."])
+    model.similarity(u, v)
+""")
+
+
+def _write_dense(folder: Path, weight: torch.Tensor, bias: torch.Tensor, activation: str) -> None:
+    folder.mkdir()
+    _write_json(folder / "config.json", {"in_features": weight.shape[1], "out_features": weight.shape[0],
+                                         "bias": True, "activation_function": activation})
+    _write_weights(folder / "model.safetensors", {"linear.weight": weight, "linear.bias": bias})
+
+
+def write_head(part: str, folder: Path, trained: TrainedModel) -> None:
+    if part == "sst":
+        write_sst(folder, trained)
+    elif part == "paraphrase":
+        write_paraphrase(folder, trained)
+    elif trained.config.sts_head == "concat":
+        write_cross_encoder(folder, trained)
+    else:
+        write_sentence_transformer(folder, trained)
+
+
+def replace_folder(target: Path, write) -> None:
+    """Write a head's folder next to `target`, then put it in `target`'s place: an earlier export
+    there (of another STS head, say) leaves no stale file behind. A folder holding files an export
+    does not write is not ours, and is refused."""
+    if target.exists():
+        if not target.is_dir():
+            raise ExportError(f"{target} is a file; remove it or choose another OUT_DIR")
+        foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in HEAD_FOLDER_ENTRIES)
+        if foreign:
+            raise ExportError(f"{target} already exists and holds files an export does not write "
+                              f"({', '.join(foreign[:5])}); choose another OUT_DIR")
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        write(temporary)
+        if target.exists():
+            shutil.rmtree(target)
+        temporary.rename(target)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def export(checkpoint_dir: str | Path, out_dir: str | Path,
+           only: list[str] | None = None) -> dict[str, tuple[Path, str]]:
+    """Write the checkpoint's encoder and trained heads under `out_dir` (see the module's
+    docstring); return each written part's folder and what loads it."""
     out_dir = Path(out_dir)
     check_target(out_dir)
     trained = open_checkpoint(checkpoint_dir, "cpu")
     # Exporting into the checkpoint would replace its multitask weights with the encoder's alone.
     if out_dir.resolve() == trained.folder.resolve() or (out_dir / "multitask.json").exists():
         raise CheckpointError(f"{out_dir} holds a multitask checkpoint; choose another output folder")
-    encoder = trained.model.bert
+    trained.model.float()
+    parts = choose_parts(trained, only)
+    head = trained.config.sts_head
+    written = {}
     try:
-        encoder.save_pretrained(out_dir)
-        trained.tokenizer.save_pretrained(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if "encoder" in parts:
+            written["encoder"] = export_encoder(trained, out_dir), how_to_load("encoder", head)
+        for part in parts:
+            if part != "encoder":
+                replace_folder(out_dir / part, lambda folder, part=part: write_head(part, folder, trained))
+                written[part] = out_dir / part, how_to_load(part, head)
     except OSError as err:  # the disk filled up, say, after the check above
         raise ExportError(f"{out_dir}: writing the export failed ({err.strerror or err}); free "
                           f"some space or choose another OUT_DIR, then export again") from None
+    return written
 
-    # Read the folder back as a user would and insist on the very same weights.
+
+def export_encoder(trained: TrainedModel, out_dir: Path) -> Path:
+    """The encoder alone, as a BertModel folder in `out_dir`; checked by loading it back."""
+    encoder = trained.model.bert
+    encoder.save_pretrained(out_dir)
+    trained.tokenizer.save_pretrained(out_dir)
     reloaded = BertModel.from_pretrained(out_dir).state_dict()
     for name, tensor in encoder.state_dict().items():
         if not torch.equal(reloaded[name], tensor.cpu()):
@@ -80,28 +410,53 @@ def export(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
+HOW_TO_LOAD = {
+    "encoder": "transformers.BertModel.from_pretrained",
+    "sst": 'transformers.pipeline("text-classification", top_k=None)',
+    "paraphrase": 'transformers.pipeline("text-classification", top_k=None) with {"text", "text_pair"}',
+    "concat": "sentence_transformers.CrossEncoder (its scores x 5 are the 0-5 similarity)",
+    "embeddings": "sentence_transformers.SentenceTransformer",
+}
+
+
+def how_to_load(part: str, sts_head: str) -> str:
+    if part == "sts":
+        return HOW_TO_LOAD["concat" if sts_head == "concat" else "embeddings"]
+    return HOW_TO_LOAD[part]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m multitask.export",
-        description="Write a multitask checkpoint's fine-tuned BERT encoder as a standard folder "
-                    "(config.json, model.safetensors, vocab.txt, tokenizer_config.json) that "
-                    "transformers' BertModel.from_pretrained and ours both load.")
+        prog=program_name("multitask.export"),
+        description="Write a trained multitask checkpoint as folders other libraries load. "
+                    "OUT_DIR itself: the fine-tuned encoder (config.json, model.safetensors, "
+                    "vocab.txt, tokenizer_config.json) for transformers' BertModel. OUT_DIR/sst: "
+                    "SST-5 sentiment, a BertForSequenceClassification (5 labels). "
+                    "OUT_DIR/paraphrase: paraphrase detection for sentence pairs, a "
+                    "BertForSequenceClassification (2 labels). OUT_DIR/sts: the similarity head, "
+                    "a sentence-transformers CrossEncoder (concat head; scores x 5 are the 0-5 "
+                    "similarity) or SentenceTransformer (cosine, mnr, dot heads).")
     parser.add_argument("checkpoint", metavar="CHECKPOINT_DIR",
-                        help="a training run's --out-dir, or its best/ checkpoint folder")
+                        help="input: a training run's --out-dir, or its best/ checkpoint folder")
     parser.add_argument("out_dir", metavar="OUT_DIR",
-                        help="the folder to write (created if needed; same-named files are replaced)")
+                        help="output: the folder to write (created if needed; an earlier export "
+                             "there is replaced)")
+    parser.add_argument("--only", nargs="+", metavar="PART", choices=PARTS + STS_PARTS,
+                        help=f"write only these parts ({', '.join(PARTS)}; or sts-concat, "
+                             f"sts-cosine, sts-mnr, sts-dot to insist on that STS head). Default: "
+                             f"the encoder and every head the run trained")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        out_dir = export(args.checkpoint, args.out_dir)
+        written = export(args.checkpoint, args.out_dir, args.only)
     except (CheckpointError, ExportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {', '.join(EXPORTED_FILES)} to {out_dir}; load it with "
-          f"BertModel.from_pretrained({str(out_dir)!r})")
+    for part, (folder, loader) in written.items():
+        print(f"wrote {part} to {folder}; load it with {loader}")
     return 0
 
 

@@ -1,0 +1,189 @@
+"""multitask.export: each exported head, loaded by the library a user would load it with, gives
+our model's numbers on real dev sentences (fp32, within 1e-5).
+
+The checkpoints are tiny random BERTs (2 layers, hidden 32, all-MiniLM-L6-v2's vocabulary) with
+random heads, saved as a run folder without training: what matters here is that the exported
+numbers equal ours, whatever the weights. The weights are drawn large enough that every
+nonlinearity (the pooler's tanh, the heads' squashing) works away from its linear part, so that
+a dropped or misplaced one shows.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bert import BertModel, BertTokenizer
+from multitask import checkpoint, export, predict
+from multitask.batching import collate, tokenize_split
+from multitask.config import TrainConfig
+from multitask.data import Split, dataset_paths, load_quora, load_sst, load_sts
+from multitask.heads import MultitaskBert
+
+from synthetic import write_tiny_checkpoint
+
+MAX_LENGTH = 40  # shorter than some dev inputs: the exports must truncate where we do
+TOLERANCE = 1e-5
+
+
+def pick(examples, key, count=24, longest=4):
+    """The first `count` examples and the `longest` longest ones (those get truncated)."""
+    by_length = sorted(examples, key=key, reverse=True)
+    chosen = list(examples[:count]) + [e for e in by_length[:longest] if e not in examples[:count]]
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def dev(shared_data_dir):
+    paths = dataset_paths(shared_data_dir)
+    sst = pick(load_sst(paths["sst-dev"]).examples, lambda e: len(e.sentence))
+    sts = pick(load_sts(paths["sts-dev"]).examples, lambda e: len(e.sentence1) + len(e.sentence2))
+    quora = pick(load_quora(paths["quora-dev"]).examples, lambda e: len(e.sentence1) + len(e.sentence2))
+    return sst, sts, quora
+
+
+def write_run(folder, encoder_dir, sts_head, batches=None):
+    """A run folder (best/ and metrics.jsonl) holding a random model with the given STS head."""
+    torch.manual_seed(["concat", "cosine", "mnr", "dot"].index(sts_head))
+    model = MultitaskBert(BertModel.from_pretrained(encoder_dir), sts_head, dropout=0.3)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "LayerNorm" in name:
+                continue
+            if parameter.dim() == 2 and "embeddings" not in name:  # a Linear's weight
+                parameter.normal_(0.0, 1.5 / math.sqrt(parameter.shape[1]))
+            else:
+                parameter.normal_(0.0, 0.5 if parameter.dim() == 1 else 1.0)
+    config = TrainConfig(model=str(encoder_dir), sts_head=sts_head, max_length=MAX_LENGTH)
+    record = {"epoch": 1, "overall": 0.5, "batches_sst": 3, "batches_qqp": 3, "batches_sts": 3,
+              **(batches or {})}
+    checkpoint.save(folder / "best", model, BertTokenizer.from_pretrained(encoder_dir), config, record)
+    (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, minilm_dir):
+    root = tmp_path_factory.mktemp("export-runs")
+    encoder_dir = write_tiny_checkpoint(root / "encoder", minilm_dir)
+    return {head: write_run(root / head, encoder_dir, head) for head in ("concat", "cosine", "mnr", "dot")}
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("exported")
+    folders = {}
+    for head, run in runs.items():
+        assert export.main([str(run), str(root / head)]) == 0
+        folders[head] = root / head
+    return folders
+
+
+def max_difference(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+def test_sst_pipeline_gives_our_probabilities(runs, exported, dev):
+    transformers = pytest.importorskip("transformers")
+    sst, _, _ = dev
+    trained = predict.open_checkpoint(runs["concat"])
+    ours = [predict.predict_sentiment(trained, e.sentence).probabilities for e in sst]
+    classify = transformers.pipeline("text-classification", model=str(exported["concat"] / "sst"),
+                                     top_k=None, truncation=True, device="cpu")
+    answers = classify([e.sentence for e in sst])
+    theirs = [[{a["label"]: a["score"] for a in answer}[name] for name in predict.SENTIMENT_NAMES]
+              for answer in answers]
+    assert max_difference(theirs, ours) < TOLERANCE
+    assert np.ptp(np.array(ours)[:, 0]) > 0.05  # the inputs do lead to different answers
+
+
+def test_paraphrase_pipeline_gives_our_probability(runs, exported, dev):
+    transformers = pytest.importorskip("transformers")
+    _, _, quora = dev
+    trained = predict.open_checkpoint(runs["cosine"])
+    ours = [predict.predict_pair(trained, e.sentence1, e.sentence2).paraphrase_probability for e in quora]
+    classify = transformers.pipeline("text-classification", model=str(exported["cosine"] / "paraphrase"),
+                                     top_k=None, truncation=True, device="cpu")
+    answers = classify([{"text": e.sentence1, "text_pair": e.sentence2} for e in quora])
+    theirs = [{a["label"]: a["score"] for a in answer}["paraphrase"] for answer in answers]
+    assert max_difference(theirs, ours) < TOLERANCE
+    assert np.ptp(ours) > 0.05
+
+
+def test_concat_cross_encoder_scores_are_ours_over_five(runs, exported, dev):
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    _, sts, _ = dev
+    trained = predict.open_checkpoint(runs["concat"])
+    ours = np.array([predict.predict_pair(trained, e.sentence1, e.sentence2).similarity for e in sts])
+    model = sentence_transformers.CrossEncoder(str(exported["concat"] / "sts"), device="cpu")
+    theirs = model.predict([(e.sentence1, e.sentence2) for e in sts])
+    assert max_difference(5 * theirs, ours) < TOLERANCE
+    gold = [e.label for e in sts]
+    assert np.corrcoef(theirs, gold)[0, 1] == pytest.approx(np.corrcoef(ours, gold)[0, 1], abs=1e-6)
+    assert np.ptp(ours) > 0.25
+
+
+@pytest.mark.parametrize("head", ["cosine", "mnr", "dot"])
+def test_sentence_transformer_encodes_our_embeddings(runs, exported, dev, head):
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    _, sts, _ = dev
+    trained = predict.open_checkpoint(runs[head])
+    split = Split("dev", "sts-dev.csv", sts)
+    tokenized = tokenize_split(split, "sts", trained.tokenizer, "separate", MAX_LENGTH)
+    batch = collate(tokenized, np.arange(len(sts)), trained.tokenizer.pad_token_id)
+    with torch.no_grad():
+        u, v = trained.model.sentence_embeddings(batch)
+        ours = trained.model.similarity_score(batch)
+    model = sentence_transformers.SentenceTransformer(str(exported[head] / "sts"), device="cpu")
+    first = model.encode([e.sentence1 for e in sts], convert_to_tensor=True)
+    second = model.encode([e.sentence2 for e in sts], convert_to_tensor=True)
+    assert max_difference(first, u) < TOLERANCE and max_difference(second, v) < TOLERANCE
+    similarity = model.similarity_pairwise(first, second)
+    theirs = similarity if head == "dot" else 2.5 * (similarity + 1)
+    assert max_difference(theirs, ours) < TOLERANCE
+    assert model.similarity_fn_name == ("dot" if head == "dot" else "cosine")
+
+
+def test_encoder_folder_and_the_message(runs, exported, capsys):
+    folder = exported["cosine"]
+    for name in export.EXPORTED_FILES:
+        assert (folder / name).is_file(), name
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["paraphrase", "sst", "sts"]
+    assert export.main([str(runs["dot"]), str(folder / "again"), "--only", "sts"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote sts to" in out and "SentenceTransformer" in out and "encoder" not in out
+    assert [p.name for p in (folder / "again").iterdir()] == ["sts"]
+
+
+def test_refuses_a_head_the_run_did_not_train(runs, tmp_path, capsys, minilm_dir):
+    out_dir = tmp_path / "out"
+    assert export.main([str(runs["concat"]), str(out_dir), "--only", "sts-cosine"]) == 1
+    err = capsys.readouterr().err
+    assert "trained the concat STS head, not cosine" in err and "Traceback" not in err
+    assert not out_dir.exists()  # nothing written
+
+    # A run whose sampler never drew an SST batch up to the saved epoch.
+    untrained = write_run(tmp_path / "no-sst", runs["concat"] / "best", "concat", {"batches_sst": 0})
+    assert export.main([str(untrained), str(out_dir), "--only", "sst"]) == 1
+    assert "never trained the sst head" in capsys.readouterr().err
+    assert export.main([str(untrained), str(out_dir)]) == 0  # by default: left out, with a note
+    captured = capsys.readouterr()
+    assert "note: sst not exported" in captured.err
+    assert (out_dir / "paraphrase").is_dir() and not (out_dir / "sst").exists()
+
+
+def test_a_new_export_replaces_an_old_head_folder_but_not_a_foreign_one(runs, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    assert export.main([str(runs["cosine"]), str(out_dir), "--only", "sts"]) == 0
+    assert (out_dir / "sts" / "modules.json").is_file()
+    assert export.main([str(runs["concat"]), str(out_dir), "--only", "sts"]) == 0
+    assert not (out_dir / "sts" / "modules.json").exists()  # no stale SentenceTransformer file
+    assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+    (out_dir / "sst").mkdir()
+    (out_dir / "sst" / "my-notes.txt").write_text("keep me")
+    assert export.main([str(runs["concat"]), str(out_dir), "--only", "sst"]) == 1
+    assert "holds files an export does not write (my-notes.txt)" in capsys.readouterr().err
+    assert (out_dir / "sst" / "my-notes.txt").read_text() == "keep me"
