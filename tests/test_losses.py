@@ -265,3 +265,32 @@ def test_similarity_mse_loss_rejects_shapes_that_would_broadcast():
 def test_mnr_positive_mask_keeps_labels_of_at_least_four():
     labels = torch.tensor([0.0, 3.99, 4.0, 4.6, 5.0])
     assert mnr_positive_mask(labels).tolist() == [False, False, True, True, True]
+
+
+# ---------------------------------------------------------------------------- more edges
+
+
+@pytest.mark.parametrize("function, names", [(multiple_negatives_ranking_loss, "anchors and positives"),
+                                             (dot_similarity, "u and v"), (cosine_similarity, "u and v")])
+def test_shape_errors_name_both_arguments(function, names):
+    with pytest.raises(ValueError, match=f"^{names} must both be"):
+        function(torch.zeros(4, 8), torch.zeros(4, 9))
+
+
+def test_mnr_targets_follow_the_scores_device():
+    """The targets are made on the scores' device: on the shape-only "meta" device (a stand-in
+    for a GPU here) the loss is computed there, with no tensor left on the CPU."""
+    anchors, positives = torch.zeros(3, 4, device="meta"), torch.zeros(3, 4, device="meta")
+    loss = multiple_negatives_ranking_loss(anchors, positives)
+    assert loss.device.type == "meta" and loss.shape == ()
+
+
+def test_cosine_similarity_stays_within_minus_one_and_one():
+    """Rounding puts the float32 cosine of many (anti)parallel pairs a hair outside [-1, 1]
+    (about one random vector in five); the result is clamped back, so that the cosine loss and
+    the rescaling to [0, 5] never see a value outside the range."""
+    u = torch.randn(1000, 64, generator=torch.Generator().manual_seed(0))
+    for factor in (1.0, 3.0, -1.0, -3.0):
+        cosines = cosine_similarity(u, factor * u)
+        assert cosines.abs().max().item() <= 1.0
+        torch.testing.assert_close(cosines, torch.full((1000,), math.copysign(1.0, factor)))
