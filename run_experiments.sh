@@ -121,6 +121,7 @@ for configuration in "${configurations[@]}"; do
         resume=(--resume "$run_dir")
     elif [[ -d "$run_dir" ]]; then
         echo "restart $sampler-$head: $run_dir has no checkpoint yet"
+        resume=(--overwrite)  # its partial files go; nothing finished is lost
     fi
     mkdir -p "$run_dir"
     echo "=== $sampler sampling + $head head -> $run_dir"

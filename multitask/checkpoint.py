@@ -44,6 +44,12 @@ def save(folder: Path, model: MultitaskBert, tokenizer: BertTokenizer, config: T
                  lambda temp: Path(temp).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8"))
 
 
+def build_heads(encoder: BertModel, config: TrainConfig) -> MultitaskBert:
+    """The multitask model around `encoder`, with the heads, pooling and loss weighting of `config`."""
+    return MultitaskBert(encoder, config.sts_head, config.dropout, config.pooling, config.task_weights,
+                         config.balance)
+
+
 def load_weights(folder: Path, model: MultitaskBert) -> None:
     """Copy a checkpoint's weights into a model of the same shape and STS head."""
     state = load_state_dict(Path(folder) / "model.safetensors")
@@ -67,7 +73,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> tuple[Multit
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CheckpointError(f"{info_file}: unreadable ({err})") from None
     encoder = BertModel(BertConfig.from_json_file(folder / "config.json"))
-    model = MultitaskBert(encoder, config.sts_head, config.dropout)
+    model = build_heads(encoder, config)
     load_weights(folder, model)
     tokenizer = BertTokenizer.from_pretrained(folder)
     return model.to(device).eval(), tokenizer, config, info.get("metrics", {})

@@ -19,6 +19,22 @@ from dataclasses import dataclass
 from multitask.samplers import SAMPLERS
 
 STS_HEADS = ("dot", "cosine", "concat", "mnr")  # multitask/heads.py builds each
+TASKS = ("sst", "qqp", "sts")
+POOLINGS = ("cls", "mean")
+LR_SCHEDULES = ("constant", "linear")
+BALANCES = ("fixed", "uncertainty")
+
+# Settings a recipe decides unless a flag gives them (the fields below that default to None).
+# "paper" is Multi-BERT's setup exactly. "tuned" is the usual fine-tuning practice the paper
+# lacked (warmup and linear decay, Devlin et al. 2019; mean pooling, Reimers & Gurevych 2019; a
+# higher learning rate for the short schedule) with the STS loss taken on the [-1, 1] scale
+# (weight 0.16 = (2/5)^2), so that its gradients do not swamp the other tasks'.
+RECIPES = {
+    "paper": dict(lr=1e-5, lr_schedule="constant", warmup=0.0, head_lr_mult=1.0, pooling="cls",
+                  loss_weights="sst=1,qqp=1,sts=1", balance="fixed"),
+    "tuned": dict(lr=1e-4, lr_schedule="linear", warmup=0.1, head_lr_mult=1.0, pooling="mean",
+                  loss_weights="sst=1,qqp=1,sts=0.16", balance="fixed"),
+}
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -59,11 +75,31 @@ class TrainConfig:
     grad_accum: int = setting(1, "split each step's batch into this many micro-batches whose gradients "
                               "add up before the optimizer step (same result, less memory)",
                               "optimisation (paper defaults)", minimum=1)
-    lr: float = setting(1e-5, "AdamW learning rate", "optimisation (paper defaults)")
     weight_decay: float = setting(0.0, "AdamW decoupled weight decay", "optimisation (paper defaults)")
     dropout: float = setting(0.3, "dropout before each task head", "optimisation (paper defaults)")
     seed: int = setting(11711, "seeds the weights of the heads, dropout, batches and the sampler",
                         "optimisation (paper defaults)", minimum=0)
+    # The recipe and what it sets (None: the recipe's value; a flag overrides it)
+    recipe: str = setting("paper", "paper: Multi-BERT's settings exactly; tuned: warmup and linear decay, "
+                          "mean pooling, lr 1e-4, STS loss on the [-1, 1] scale (see README)", "recipe",
+                          choices=tuple(RECIPES))
+    tasks: str = setting(",".join(TASKS), "the tasks to train, comma-separated: all three (multitask), or "
+                         "one (a single-task baseline at the same per-task steps), or two", "recipe")
+    lr: float | None = setting(None, "AdamW learning rate (paper 1e-5, tuned 1e-4)", "recipe")
+    lr_schedule: str | None = setting(None, "constant, or linear: warmup then linear decay to 0 at the last "
+                                      "step", "recipe", choices=LR_SCHEDULES)
+    warmup: float | None = setting(None, "share of all steps over which the learning rate rises linearly "
+                                   "from 0 (linear schedule)", "recipe")
+    head_lr_mult: float | None = setting(None, "the task heads' learning rate, as a multiple of --lr",
+                                         "recipe")
+    pooling: str | None = setting(None, "sentence embedding for every head: cls (BERT's pooler on [CLS], "
+                                  "the paper) or mean (mean of the last layer over real tokens)", "recipe",
+                                  choices=POOLINGS)
+    loss_weights: str | None = setting(None, "fixed weight of each task's loss, e.g. sst=1,qqp=1,sts=0.16",
+                                       "recipe")
+    balance: str | None = setting(None, "fixed (--loss-weights) or uncertainty: each task's weight learned "
+                                  "(Kendall et al. 2018), on top of the fixed weights", "recipe",
+                                  choices=BALANCES)
     max_train_examples: int | None = setting(None, "use a seeded random subset of at most this many "
                                              "training examples per task (for quick runs)", "data", minimum=1)
     max_length: int | None = setting(None, "truncate inputs to this many tokens (default: the "
@@ -85,6 +121,24 @@ class TrainConfig:
     skip_nonfinite: bool = setting(False, "skip (and count) batches whose loss is NaN or infinite "
                                    "instead of stopping the run", "checkpoints and resuming")
 
+    def __post_init__(self) -> None:
+        """Fill the settings left to the recipe (None) from it."""
+        for name, value in RECIPES.get(self.recipe, RECIPES["paper"]).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """The trained tasks, in TASKS' order (the order of the heads and of round-robin)."""
+        chosen = {t.strip() for t in self.tasks.split(",")}
+        return tuple(t for t in TASKS if t in chosen)
+
+    @property
+    def task_weights(self) -> dict[str, float]:
+        """--loss-weights as numbers; a task it does not name weighs 1."""
+        pairs = [item.split("=") for item in self.loss_weights.split(",") if item.strip()]
+        return {**dict.fromkeys(TASKS, 1.0), **{k.strip(): float(v) for k, v in pairs}}
+
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting (the CLI shows it as a usage error)."""
         for field in dataclasses.fields(self):
@@ -99,6 +153,21 @@ class TrainConfig:
             raise ValueError(f"--weight-decay must be a non-negative number, got {self.weight_decay}")
         if not 0.0 <= self.dropout < 1.0:  # also false for NaN
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        names = [t.strip() for t in self.tasks.split(",")]
+        if not names or any(t not in TASKS for t in names) or len(set(names)) != len(names):
+            raise ValueError(f"--tasks must name some of {', '.join(TASKS)} once each, comma-separated; "
+                             f"got {self.tasks!r}")
+        try:
+            weights = self.task_weights
+        except ValueError:
+            raise ValueError(f"--loss-weights must look like sst=1,qqp=1,sts=0.16; got {self.loss_weights!r}") from None
+        if set(weights) != set(TASKS) or not all(math.isfinite(w) and w >= 0 for w in weights.values()):
+            raise ValueError(f"--loss-weights takes non-negative numbers for {', '.join(TASKS)}; "
+                             f"got {self.loss_weights!r}")
+        if not 0.0 <= self.warmup <= 1.0:  # also false for NaN
+            raise ValueError(f"--warmup is a share of all steps, in [0, 1]; got {self.warmup}")
+        if not (math.isfinite(self.head_lr_mult) and self.head_lr_mult > 0):
+            raise ValueError(f"--head-lr-mult must be a positive number, got {self.head_lr_mult}")
         if self.grad_accum > self.batch_size:
             raise ValueError(f"--grad-accum ({self.grad_accum}) cannot exceed --batch-size ({self.batch_size}): "
                              f"each micro-batch needs at least one example")

@@ -84,13 +84,18 @@ METRIC_NAMES = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_corr"}
 def evaluate(model: MultitaskBert, dev: dict[str, TokenizedSplit], batch_size: int, pad_id: int,
              device: torch.device, precision: str,
              distributed: Distributed = SINGLE_PROCESS) -> tuple[dict, dict]:
-    """Dev metrics of all three tasks, and the raw predictions they came from (computed over the
-    whole dev sets on every rank of a distributed run)."""
+    """Dev metrics of the tasks in `dev` (all three, or those of a --tasks run) and the raw
+    predictions they came from (computed over the whole dev sets on every rank of a distributed
+    run)."""
     metrics, predictions = {}, {}
     for task, split in dev.items():
         predictions[task] = predict_split(model, split, batch_size, pad_id, device, precision, distributed)
         metrics[METRIC_NAMES[task]] = task_metric(task, predictions[task], split.labels)
-    metrics["overall"] = overall_score(metrics["sst_acc"], metrics["qqp_acc"], metrics["sts_corr"])
+    if len(metrics) == len(METRIC_NAMES):
+        metrics["overall"] = overall_score(metrics["sst_acc"], metrics["qqp_acc"], metrics["sts_corr"])
+    else:  # fewer tasks trained (--tasks): the mean of the same terms over those evaluated
+        terms = [(v + 1.0) / 2.0 if name == "sts_corr" else v for name, v in metrics.items()]
+        metrics["overall"] = sum(terms) / len(terms)
     if any(math.isnan(v) for v in metrics.values()):
         raise FloatingPointError(f"a dev metric is NaN: {metrics}; the model's outputs are not finite")
     return metrics, predictions

@@ -9,8 +9,9 @@
       mnr     as cosine, but the first half of the epochs train the multiple negatives ranking
               loss on the pairs labelled >= 4 (Henderson et al. 2017), then the cosine loss
 
-"pooled" is BERT's pooler output (dense + tanh on [CLS]). Each head sees it through its own
-dropout (the paper's 0.3). The losses themselves live in multitask/losses.py.
+"pooled" is BERT's pooler output (dense + tanh on [CLS]), as in the paper, or with pooling="mean"
+the mean of the last layer over the real tokens (how sentence-embedding checkpoints such as
+all-MiniLM-L6-v2 were trained). Each head sees it through its own dropout (the paper's 0.3). The losses themselves live in multitask/losses.py.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from torch import nn
 from bert import BertModel
 from multitask import losses
 from multitask.batching import Batch
-from multitask.config import STS_HEADS
+from multitask.config import STS_HEADS, TASKS
 
 NUM_SENTIMENTS = 5
-TASKS = ("sst", "qqp", "sts")
 
 
 def layouts(sts_head: str) -> dict[str, str]:
@@ -36,13 +36,21 @@ def layouts(sts_head: str) -> dict[str, str]:
 
 
 class MultitaskBert(nn.Module):
-    def __init__(self, encoder: BertModel, sts_head: str = "concat", dropout: float = 0.3):
+    def __init__(self, encoder: BertModel, sts_head: str = "concat", dropout: float = 0.3,
+                 pooling: str = "cls", loss_weights: dict[str, float] | None = None,
+                 balance: str = "fixed"):
         super().__init__()
         if sts_head not in STS_HEADS:
             raise ValueError(f"unknown STS head {sts_head!r}; choose one of {', '.join(STS_HEADS)}")
         hidden = encoder.config.hidden_size
         self.bert = encoder
         self.sts_head = sts_head
+        self.pooling = pooling
+        if pooling == "mean":  # the pooler is not used: frozen, so that no step waits for its gradient
+            encoder.pooler.requires_grad_(False)
+        # Each task's loss weight (fixed, or learned with balance="uncertainty"): see losses.py.
+        self.task_weighting = losses.TaskWeighting(TASKS, loss_weights or dict.fromkeys(TASKS, 1.0),
+                                                   learned=balance == "uncertainty")
         self.sentiment_dropout = nn.Dropout(dropout)
         self.sentiment = nn.Linear(hidden, NUM_SENTIMENTS)
         self.paraphrase_dropout = nn.Dropout(dropout)
@@ -74,7 +82,13 @@ class MultitaskBert(nn.Module):
             encoder = self.replicated_encoder  # a training pass under DDP: gradients get all-reduced
         else:
             encoder = self.compiled_encoder or self.bert
-        return encoder(**batch.inputs)["pooler_output"]  # (B, H), or (2B, H) for "separate"
+        outputs = encoder(**batch.inputs)
+        if self.pooling == "cls":
+            return outputs["pooler_output"]  # (B, H), or (2B, H) for "separate"
+        # mean pooling: the average of the last layer over each input's real tokens
+        mask = batch.inputs["attention_mask"].unsqueeze(-1).to(outputs["last_hidden_state"].dtype)  # (B, T, 1)
+        summed = (outputs["last_hidden_state"] * mask).sum(dim=1)  # (B, H)
+        return summed / mask.sum(dim=1).clamp(min=1.0)  # (B, H)
 
     def sentiment_logits(self, batch: Batch) -> torch.Tensor:
         return self.sentiment(self.sentiment_dropout(self.pooled(batch)))  # (B, 5)

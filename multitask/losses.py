@@ -138,3 +138,29 @@ def mnr_positive_mask(labels_0_5: Tensor, threshold: float = MNR_POSITIVE_THRESH
     MNR needs pairs known to be similar; the paper keeps those labelled at least 4.
     """
     return labels_0_5 >= threshold
+
+
+class TaskWeighting(torch.nn.Module):
+    """How much each task's loss counts in the shared encoder's update (one task per step).
+
+    fixed:        w_t * L_t, with the weights of --loss-weights (all 1 in the paper).
+    uncertainty:  w_t * (exp(-s_t) * L_t + s_t), where s_t = log sigma_t^2 is learned with the
+                  model (Kendall, Gal & Cipolla 2018, "Multi-Task Learning Using Uncertainty to
+                  Weigh Losses For Scene Geometry and Semantics"). A task whose loss stays large
+                  gets a larger sigma and so a smaller weight exp(-s_t); the + s_t term keeps sigma
+                  from growing without bound. This is the common simplified form, the same for
+                  every task; the paper's constant factors (1/2 on a regression loss and on its
+                  log sigma^2, 1/2 on a classification task's log sigma^2) are left out.
+    """
+
+    def __init__(self, tasks: tuple[str, ...], weights: dict[str, float], learned: bool = False):
+        super().__init__()
+        self.tasks, self.weights = tuple(tasks), dict(weights)
+        # s_t = 0 at the start: every task begins with weight exp(0) = 1.
+        self.log_variance = torch.nn.Parameter(torch.zeros(len(self.tasks))) if learned else None
+
+    def forward(self, task: str, loss: Tensor) -> Tensor:
+        if self.log_variance is None:
+            return loss * self.weights[task]
+        s = self.log_variance[self.tasks.index(task)]  # () float32
+        return self.weights[task] * (torch.exp(-s) * loss + s)

@@ -98,9 +98,9 @@ class Trainer:
         distributed.replicate(self.model, self.device, config.seed, config.compile)  # torchrun: DDP
         self.data = distributed.first_on_each_node(lambda: prepare_data(config, tokenizer, self.log))
         self.streams = make_streams(self.data, config, tokenizer.pad_token_id)
-        self.task_sizes = {task: len(self.data[task].train) for task in TASKS}
+        self.task_sizes = {task: len(self.data[task].train) for task in config.task_names}
         check_ranks_agree(distributed, config, self.data)
-        self.optimizer = AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = AdamW(parameter_groups(self.model, config), lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = grad_scaler(self.device, self.precision)  # loss scaling for fp16; else a no-op
         self.best_overall, self.history = -math.inf, []
         self.start_epoch, self.resumed_progress = 1, None  # where `run` starts (see `resume`)
@@ -131,9 +131,8 @@ class Trainer:
             if main:
                 checkpoint.write_metrics(self.out_dir, self.history)
             checkpoint.save_training_state(self, next_epoch=epoch + 1)
-            self.log(f"epoch {epoch}: sst acc {record['sst_acc']:.3f}  qqp acc {record['qqp_acc']:.3f}  "
-                     f"sts r {record['sts_corr']:.3f}  overall {record['overall']:.3f}"
-                     f"{'  (best)' if record['best'] else ''}  [{record['epoch_seconds']:.0f} s]")
+            self.log(f"epoch {epoch}: " + "  ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in dev_metrics.items())
+                     + f"{'  (best)' if record['best'] else ''}  [{record['epoch_seconds']:.0f} s]")
         return self.finish()
 
     # ---- one epoch ------------------------------------------------------------------------
@@ -152,6 +151,7 @@ class Trainer:
                    disable=not (config.progress and self.distributed.is_main), dynamic_ncols=True, leave=False)
         start = time.perf_counter()
         for step in range(progress.step, len(plan)):
+            self.set_learning_rate((epoch - 1) * len(plan) + step)  # --lr-schedule
             loss, ids = self.train_step(plan[step], use_mnr, progress)
             progress.loss_sums[plan[step]] += loss  # stays on the device: no wait for the GPU
             progress.counts[plan[step]] += 1
@@ -194,13 +194,14 @@ class Trainer:
             self.distributed.sync_gradients(self.model, now=piece.last)
             with autocast(self.device, self.precision):  # bf16/fp16 matrix products where chosen
                 loss = self.model.loss(batch.to(self.device), use_mnr=mnr, gather_rows=piece.gather_rows)
-                loss = loss * piece.weight
-            if self.config.skip_nonfinite and not all_finite(loss, self.distributed):
+            objective = self.model.task_weighting(task, loss) * piece.weight  # --loss-weights, --balance
+            loss = loss * piece.weight  # (the unweighted loss is what metrics.jsonl reports)
+            if self.config.skip_nonfinite and not all_finite(objective, self.distributed):
                 progress.skipped_nonfinite += 1  # no step: the weights stay good
                 self.optimizer.zero_grad(set_to_none=True)
                 return torch.zeros((), device=self.device), ids
             # (DDP averages the ranks' gradients; times the world size, that is their sum.)
-            self.scaler.scale(loss * self.distributed.world_size).backward()
+            self.scaler.scale(objective * self.distributed.world_size).backward()
             step_loss += loss.detach()
         self.distributed.average_gradients(self.model.head_parameters())  # DDP covers the encoder
         self.scaler.step(self.optimizer)  # AdamW (skipped by the fp16 scaler on inf gradients)
@@ -215,14 +216,20 @@ class Trainer:
             return round_robin_batches(self.task_sizes, self.config.batch_size)
         return self.config.batches_per_epoch
 
+    def set_learning_rate(self, step: int) -> None:
+        """Each AdamW group's learning rate at global step `step` (0-based)."""
+        lr = scheduled_lr(self.config, step, self.config.epochs * self.batches_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+
     def epoch_plan(self, epoch: int) -> list[str]:
         """The task of each of the epoch's batches (multitask/samplers.py)."""
         return epoch_plan(self.config.sampler, self.task_sizes, epoch, self.config.epochs,
                           self.batches_per_epoch, self.config.seed)
 
     def dev_splits(self, qqp_limit: int | None) -> dict[str, TokenizedSplit]:
-        dev = {task: self.data[task].dev for task in TASKS}
-        if qqp_limit is not None and len(dev["qqp"]) > qqp_limit:
+        dev = {task: self.data[task].dev for task in self.config.task_names}
+        if qqp_limit is not None and "qqp" in dev and len(dev["qqp"]) > qqp_limit:
             dev["qqp"] = dev["qqp"].subset(np.arange(qqp_limit))  # the first ones, as the paper
         return dev
 
@@ -244,7 +251,7 @@ class Trainer:
         metrics, predictions = self.evaluate()
         if main:
             (self.out_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        for task in TASKS:
+        for task in self.config.task_names:
             dev, test = self.data[task].dev, self.data[task].test
             if main:
                 write_predictions(prediction_path(self.out_dir, task, "dev"), task, dev.ids, predictions[task])
@@ -310,6 +317,34 @@ def mnr_epochs(num_epochs: int) -> int:
     return math.ceil(num_epochs / 2)
 
 
+def scheduled_lr(config: TrainConfig, step: int, total_steps: int) -> float:
+    """--lr-schedule at global step `step` of `total_steps` (0-based): constant (the paper), or
+    linear: a warmup from near 0 over the first --warmup of the steps, then a linear decay that
+    reaches 0 just after the last step (Devlin et al. 2019)."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    warmup_steps = config.warmup * total_steps
+    if step < warmup_steps:
+        return config.lr * (step + 1) / warmup_steps
+    return config.lr * (total_steps - step) / max(total_steps - warmup_steps, 1.0)
+
+
+def parameter_groups(model: MultitaskBert, config: TrainConfig) -> list[dict]:
+    """AdamW's parameter groups: the encoder, and the heads at --head-lr-mult times the learning
+    rate; with weight decay, biases, LayerNorm weights and the learned task weights are not
+    decayed (as in BERT's own fine-tuning: decay is meant for the matrices)."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:  # (the pooler, under mean pooling)
+            continue
+        no_decay = config.weight_decay > 0 and (name.endswith(".bias") or "LayerNorm" in name
+                                                or name.startswith("task_weighting."))
+        groups.setdefault((not name.startswith("bert."), no_decay), []).append(parameter)
+    return [{"params": params, "lr_mult": config.head_lr_mult if head else 1.0,
+             "weight_decay": 0.0 if no_decay else config.weight_decay}
+            for (head, no_decay), params in groups.items()]
+
+
 # ---- setting a run up: model, data, batch streams ----------------------------------------------
 
 LOADERS = {"sst": load_sst, "qqp": load_quora, "sts": load_sts}
@@ -332,16 +367,16 @@ def seed_everything(seed: int) -> None:
 def build_model(config: TrainConfig) -> tuple[MultitaskBert, BertTokenizer]:
     tokenizer = BertTokenizer.from_pretrained(config.model)
     encoder = BertModel.from_pretrained(config.model)
-    return MultitaskBert(encoder, config.sts_head, config.dropout), tokenizer
+    return checkpoint.build_heads(encoder, config), tokenizer
 
 
 def load_splits(config: TrainConfig, log: Callable[[str], None]) -> dict[str, dict[str, Split]]:
     """Read the nine CS224N files (downloading missing ones); report skipped rows."""
     paths = dataset_paths(config.data_dir)
-    needed = [paths[f"{FILE_KEYS[t]}-{part}"].name for t in TASKS for part in ("train", "dev")]
+    needed = [paths[f"{FILE_KEYS[t]}-{part}"].name for t in config.task_names for part in ("train", "dev")]
     ensure_files(config.data_dir, needed, progress=config.progress)
     splits: dict[str, dict[str, Split]] = {}
-    for task in TASKS:
+    for task in config.task_names:
         splits[task] = {}
         for part in ("train", "dev", "test"):
             path = paths[f"{FILE_KEYS[task]}-{part}"]
@@ -371,7 +406,7 @@ def prepare_data(config: TrainConfig, tokenizer: BertTokenizer, log: Callable[[s
     splits = load_splits(config, log)
     task_layouts = layouts(config.sts_head)
     data = {}
-    for task in TASKS:
+    for task in config.task_names:
         train = cap_examples(splits[task]["train"], config.max_train_examples, config.seed)
         encode = lambda split: tokenize_split(split, task, tokenizer, task_layouts[task], config.max_length)  # noqa: E731
         test = splits[task].get("test")
@@ -381,9 +416,9 @@ def prepare_data(config: TrainConfig, tokenizer: BertTokenizer, log: Callable[[s
 
 def make_streams(data: dict[str, TaskData], config: TrainConfig, pad_id: int) -> dict[str, BatchStream]:
     """Each task's endless, seeded stream of training batches (and the MNR head's positives)."""
-    streams = {task: BatchStream(data[task].train, config.batch_size, config.seed + i, pad_id, config.group_by_length)
-               for i, task in enumerate(TASKS)}
-    if config.sts_head == "mnr":
+    streams = {task: BatchStream(data[task].train, config.batch_size, config.seed + TASKS.index(task), pad_id,
+                                 config.group_by_length) for task in data}
+    if config.sts_head == "mnr" and "sts" in data:
         sts = data["sts"].train
         positives = np.flatnonzero(sts.labels.numpy() >= MNR_POSITIVE_THRESHOLD)
         if len(positives) == 0:

@@ -1,0 +1,205 @@
+"""The multitask recipe's levers (issue 15): --tasks, the learning-rate schedule, parameter
+groups, mean pooling, fixed and learned task weights, and --recipe itself."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import multitask_classifier
+from bert import BertConfig, BertModel
+from multitask import training
+from multitask.batching import Batch
+from multitask.config import RECIPES, TrainConfig
+from multitask.heads import MultitaskBert
+from multitask.losses import TaskWeighting
+
+from synthetic import write_dataset, write_tiny_checkpoint
+from test_training import read_metrics, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, minilm_dir):
+    root = tmp_path_factory.mktemp("recipe")
+    return write_tiny_checkpoint(root / "model", minilm_dir), write_dataset(root / "data")
+
+
+def tiny_model(pooling="cls", **kwargs) -> MultitaskBert:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    return MultitaskBert(BertModel(config), "concat", 0.0, pooling, **kwargs).eval()
+
+
+# ---- the learning-rate schedule -------------------------------------------------------------
+
+
+def test_constant_schedule_is_the_learning_rate():
+    config = TrainConfig(lr=3e-5)
+    assert [training.scheduled_lr(config, s, 100) for s in (0, 50, 99)] == [3e-5] * 3
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    config = TrainConfig(lr=1.0, lr_schedule="linear", warmup=0.1)  # 10 warmup steps of 100
+    lrs = [training.scheduled_lr(config, s, 100) for s in range(100)]
+    assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # 0.1, 0.2, ..., 1.0
+    assert lrs[10] == pytest.approx(1.0)  # the peak right after the warmup
+    assert lrs[10:] == pytest.approx([(100 - s) / 90 for s in range(10, 100)])
+    assert lrs[-1] == pytest.approx(1 / 90)  # the last step's, just above 0
+    assert all(later < earlier for earlier, later in zip(lrs[10:], lrs[11:]))
+
+
+def test_linear_schedule_without_warmup_starts_at_the_peak():
+    config = TrainConfig(lr=2.0, lr_schedule="linear", warmup=0.0)
+    assert training.scheduled_lr(config, 0, 4) == pytest.approx(2.0)
+    assert training.scheduled_lr(config, 3, 4) == pytest.approx(0.5)
+
+
+# ---- parameter groups -----------------------------------------------------------------------
+
+
+def test_parameter_groups_decay_only_matrices_and_scale_the_heads():
+    model = tiny_model(balance="uncertainty")
+    config = TrainConfig(weight_decay=0.01, head_lr_mult=5.0)
+    groups = training.parameter_groups(model, config)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = []
+    for group in groups:
+        group_names = [names[id(p)] for p in group["params"]]
+        seen += group_names
+        heads = [not n.startswith("bert.") for n in group_names]
+        assert len(set(heads)) == 1  # a group is all encoder or all heads
+        assert group["lr_mult"] == (5.0 if heads[0] else 1.0)
+        for name in group_names:
+            no_decay = name.endswith(".bias") or "LayerNorm" in name or name.startswith("task_weighting.")
+            assert group["weight_decay"] == (0.0 if no_decay else 0.01), name
+    assert sorted(seen) == sorted(names.values())  # every parameter exactly once
+    # Without weight decay nothing is exempted: one group each for the encoder and the heads.
+    assert [g["weight_decay"] for g in training.parameter_groups(model, TrainConfig())] == [0.0, 0.0]
+
+
+def test_mean_pooling_freezes_the_unused_pooler():
+    model = tiny_model(pooling="mean")
+    assert not any(p.requires_grad for p in model.bert.pooler.parameters())
+    grouped = {id(p) for g in training.parameter_groups(model, TrainConfig()) for p in g["params"]}
+    assert not grouped & {id(p) for p in model.bert.pooler.parameters()}
+
+
+# ---- mean pooling ---------------------------------------------------------------------------
+
+
+def batch_of(ids: list[list[int]], width: int) -> Batch:
+    input_ids = torch.zeros(len(ids), width, dtype=torch.long)
+    mask = torch.zeros(len(ids), width, dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+    inputs = {"input_ids": input_ids, "token_type_ids": torch.zeros_like(input_ids), "attention_mask": mask}
+    return Batch("sst", np.arange(len(ids)), inputs, torch.zeros(len(ids), dtype=torch.long))
+
+
+def test_mean_pooling_averages_the_real_tokens_only():
+    model = tiny_model(pooling="mean")
+    rows = [[2, 7, 9, 3], [2, 11, 3]]
+    pooled = model.pooled(batch_of(rows, 4))
+    wider = model.pooled(batch_of(rows, 9))  # more padding changes nothing
+    torch.testing.assert_close(pooled, wider, atol=1e-6, rtol=1e-6)
+    hidden = model.bert(**batch_of(rows, 4).inputs)["last_hidden_state"]
+    torch.testing.assert_close(pooled[0], hidden[0, :4].mean(0), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(pooled[1], hidden[1, :3].mean(0), atol=1e-6, rtol=1e-6)
+    cls = tiny_model(pooling="cls")
+    torch.testing.assert_close(cls.pooled(batch_of(rows, 4)), cls.bert(**batch_of(rows, 4).inputs)["pooler_output"])
+
+
+# ---- task weights ---------------------------------------------------------------------------
+
+
+def test_fixed_task_weights_multiply_the_loss():
+    weighting = TaskWeighting(("sst", "qqp", "sts"), {"sst": 1.0, "qqp": 0.5, "sts": 0.16})
+    loss = torch.tensor(2.0)
+    assert weighting("sts", loss).item() == pytest.approx(0.32)
+    assert weighting("qqp", loss).item() == pytest.approx(1.0)
+    assert list(weighting.parameters()) == []
+
+
+def test_uncertainty_weighting_follows_kendall_et_al():
+    weighting = TaskWeighting(("sst", "qqp", "sts"), {"sst": 1.0, "qqp": 1.0, "sts": 2.0}, learned=True)
+    with torch.no_grad():
+        weighting.log_variance.copy_(torch.tensor([0.0, 0.5, -1.0]))
+    loss = torch.tensor(3.0)
+    assert weighting("qqp", loss).item() == pytest.approx(torch.exp(torch.tensor(-0.5)).item() * 3 + 0.5)
+    objective = weighting("sts", loss)
+    assert objective.item() == pytest.approx(2.0 * (torch.exp(torch.tensor(1.0)).item() * 3 - 1.0))
+    objective.backward()
+    # d/ds of w (exp(-s) L + s) = w (1 - exp(-s) L): only the step's task's s gets a gradient.
+    expected = 2.0 * (1 - torch.exp(torch.tensor(1.0)).item() * 3)
+    assert weighting.log_variance.grad.tolist() == pytest.approx([0.0, 0.0, expected])
+
+
+def test_a_zero_weight_task_leaves_the_model_unchanged(tiny_setup, tmp_path):
+    config = tiny_config(tiny_setup, tmp_path, loss_weights="sst=1,qqp=1,sts=0")
+    trainer = training.Trainer(config, log=lambda m: None)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    loss, _ = trainer.train_step("sts", False, training.EpochProgress(1))
+    assert loss.item() > 0  # the loss is reported, unweighted
+    for name, parameter in trainer.model.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+    trainer.train_step("sst", False, training.EpochProgress(1))
+    assert not torch.equal(trainer.model.bert.embeddings.word_embeddings.weight,
+                           before["bert.embeddings.word_embeddings.weight"])
+
+
+def test_uncertainty_weights_are_learned_and_saved(tiny_setup, tmp_path):
+    config = tiny_config(tiny_setup, tmp_path, epochs=1, batches_per_epoch=12, balance="uncertainty")
+    training.train(config, log=lambda m: None)
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "best" / "model.safetensors")["task_weighting.log_variance"]
+    assert saved.shape == (3,) and bool((saved != 0).all())
+
+
+# ---- single-task runs and the recipe --------------------------------------------------------
+
+
+def test_a_single_task_run_trains_and_evaluates_that_task_only(tiny_setup, tmp_path):
+    config = tiny_config(tiny_setup, tmp_path, tasks="sts", epochs=2, batches_per_epoch=15)
+    final = training.train(config, log=lambda m: None)
+    assert set(final) == {"sts_corr", "overall"}
+    assert final["overall"] == pytest.approx((final["sts_corr"] + 1) / 2)
+    records = read_metrics(tmp_path)
+    assert [(r["batches_sst"], r["batches_qqp"], r["batches_sts"]) for r in records] == [(0, 0, 15)] * 2
+    assert records[-1]["train_loss_sts"] < records[0]["train_loss_sts"]
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["sts-dev-output.csv", "sts-test-output.csv"]
+
+
+def test_recipes_fill_what_no_flag_gives(tmp_path):
+    parser = multitask_classifier.build_parser()
+    paper = multitask_classifier.config_from_args(parser.parse_args([]))
+    assert {k: getattr(paper, k) for k in RECIPES["paper"]} == RECIPES["paper"]
+    assert (paper.lr, paper.lr_schedule, paper.pooling, paper.warmup) == (1e-5, "constant", "cls", 0.0)
+    tuned = multitask_classifier.config_from_args(parser.parse_args(["--recipe", "tuned", "--lr", "3e-5"]))
+    assert tuned.lr == 3e-5  # the flag wins
+    assert {k: getattr(tuned, k) for k in RECIPES["tuned"] if k != "lr"} == {
+        k: v for k, v in RECIPES["tuned"].items() if k != "lr"}
+    # A run folder records the filled-in values, so the run can be read back and repeated.
+    assert json.loads(json.dumps(tuned.to_dict()))["pooling"] == "mean"
+    assert TrainConfig.from_dict(tuned.to_dict()) == tuned
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tasks", "sst,foo"], "--tasks"),
+    (["--tasks", "sst,sst"], "--tasks"),
+    (["--loss-weights", "sts=x"], "--loss-weights"),
+    (["--loss-weights", "sts=-1"], "--loss-weights"),
+    (["--loss-weights", "bogus=1"], "--loss-weights"),
+    (["--warmup", "1.5"], "--warmup"),
+    (["--head-lr-mult", "0"], "--head-lr-mult"),
+    (["--pooling", "max"], "--pooling"),
+    (["--recipe", "best"], "--recipe"),
+])
+def test_bad_recipe_settings_are_usage_errors(flags, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        multitask_classifier.main(flags)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
