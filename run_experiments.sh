@@ -31,12 +31,14 @@ Trains the paper's seven configurations into RUNS_DIR/<sampler>-<head>/ and tabu
   gpu    the paper: bert-base-uncased, 10 epochs x 3000 batches of 32, lr 1e-5, --device cuda
   cpu    offline all-MiniLM-L6-v2, 2 epochs x 120 batches of 32, lr 3e-5 (about an hour on 2 cores)
   smoke  MODEL and DATA_DIR from the environment, 1 epoch x 4 batches (for tests)
+  ablation  multitask against single-task, recipe by recipe, 3 seeds (run_ablation.sh)
 The profile may also be given as PROFILE=...; RUNS_DIR defaults to runs/<profile>.
 EOF
 }
 
 profile="${PROFILE:-}"
 case "${1:-}" in
+    ablation) shift; exec bash "$script_dir/run_ablation.sh" "$@" ;;  # issue 15's multitask ablation
     gpu | cpu | smoke) profile="$1"; shift ;;
     -h | --help) usage; exit 0 ;;
 esac

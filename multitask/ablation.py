@@ -1,0 +1,126 @@
+"""The multitask ablation's table: each row's dev scores over seeds, and multitask against
+single-task at the same per-task steps (run_ablation.sh trains the runs).
+
+    python -m multitask.ablation runs/ablation          # writes ablation.md and ablation.csv there
+    python -m multitask.ablation --plan-counts --data-dir D --batches 600 --seed 0
+
+A row folder holds seed<k>/ folders. A multitask row's seed folder is a run (final_metrics.json);
+a single-task row's holds one run per task (sst/, qqp/, sts/, and sts-cosine/ for the cosine
+head), whose scores together make the row's line. `--plan-counts` prints how many of a multitask
+run's batches each task gets (sst qqp sts), so that the single-task runs train the same steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from multitask.config import TASKS
+from multitask.evaluation import overall_score
+
+METRICS = ("sst_acc", "qqp_acc", "sts_corr", "overall")
+SINGLE_TASK_RUNS = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_corr"}
+
+
+def plan_counts(data_dir: str, batches: int, seed: int) -> dict[str, int]:
+    """Each task's number of batches in the one-epoch annealed plan of `batches` batches."""
+    from multitask.data import dataset_paths, load_quora, load_sst, load_sts
+    from multitask.samplers import epoch_plan
+
+    paths = dataset_paths(data_dir)
+    sizes = {"sst": len(load_sst(paths["sst-train"]).examples),
+             "qqp": len(load_quora(paths["quora-train"]).examples),
+             "sts": len(load_sts(paths["sts-train"]).examples)}
+    plan = epoch_plan("annealed", sizes, 1, 1, batches, seed)
+    return {task: plan.count(task) for task in TASKS}
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def seed_scores(seed_dir: Path) -> dict[str, float] | None:
+    """One seed's dev scores for a row: a multitask run's, or the single-task runs' together."""
+    final = read_json(seed_dir / "final_metrics.json")
+    if final is not None:
+        return {k: final[k] for k in METRICS if k in final}
+    scores = {}
+    for run, metric in SINGLE_TASK_RUNS.items():
+        single = read_json(seed_dir / run / "final_metrics.json")
+        if single is not None:
+            scores[metric] = single[metric]
+    cosine = read_json(seed_dir / "sts-cosine" / "final_metrics.json")
+    if cosine is not None:
+        scores["sts_corr_cosine"] = cosine["sts_corr"]
+    if all(m in scores for m in SINGLE_TASK_RUNS.values()):
+        scores["overall"] = overall_score(scores["sst_acc"], scores["qqp_acc"], scores["sts_corr"])
+    return scores or None
+
+
+def collect(runs_dir: Path) -> dict[str, dict[str, list[float]]]:
+    """row -> metric -> the values of the seeds that have it (in seed order)."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for row_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        for seed_dir in sorted(row_dir.glob("seed*")):
+            scores = seed_scores(seed_dir)
+            for metric, value in (scores or {}).items():
+                rows.setdefault(row_dir.name, {}).setdefault(metric, []).append(value)
+    return rows
+
+
+def summary(values: list[float]) -> str:
+    """mean ± sample standard deviation (n seeds); a single seed has no spread."""
+    if len(values) == 1:
+        return f"{values[0]:.3f} (n=1)"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
+
+
+def table(rows: dict[str, dict[str, list[float]]]) -> str:
+    columns = [*METRICS, "sts_corr_cosine"]
+    lines = ["| row | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row, metrics in rows.items():
+        lines.append(f"| {row} | " + " | ".join(summary(metrics[c]) if c in metrics else "" for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m multitask.ablation",
+        description="Tabulate run_ablation.sh's runs (RUNS_DIR/<row>/seed<k>/...): mean and spread of "
+                    "each dev score per row; writes RUNS_DIR/ablation.md and ablation.csv.")
+    parser.add_argument("runs_dir", nargs="?", type=Path, help="the ablation's runs folder")
+    parser.add_argument("--plan-counts", action="store_true",
+                        help="print the batches each task gets in a multitask run (sst qqp sts) and stop")
+    parser.add_argument("--data-dir", default="data", help="with --plan-counts: the training files")
+    parser.add_argument("--batches", type=int, default=600, help="with --plan-counts: the run's batches")
+    parser.add_argument("--seed", type=int, default=0, help="with --plan-counts: the run's --seed")
+    args = parser.parse_args(argv)
+    if args.plan_counts:
+        print(*plan_counts(args.data_dir, args.batches, args.seed).values())
+        return 0
+    if args.runs_dir is None or not args.runs_dir.is_dir():
+        parser.error(f"{args.runs_dir}: not a folder of ablation runs")
+    rows = collect(args.runs_dir)
+    if not rows:
+        print(f"error: {args.runs_dir}: no finished run (final_metrics.json) yet", file=sys.stderr)
+        return 1
+    text = table(rows)
+    (args.runs_dir / "ablation.md").write_text(text)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["row", "metric", "seed_values"])
+    for row, metrics in rows.items():
+        for metric, values in metrics.items():
+            writer.writerow([row, metric, " ".join(f"{v:.4f}" for v in values)])
+    (args.runs_dir / "ablation.csv").write_text(out.getvalue())
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Does one multitask model beat single-task models trained with the same steps? The ablation of
+# issue 15, on a CPU with the offline all-MiniLM-L6-v2: 600 annealed batches of 32 (one epoch),
+# each row for seeds 0, 1 and 2.
+#
+#   bash run_ablation.sh                 # or: bash run_experiments.sh ablation
+#   SEEDS="0" ROWS="multi-tuned-concat single-tuned" bash run_ablation.sh     # a part of it
+#
+# Rows (ROWS picks some; all by default, in this order):
+#   single-tuned / single-paper   three single-task runs, each with the number of batches its task
+#                                 gets in the multitask run's plan (the same per-task steps)
+#   multi-paper-concat            the paper's recipe (annealed + concat)
+#   multi-tuned-concat, multi-tuned-cosine, multi-tuned-mnr   the tuned recipe, three STS heads
+#   lever-sts-weight, lever-mean-pooling, lever-linear-warmup, lever-lr-1e-4, lever-uncertainty
+#                                 the paper's recipe with one lever of the tuned one (or the learned
+#                                 task weights) switched on
+#
+# Each run trains into RUNS_DIR/<row>/seed<k>[/<task>]/ (RUNS_DIR defaults to runs/ablation); a
+# finished run (final_metrics.json) is skipped, so the same command carries on after a stop. At
+# the end `python -m multitask.ablation RUNS_DIR` writes the table (mean and spread per task).
+# Arguments go to every multitask_classifier.py call. Environment: MODEL, DATA_DIR, RUNS_DIR,
+# SEEDS, ROWS, PYTHON.
+set -euo pipefail
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${PYTHON:-python3}"
+export PYTHONPATH="$script_dir${PYTHONPATH:+:$PYTHONPATH}"
+model="${MODEL:-sentence-transformers/all-MiniLM-L6-v2}"
+if [[ -n "${DATA_DIR:-}" ]]; then
+    data_dir="$DATA_DIR"
+elif [[ -d "$script_dir/../shared/data" ]]; then
+    data_dir="$script_dir/../shared/data"  # the offline copy beside the checkout
+else
+    data_dir="$script_dir/data"
+fi
+runs_dir="${RUNS_DIR:-runs/ablation}"
+batches="${BATCHES:-600}"
+seeds=(${SEEDS:-0 1 2})
+all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat single-paper
+          lever-sts-weight lever-mean-pooling lever-linear-warmup lever-lr-1e-4 lever-uncertainty
+          multi-tuned-mnr)
+rows=(${ROWS:-${all_rows[@]}})
+common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
+        --device cpu --no-progress "$@")
+
+row_flags() {  # the flags of a multitask row
+    case "$1" in
+        multi-paper-concat) echo "--recipe paper --sts-head concat" ;;
+        multi-tuned-concat) echo "--recipe tuned --sts-head concat" ;;
+        multi-tuned-cosine) echo "--recipe tuned --sts-head cosine" ;;
+        multi-tuned-mnr) echo "--recipe tuned --sts-head mnr" ;;
+        lever-sts-weight) echo "--recipe paper --sts-head concat --loss-weights sst=1,qqp=1,sts=0.16" ;;
+        lever-mean-pooling) echo "--recipe paper --sts-head concat --pooling mean" ;;
+        lever-linear-warmup) echo "--recipe paper --sts-head concat --lr-schedule linear --warmup 0.1" ;;
+        lever-lr-1e-4) echo "--recipe paper --sts-head concat --lr 1e-4" ;;
+        lever-uncertainty) echo "--recipe paper --sts-head concat --balance uncertainty" ;;
+        *) echo "error: unknown row $1" >&2; return 2 ;;
+    esac
+}
+
+train() {  # train OUT_DIR FLAGS...: one run, skipped when finished, resumed when interrupted
+    local out="$1"; shift
+    if [[ -f "$out/final_metrics.json" ]]; then
+        echo "skip $out (finished)"; return 0
+    fi
+    local again=(--overwrite)
+    [[ -f "$out/checkpoint.pt" ]] && again=(--resume "$out")
+    mkdir -p "$out"
+    echo "=== $out: $*"
+    "$PYTHON" "$script_dir/multitask_classifier.py" "${common[@]}" "$@" --out-dir "$out" "${again[@]}" \
+        > "$out/train.log" 2>&1 || { echo "error: $out failed; see $out/train.log" >&2; return 1; }
+    tail -n 1 "$out/train.log"
+}
+
+for row in "${rows[@]}"; do  # row by row, so that the first rows have all their seeds first
+    for seed in "${seeds[@]}"; do
+        out="$runs_dir/$row/seed$seed"
+        if [[ "$row" == single-* ]]; then
+            # Each task's share of the multitask plan of this seed: the same per-task steps.
+            recipe="${row#single-}"
+            read -r n_sst n_qqp n_sts < <("$PYTHON" -m multitask.ablation --plan-counts \
+                --data-dir "$data_dir" --batches "$batches" --seed "$seed")
+            train "$out/sst" --recipe "$recipe" --tasks sst --batches-per-epoch "$n_sst" --seed "$seed"
+            train "$out/qqp" --recipe "$recipe" --tasks qqp --batches-per-epoch "$n_qqp" --seed "$seed"
+            train "$out/sts" --recipe "$recipe" --tasks sts --sts-head concat --batches-per-epoch "$n_sts" --seed "$seed"
+            train "$out/sts-cosine" --recipe "$recipe" --tasks sts --sts-head cosine --batches-per-epoch "$n_sts" --seed "$seed"
+        else
+            # shellcheck disable=SC2046
+            train "$out" $(row_flags "$row") --batches-per-epoch "$batches" --seed "$seed"
+        fi
+    done
+done
+
+"$PYTHON" -m multitask.ablation "$runs_dir"
