@@ -75,6 +75,21 @@ def test_reference_and_sdpa_attention_agree(dtype, atol):
                                sdpa_attention(q, k, v, None, dropout), atol=atol, rtol=0)
 
 
+
+@pytest.mark.parametrize("attend", [reference_attention, sdpa_attention])
+def test_attention_dropout_applies_in_training_only(attend):
+    """Both paths drop attention weights when the dropout module trains, and only then."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 7, 8, generator=g) for _ in range(3))
+    dropout = torch.nn.Dropout(0.5).eval()
+    undropped = attend(q, k, v, None, torch.nn.Dropout(0.0))
+    torch.testing.assert_close(attend(q, k, v, None, dropout), undropped, atol=1e-6, rtol=0)
+    dropout.train()
+    torch.manual_seed(0)
+    first, second = attend(q, k, v, None, dropout), attend(q, k, v, None, dropout)
+    assert (first - undropped).abs().max().item() > 0.1  # half the weights are gone, the rest doubled
+    assert (first - second).abs().max().item() > 0.1  # a fresh mask at every call
+
 @pytest.mark.parametrize("implementation", ["reference", "sdpa"])
 def test_unpadded_batch_skips_the_mask_and_matches_the_masked_computation(implementation):
     """A batch without padding gets no attention bias (None); the layers must then compute what
