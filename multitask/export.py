@@ -32,6 +32,15 @@ How each folder gives back our numbers (fp32; tests/test_export.py compares them
   similarity function is cosine (our 0-5 score = 2.5 * (cos + 1)) or, for dot, the dot product
   (our score itself).
 
+- with --pooling mean (the heads read the mean of the last layer over the real tokens instead
+  of the pooler): the SentenceTransformer's Pooling module takes the mean, and no pooler Dense
+  follows. The classifiers (sst, paraphrase, the concat cross-encoder) cannot be expressed: the
+  sequence-classification models those libraries load classify the pooler output. They are
+  left out, with a note.
+
+A head the run did not train (not in its --tasks, or never drawn by the sampler up to the saved
+epoch) is left out too, with a note; naming such a part in --only is an error that says why.
+
 Every folder truncates inputs where our model does (the run's --max-length, or the checkpoint's
 maximum): model_max_length in tokenizer_config.json, max_seq_length for sentence-transformers.
 The files are written by this module (safetensors and JSON); transformers and
@@ -136,24 +145,59 @@ def batches_trained(trained: TrainedModel) -> dict[str, int] | None:
     return counts
 
 
+def pooling_of(trained: TrainedModel) -> str:
+    """How the heads pool the encoder's output: "cls" (BERT's pooler on [CLS], the paper) or
+    "mean" (the last layer's mean over the real tokens), where the model has the option."""
+    return getattr(trained.model, "pooling", "cls")
+
+
+def why_not(trained: TrainedModel) -> dict[str, str]:
+    """The heads this run cannot export, each with the reason."""
+    reasons = {}
+    tasks = getattr(trained.config, "task_names", tuple(TASK_OF_PART.values()))  # --tasks, where it exists
+    counts = batches_trained(trained)
+    for part, task in TASK_OF_PART.items():
+        if task not in tasks:
+            reasons[part] = (f"the run did not train the {part} head (it trained --tasks "
+                             f"{','.join(tasks)}), so its weights are the random initialisation")
+        elif counts is not None and counts[task] == 0:
+            reasons[part] = (f"the run never trained the {part} head (0 batches of {task} up to the "
+                             f"saved epoch), so its weights are the random initialisation")
+    pooling = pooling_of(trained)
+    if pooling == "mean":
+        # transformers' BertForSequenceClassification (which CrossEncoder loads too) classifies
+        # BERT's pooler output: no standard class classifies the mean of the tokens.
+        classifiers = ["sst", "paraphrase"] + (["sts"] if trained.config.sts_head == "concat" else [])
+        for part in classifiers:
+            reasons.setdefault(part, f"the run pooled by the mean of the tokens (--pooling mean), and "
+                                     f"a sequence-classification folder (transformers' "
+                                     f"BertForSequenceClassification, which pipeline and CrossEncoder "
+                                     f"load) classifies BERT's pooler output on [CLS] instead, so the "
+                                     f"{part} head cannot be exported exactly")
+    elif pooling != "cls":
+        for part in TASK_OF_PART:
+            reasons.setdefault(part, f"the export does not know the pooling {pooling!r}, so the "
+                                     f"{part} head cannot be exported exactly")
+    return reasons
+
+
 def choose_parts(trained: TrainedModel, only: list[str] | None) -> list[str]:
-    """The parts to write. Without `only`: the encoder and every head the run trained (a head
-    that never had a training batch is left out, with a note). A part named in `only` that the
-    run did not train is an ExportError."""
+    """The parts to write. Without `only`: the encoder and every head that can be exported (one
+    the run did not train, or that no standard model expresses exactly, is left out with a note
+    on stderr). A part named in `only` that cannot be exported is an ExportError."""
     head = trained.config.sts_head
-    unknown = sorted(set(trained.model.state_dict()) - KNOWN_HEAD_PARAMETERS
-                     - {n for n in trained.model.state_dict() if n.startswith("bert.")})
+    names = trained.model.state_dict()
+    unknown = sorted(n for n in names if n not in KNOWN_HEAD_PARAMETERS
+                     and not n.startswith(("bert.", "task_weighting.")))  # (training-only loss weights)
     if unknown:
         raise ExportError(f"{trained.folder}: the checkpoint has parameters the export cannot map "
                           f"onto a standard model ({', '.join(unknown[:5])}); its heads cannot be "
                           f"exported exactly. Export the encoder alone with --only encoder")
-    counts = batches_trained(trained)
-    untrained = {part for part, task in TASK_OF_PART.items() if counts is not None and counts[task] == 0}
+    reasons = why_not(trained)
     if only is None:
-        for part in sorted(untrained, key=PARTS.index):
-            print(f"note: {part} not exported: the run never trained it (0 batches of "
-                  f"{TASK_OF_PART[part]} up to the saved epoch)", file=sys.stderr)
-        return [p for p in PARTS if p not in untrained]
+        for part in sorted(reasons, key=PARTS.index):
+            print(f"note: {part} not exported: {reasons[part]}", file=sys.stderr)
+        return [p for p in PARTS if p not in reasons]
     chosen = []
     for part in only:
         if part in STS_PARTS:
@@ -163,10 +207,8 @@ def choose_parts(trained: TrainedModel, only: list[str] | None) -> list[str]:
                                   f"{asked}, so there is no {asked} head to export; --only sts "
                                   f"exports the {head} head")
             part = "sts"
-        if part in untrained:
-            raise ExportError(f"{trained.folder}: the run never trained the {part} head (0 batches "
-                              f"of {TASK_OF_PART[part]} up to the saved epoch): its weights are "
-                              f"the random initialisation. Leave {part} out of --only")
+        if part in reasons:
+            raise ExportError(f"{trained.folder}: {reasons[part]}. Leave {part} out of --only")
         if part not in chosen:
             chosen.append(part)
     return chosen
@@ -287,11 +329,10 @@ def write_sentence_transformer(folder: Path, trained: TrainedModel) -> None:
     model, hidden = trained.model, trained.model.bert.config.hidden_size
     pooler = model.bert.pooler.dense
     projected = model.sts_head != "dot"
+    cls = pooling_of(trained) == "cls"
     modules = [("sentence_transformers.models.Transformer", ""),
-               ("sentence_transformers.models.Pooling", "1_Pooling"),
-               ("sentence_transformers.models.Dense", "2_Dense")]
-    if projected:
-        modules.append(("sentence_transformers.models.Dense", "3_Dense"))
+               ("sentence_transformers.models.Pooling", "1_Pooling")]
+    modules += [("sentence_transformers.models.Dense", f"{i}_Dense") for i in range(2, 2 + cls + projected)]
     (folder / "modules.json").write_text(json.dumps(
         [{"idx": i, "name": str(i), "path": path, "type": kind} for i, (kind, path) in enumerate(modules)],
         indent=2) + "\n", encoding="utf-8")
@@ -306,22 +347,25 @@ def write_sentence_transformer(folder: Path, trained: TrainedModel) -> None:
                  "similarity_fn_name": similarity})
     (folder / "1_Pooling").mkdir()
     _write_json(folder / "1_Pooling" / "config.json", {
-        "word_embedding_dimension": hidden, "pooling_mode_cls_token": True,
-        "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": cls,
+        "pooling_mode_mean_tokens": not cls, "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
         "pooling_mode_lasttoken": False, "include_prompt": True})
-    # BERT's pooler (dense + tanh on the [CLS] token), which our heads read, as a Dense module.
-    _write_dense(folder / "2_Dense", pooler.weight, pooler.bias, TANH)
+    dense = 2
+    if cls:  # BERT's pooler (dense + tanh on the [CLS] token), which our heads read, as a Dense
+        _write_dense(folder / f"{dense}_Dense", pooler.weight, pooler.bias, TANH)
+        dense += 1
     if projected:
-        _write_dense(folder / "3_Dense", model.similarity.weight, model.similarity.bias, IDENTITY)
+        _write_dense(folder / f"{dense}_Dense", model.similarity.weight, model.similarity.bias, IDENTITY)
+    pooled = "[CLS] token -> BERT's pooler (dense + tanh)" if cls else "mean of the tokens"
     if similarity == "cosine":
         score = "the cosine of two embeddings, c, is the model's similarity as 2.5 * (c + 1) (0-5)"
     else:
         score = "the dot product of two embeddings is the model's similarity score (the dot head's, unscaled)"
     _readme(folder, "Sentence embeddings, STS-B (multibert export)", f"""
-The multitask model's {model.sts_head} head as a SentenceTransformer: [CLS] token -> BERT's pooler
-(dense + tanh) -> {"the head's projection -> " if projected else ""}embedding. `encode` returns the
-model's sentence embeddings; {score}.
+The multitask model's {model.sts_head} head as a SentenceTransformer: {pooled} ->
+{"the head's projection -> " if projected else ""}embedding. `encode` returns the model's sentence
+embeddings; {score}.
 
     from sentence_transformers import SentenceTransformer
     model = SentenceTransformer("{folder}")
@@ -435,7 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT_DIR/paraphrase: paraphrase detection for sentence pairs, a "
                     "BertForSequenceClassification (2 labels). OUT_DIR/sts: the similarity head, "
                     "a sentence-transformers CrossEncoder (concat head; scores x 5 are the 0-5 "
-                    "similarity) or SentenceTransformer (cosine, mnr, dot heads).")
+                    "similarity) or SentenceTransformer (cosine, mnr, dot heads). A head the run "
+                    "did not train, or that no standard model expresses exactly (the classifiers "
+                    "of a --pooling mean run), is left out with a note.")
     parser.add_argument("checkpoint", metavar="CHECKPOINT_DIR",
                         help="input: a training run's --out-dir, or its best/ checkpoint folder")
     parser.add_argument("out_dir", metavar="OUT_DIR",

@@ -111,3 +111,38 @@ def write_tiny_checkpoint(folder: Path, vocab_source: Path | None, seed: int = 0
     if vocab_source is not None:
         shutil.copy(vocab_source / "vocab.txt", folder / "vocab.txt")
     return folder
+
+
+def write_random_run(folder: Path, encoder_dir: Path, sts_head: str, max_length: int | None = None,
+                     record: dict | None = None, **options) -> Path:
+    """A run folder (best/ and metrics.jsonl), untrained: the encoder of `encoder_dir` and every
+    weight (heads included) redrawn large enough that each nonlinearity (the pooler's tanh, the
+    heads' squashing) works away from its linear part. For tests of the tools that read a run
+    (export, predict), where only agreement with the model's own numbers matters. `options` are
+    TrainConfig settings (pooling="mean", say); those MultitaskBert takes are passed to it too."""
+    import inspect
+    import json
+    import math
+
+    from bert import BertTokenizer
+    from multitask import checkpoint
+    from multitask.config import STS_HEADS, TrainConfig
+    from multitask.heads import MultitaskBert
+
+    torch.manual_seed(STS_HEADS.index(sts_head))
+    model_options = {k: v for k, v in options.items() if k in inspect.signature(MultitaskBert).parameters}
+    model = MultitaskBert(BertModel.from_pretrained(encoder_dir), sts_head, dropout=0.3, **model_options)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "LayerNorm" in name or name.startswith("task_weighting."):
+                continue
+            if parameter.dim() == 2 and "embeddings" not in name:  # a Linear's weight
+                parameter.normal_(0.0, 1.5 / math.sqrt(parameter.shape[1]))
+            else:
+                parameter.normal_(0.0, 0.5 if parameter.dim() == 1 else 1.0)
+    config = TrainConfig(model=str(encoder_dir), sts_head=sts_head, max_length=max_length, **options)
+    record = {"epoch": 1, "overall": 0.5, "batches_sst": 3, "batches_qqp": 3, "batches_sts": 3,
+              **(record or {})}
+    checkpoint.save(folder / "best", model, BertTokenizer.from_pretrained(encoder_dir), config, record)
+    (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    return folder
