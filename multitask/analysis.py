@@ -28,6 +28,7 @@ import numpy as np
 
 from bert import CheckpointError
 from multitask.batching import tokenize_split
+from multitask.commands import program_name
 from multitask.config import DEVICES, PRECISIONS, positive_int
 from multitask.data import DataError, Split, dataset_paths, load_sst, load_sts, require_examples
 from multitask.evaluation import pearson, predict_split
@@ -192,10 +193,11 @@ class AnalysisConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m multitask.analysis",
+        prog=program_name("multitask.analysis"),
         description="Error analysis of a trained checkpoint, as in the Multi-BERT paper's "
                     "section 6: the worst STS dev pairs, over- and underestimates of long pairs, "
-                    "and the SST dev confusion matrix.")
+                    "and the SST dev confusion matrix, read from the STS and SST dev files and "
+                    "printed as a report on standard output.")
     parser.add_argument("checkpoint", metavar="CHECKPOINT_DIR",
                         help="a training run's --out-dir, or its best/ checkpoint folder")
     parser.add_argument("--data-dir", default=None,

@@ -28,6 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from multitask.commands import program_name
+
 # The seven configurations of the paper (section 5.3), in the order of its results table.
 PAPER_CONFIGURATIONS = (
     ("annealed", "concat"), ("annealed", "cosine"), ("annealed", "mnr"),
@@ -309,10 +311,11 @@ class ResultsConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m multitask.results",
+        prog=program_name("multitask.results"),
         description="Tabulate the runs in RUNS_DIR (one folder per configuration, as "
                     "run_experiments.sh writes them) beside the paper's results, and plot their "
-                    "dev metrics per epoch.")
+                    "dev metrics per epoch. Writes results.md, results.csv and dev_metrics.png "
+                    "(into RUNS_DIR, or --out) and prints the table.")
     parser.add_argument("runs_dir", metavar="RUNS_DIR",
                         help="folder holding one run folder per configuration, e.g. runs/gpu")
     parser.add_argument("--out", dest="out_dir", default=None,
