@@ -14,8 +14,8 @@ import torch
 
 from bert import Encoded
 from multitask.batching import TokenizedSplit
-from multitask.evaluation import (decide, evaluate, overall_score, pearson, predict_split,
-                                  prediction_path, task_metric, write_predictions)
+from multitask.evaluation import (METRIC_NAMES, decide, evaluate, overall_score, pearson,
+                                  predict_split, prediction_path, task_metric, write_predictions)
 
 PAD = 0
 
@@ -82,6 +82,16 @@ def test_pearson_matches_numpy_and_is_zero_where_undefined():
     assert pearson(np.array([1.0, 2.0]), np.array([3.0, 5.0])) == pytest.approx(1.0)  # two pairs suffice
 
 
+def test_pearson_sees_constant_float32_scores_as_constant():
+    """Predictions and labels arrive as float32. The mean of seven float32 copies of 0.1, taken
+    in float32, is not exactly 0.1, so their float32 std is not 0; in float64 the sum is exact
+    and the std is 0, as it must be for r to be reported as 0 rather than NaN."""
+    constant = np.full(7, 0.1, dtype=np.float32)
+    varying = np.arange(7, dtype=np.float32)
+    assert pearson(constant, varying) == 0.0
+    assert pearson(varying, np.full(7, 2.7, dtype=np.float32)) == 0.0
+
+
 def test_overall_puts_the_correlation_on_the_accuracies_scale():
     assert overall_score(0.5, 0.8, 0.6) == pytest.approx((0.5 + 0.8 + 0.8) / 3)
     assert overall_score(1.0, 1.0, 1.0) == pytest.approx(1.0)
@@ -139,7 +149,7 @@ def test_predict_split_keeps_the_class_axis_and_handles_an_empty_split():
     assert predictions.shape == (3, 5)
     assert predictions.argmax(axis=1).tolist() == [3, 3, 1]
     empty = predict_split(StandInModel(), make_split("qqp", [], None), 2, PAD, torch.device("cpu"), "fp32")
-    assert empty.shape == (0,)
+    assert empty.shape == (0,) and empty.dtype == np.float32
 
 
 def test_evaluate_reports_each_metric_and_the_overall_score():
@@ -154,6 +164,35 @@ def test_evaluate_reports_each_metric_and_the_overall_score():
     assert metrics["sts_corr"] == pytest.approx(1.0)
     assert metrics["overall"] == pytest.approx((0.6 + 0.8 + 1.0) / 3)
     np.testing.assert_allclose(predictions["sts"], [1.0, 2.0, 3.0, 4.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("precision, autocast_on", [("fp32", False), ("bf16", True)])
+def test_predictions_run_under_the_runs_precision(precision, autocast_on):
+    class RecordingModel(StandInModel):
+        def predict(self, batch):
+            self.autocast = torch.is_autocast_enabled("cpu")
+            return super().predict(batch)
+
+    model = RecordingModel()
+    predict_split(model, make_split("qqp", [1, 2, 3], None), 2, PAD, torch.device("cpu"), precision)
+    assert model.autocast is autocast_on
+
+
+@pytest.mark.parametrize("tasks, expected", [
+    (("sst",), 0.6),
+    (("sts",), (0.5 + 1.0) / 2),
+    (("sst", "qqp"), (0.6 + 0.8) / 2),
+    (("sst", "sts"), (0.6 + 0.75) / 2),
+])
+def test_a_run_on_fewer_tasks_scores_the_mean_of_their_terms(tasks, expected):
+    """A --tasks run evaluates only its tasks; overall is the mean of the same terms over those
+    (accuracies as they are, the correlation moved to (r + 1) / 2)."""
+    splits = {"sst": make_split("sst", [1, 2, 3, 4, 6], [1, 2, 0, 4, 0]),  # accuracy 3 / 5
+              "qqp": make_split("qqp", [20, 49, 50, 51, 90], [0.0, 0.0, 1.0, 1.0, 1.0]),  # 4 / 5
+              "sts": make_split("sts", [10, 20, 30], [1.0, 3.0, 2.0])}  # r = 0.5
+    metrics, _ = evaluate(StandInModel(), {t: splits[t] for t in tasks}, 2, PAD, torch.device("cpu"), "fp32")
+    assert set(metrics) == {METRIC_NAMES[t] for t in tasks} | {"overall"}
+    assert metrics["overall"] == pytest.approx(expected)
 
 
 def test_evaluate_refuses_non_finite_outputs():
@@ -172,8 +211,9 @@ def test_evaluate_refuses_non_finite_outputs():
 
 
 def test_prediction_files_hold_decided_labels_in_the_course_format(tmp_path):
-    path = prediction_path(tmp_path, "qqp", "dev")
-    assert path == tmp_path / "predictions" / "para-dev-output.csv"
+    out_dir = tmp_path / "runs" / "new"  # does not exist yet: written with its parents
+    path = prediction_path(out_dir, "qqp", "dev")
+    assert path == out_dir / "predictions" / "para-dev-output.csv"
     write_predictions(path, "qqp", ["a", "b", "c"], np.array([0.5, 0.55, 0.2], dtype=np.float32))
     assert path.read_text().splitlines() == [
         "id \t Predicted_Is_Paraphrase ", "a , 0 ", "b , 1 ", "c , 0 "]
