@@ -188,6 +188,7 @@ def resume_training(trainer, path: Path) -> dict | None:
                 values["loss_sums"] = {t: torch.zeros_like(v) for t, v in values["loss_sums"].items()}
                 values["real_tokens"] = values["padded_tokens"] = 0
         values["loss_sums"] = {t: v.to(trainer.device) for t, v in values["loss_sums"].items()}
+        values["grad_norms"] = {t: v.to(trainer.device) for t, v in values.get("grad_norms", {}).items()}
     if same_world:
         restore_rng_state(rngs[distributed.rank])
     else:

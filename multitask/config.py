@@ -100,6 +100,10 @@ class TrainConfig:
     balance: str | None = setting(None, "fixed (--loss-weights) or uncertainty: each task's weight learned "
                                   "(Kendall et al. 2018), on top of the fixed weights", "recipe",
                                   choices=BALANCES)
+    probe_every: int | None = setting(None, "every N steps, each task's encoder gradient on a fixed probe "
+                                      "batch and the cosine between tasks, in metrics.jsonl (3 extra "
+                                      "forward and backward passes each time; unset: none)", "recipe",
+                                      minimum=1)
     max_train_examples: int | None = setting(None, "use a seeded random subset of at most this many "
                                              "training examples per task (for quick runs)", "data", minimum=1)
     max_length: int | None = setting(None, "truncate inputs to this many tokens (default: the "

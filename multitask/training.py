@@ -39,6 +39,7 @@ from bert import AdamW, BertModel, BertTokenizer
 from multitask import checkpoint
 from multitask.batching import BatchStream, TokenizedSplit, collate, tokenize_split
 from multitask.config import TrainConfig
+from multitask.diagnostics import encoder_gradient_norm, probe_batches, task_gradient_cosines
 from multitask.data import DataError, Split, dataset_paths, load_quora, load_sst, load_sts
 from multitask.distributed import SINGLE_PROCESS, Distributed, from_environment, plan_fingerprint
 from multitask.download import ensure_files
@@ -102,6 +103,8 @@ class Trainer:
         check_ranks_agree(distributed, config, self.data)
         self.optimizer = AdamW(parameter_groups(self.model, config), lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = grad_scaler(self.device, self.precision)  # loss scaling for fp16; else a no-op
+        self.probes = config.probe_every and probe_batches(  # --probe-every: fixed batches, one a task
+            {task: self.data[task].train for task in config.task_names}, config.batch_size, tokenizer.pad_token_id)
         self.best_overall, self.history = -math.inf, []
         self.start_epoch, self.resumed_progress = 1, None  # where `run` starts (see `resume`)
 
@@ -157,6 +160,8 @@ class Trainer:
             progress.counts[plan[step]] += 1
             progress.step = step + 1
             watch.add(step, plan[step], ids, loss)
+            if config.probe_every and progress.step % config.probe_every == 0:  # how tasks interfere
+                progress.add_probe(task_gradient_cosines(self.model, self.probes, self.device, self.precision))
             bar.update(1)
             if progress.step % watch.every == 0 or progress.step == len(plan):
                 watch.check(epoch)  # one wait for the device every `every` steps
@@ -204,6 +209,8 @@ class Trainer:
             self.scaler.scale(objective * self.distributed.world_size).backward()
             step_loss += loss.detach()
         self.distributed.average_gradients(self.model.head_parameters())  # DDP covers the encoder
+        self.scaler.unscale_(self.optimizer)  # (fp16: the true gradients, for the norm and the step)
+        progress.add_grad_norm(task, encoder_gradient_norm(self.model.bert))  # how hard this task pushes
         self.scaler.step(self.optimizer)  # AdamW (skipped by the fp16 scaler on inf gradients)
         self.scaler.update()
         return step_loss, ids
@@ -276,6 +283,18 @@ class EpochProgress:
     padded_tokens: int = 0
     skipped_nonfinite: int = 0
     seconds: float = 0.0  # training time so far, summed over resumed pieces
+    grad_norms: dict[str, torch.Tensor] = field(default_factory=dict)  # task -> (sum, steps), on the device
+    probe_sums: dict[str, float] = field(default_factory=dict)  # gradient cosines, summed over probes
+    probes: int = 0
+
+    def add_grad_norm(self, task: str, norm: torch.Tensor) -> None:
+        finite = torch.isfinite(norm)  # (an fp16 step the scaler skips has no true norm)
+        entry = torch.stack([torch.where(finite, norm, 0.0), finite.float()])  # (2,)
+        self.grad_norms[task] = self.grad_norms[task] + entry if task in self.grad_norms else entry
+
+    def add_probe(self, cosines: dict[str, float]) -> None:
+        self.probe_sums = {k: self.probe_sums.get(k, 0.0) + v for k, v in cosines.items()}
+        self.probes += 1
 
     def count_tokens(self, batch, real: bool) -> None:
         if real:  # (not a rank's stand-in row)
@@ -283,7 +302,8 @@ class EpochProgress:
             self.padded_tokens += batch.padded_tokens
 
     def state(self) -> dict:
-        return {**vars(self), "loss_sums": {t: v.detach().cpu() for t, v in self.loss_sums.items()}}
+        return {**vars(self), "loss_sums": {t: v.detach().cpu() for t, v in self.loss_sums.items()},
+                "grad_norms": {t: v.detach().cpu() for t, v in self.grad_norms.items()}}
 
     def totals(self, distributed: Distributed) -> EpochProgress:
         """A copy with the loss sums and token counts summed over the ranks (in one process, the
@@ -292,12 +312,20 @@ class EpochProgress:
         tokens = distributed.sum_(torch.tensor([self.real_tokens, self.padded_tokens], dtype=torch.float64,
                                                device=sums.device))
         return EpochProgress(self.epoch, self.step, dict(zip(TASKS, sums.unbind())), dict(self.counts),
-                             int(tokens[0]), int(tokens[1]), self.skipped_nonfinite, self.seconds)
+                             int(tokens[0]), int(tokens[1]), self.skipped_nonfinite, self.seconds,
+                             dict(self.grad_norms), dict(self.probe_sums), self.probes)  # (the same on every rank)
 
     def mean_losses(self, distributed: Distributed) -> dict[str, float | None]:
         """The mean training loss of each task so far in the epoch (None for a task not drawn)."""
         sums = self.totals(distributed).loss_sums
         return {t: (sums[t] / self.counts[t]).item() if self.counts[t] else None for t in TASKS}
+
+    def mean_grad_norms(self) -> dict[str, float | None]:
+        """Each task's mean encoder gradient norm over its steps so far (None: no step yet)."""
+        means = dict.fromkeys(TASKS)
+        for task, (total, steps) in self.grad_norms.items():
+            means[task] = (total / steps).item() if steps > 0 else None
+        return means
 
     def record(self, distributed: Distributed, sts_objective: str) -> dict:
         """The epoch's line of metrics.jsonl, training part."""
@@ -306,6 +334,9 @@ class EpochProgress:
                 **{f"batches_{t}": self.counts[t] for t in TASKS},
                 "sts_objective": sts_objective,
                 "skipped_nonfinite": self.skipped_nonfinite,
+                # Each task's mean encoder gradient norm, and the probes' mean cosines (diagnostics.py).
+                **{f"grad_norm_{t}": v for t, v in self.mean_grad_norms().items()},
+                **{k: v / self.probes for k, v in self.probe_sums.items()},
                 "train_seconds": self.seconds,
                 "train_tokens_per_second": totals.real_tokens / max(self.seconds, 1e-9),
                 "padding_fraction": 1.0 - totals.real_tokens / max(totals.padded_tokens, 1)}

@@ -12,6 +12,7 @@ from bert import BertConfig, BertModel
 from multitask import training
 from multitask.batching import Batch
 from multitask.config import RECIPES, TrainConfig
+from multitask.diagnostics import encoder_gradient_norm, task_gradient_cosines
 from multitask.heads import MultitaskBert
 from multitask.losses import TaskWeighting
 
@@ -89,14 +90,15 @@ def test_mean_pooling_freezes_the_unused_pooler():
 # ---- mean pooling ---------------------------------------------------------------------------
 
 
-def batch_of(ids: list[list[int]], width: int) -> Batch:
+def batch_of(ids: list[list[int]], width: int, task: str = "sst") -> Batch:
     input_ids = torch.zeros(len(ids), width, dtype=torch.long)
     mask = torch.zeros(len(ids), width, dtype=torch.long)
     for i, row in enumerate(ids):
         input_ids[i, :len(row)] = torch.tensor(row)
         mask[i, :len(row)] = 1
     inputs = {"input_ids": input_ids, "token_type_ids": torch.zeros_like(input_ids), "attention_mask": mask}
-    return Batch("sst", np.arange(len(ids)), inputs, torch.zeros(len(ids), dtype=torch.long))
+    labels = torch.zeros(len(ids), dtype=torch.long) if task == "sst" else torch.ones(len(ids))
+    return Batch(task, np.arange(len(ids)), inputs, labels)
 
 
 def test_mean_pooling_averages_the_real_tokens_only():
@@ -203,3 +205,41 @@ def test_bad_recipe_settings_are_usage_errors(flags, message, capsys):
         multitask_classifier.main(flags)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# ---- diagnostics: how the tasks pull on the encoder -------------------------------------------
+
+
+def test_encoder_gradient_norm_is_the_norm_of_all_encoder_gradients():
+    model = tiny_model()
+    model.train()
+    model.loss(batch_of([[2, 7, 9, 3], [2, 11, 3]], 4)).backward()
+    expected = torch.cat([p.grad.reshape(-1) for p in model.bert.parameters() if p.grad is not None]).norm()
+    assert encoder_gradient_norm(model.bert).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_task_probed_twice_has_cosine_one_and_the_model_is_left_as_it_was():
+    model = tiny_model()
+    model.train()
+    batch = batch_of([[2, 7, 9, 3], [2, 11, 3]], 4)
+    other = batch_of([[2, 5, 3], [2, 8, 8, 3]], 4, task="qqp")
+    cosines = task_gradient_cosines(model, {"sst": batch, "again": batch, "other": other}, torch.device("cpu"), "fp32")
+    assert cosines["grad_cosine_sst_again"] == pytest.approx(1.0, abs=1e-5)
+    assert -1.0 <= cosines["grad_cosine_sst_other"] <= 1.0
+    assert cosines["grad_cosine_sst_other"] != pytest.approx(1.0, abs=1e-3)
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_probes_and_norms_are_logged_and_do_not_change_the_training(tiny_setup, tmp_path):
+    plain = tiny_config(tiny_setup, tmp_path / "plain", epochs=1, batches_per_epoch=12)
+    probed = tiny_config(tiny_setup, tmp_path / "probed", epochs=1, batches_per_epoch=12, probe_every=4)
+    training.train(plain, log=lambda m: None)
+    training.train(probed, log=lambda m: None)
+    (without,), (with_probes,) = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "probed")
+    for task in ("sst", "qqp", "sts"):
+        assert with_probes[f"train_loss_{task}"] == without[f"train_loss_{task}"]  # bit for bit
+        assert with_probes[f"grad_norm_{task}"] == without[f"grad_norm_{task}"] > 0
+    assert with_probes["sts_corr"] == without["sts_corr"]
+    for pair in ("sst_qqp", "sst_sts", "qqp_sts"):
+        assert -1.0 <= with_probes[f"grad_cosine_{pair}"] <= 1.0
+        assert f"grad_cosine_{pair}" not in without
