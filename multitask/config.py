@@ -120,6 +120,9 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile the encoder (falls back with a warning where it fails)",
                             "hardware")
     progress: bool = setting(True, "no progress bars", "hardware", flag="--no-progress")
+    report_to: str | None = setting(None, "also log training losses, learning rate, gradient norms and dev "
+                                    "metrics for TensorBoard, in OUT/tensorboard (pip install -e "
+                                    "'.[tensorboard]')", "checkpoints and resuming", choices=("tensorboard",))
     save_every: int | None = setting(500, "steps between training checkpoints (one is also written at "
                                      "every epoch's end)", "checkpoints and resuming", minimum=1)
     skip_nonfinite: bool = setting(False, "skip (and count) batches whose loss is NaN or infinite "
@@ -147,7 +150,7 @@ class TrainConfig:
         """Raise ValueError naming the first bad setting (the CLI shows it as a usage error)."""
         for field in dataclasses.fields(self):
             value, choices, minimum = getattr(self, field.name), field.metadata["choices"], field.metadata["minimum"]
-            if choices is not None and value not in choices:
+            if choices is not None and value is not None and value not in choices:
                 raise ValueError(f"{flag_name(field)} must be one of {', '.join(choices)}, got {value!r}")
             if minimum is not None and value is not None and value < minimum:
                 raise ValueError(f"{flag_name(field)} must be at least {minimum}, got {value}")

@@ -48,6 +48,7 @@ from multitask.heads import TASKS, MultitaskBert, layouts
 from multitask.losses import MNR_POSITIVE_THRESHOLD
 from multitask.nonfinite import LossWatch, NonFiniteLossError, all_finite
 from multitask.runtime import RuntimeSetupError, autocast, grad_scaler, resolve_device, resolve_precision
+from multitask.report import make_reporter
 from multitask.samplers import epoch_plan, round_robin_batches
 
 __all__ = ["EpochProgress", "NonFiniteLossError", "Trainer", "train"]
@@ -81,6 +82,7 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.device = distributed.own_device(resolve_device(config.device))
         self.precision = resolve_precision(config.precision, self.device)
+        self.report = make_reporter(config.report_to if distributed.is_main else None, self.out_dir)  # TensorBoard
         if config.batch_size < distributed.world_size * config.grad_accum:  # known only now
             raise RuntimeSetupError(
                 f"--batch-size {config.batch_size} is the global batch, shared by {distributed.world_size} "
@@ -131,6 +133,7 @@ class Trainer:
                     checkpoint.save(self.out_dir / "best", self.model, self.tokenizer, config, record)
             record["epoch_seconds"] = record["train_seconds"] + record["eval_seconds"]
             self.history.append(record)
+            self.report.scalars(epoch, {k: v for k, v in record.items() if isinstance(v, float)}, "epoch")
             if main:
                 checkpoint.write_metrics(self.out_dir, self.history)
             checkpoint.save_training_state(self, next_epoch=epoch + 1)
@@ -165,8 +168,11 @@ class Trainer:
             bar.update(1)
             if progress.step % watch.every == 0 or progress.step == len(plan):
                 watch.check(epoch)  # one wait for the device every `every` steps
-                bar.set_postfix({t: f"{v:.3f}" for t, v in progress.mean_losses(self.distributed).items()
-                                 if v is not None})
+                means = progress.mean_losses(self.distributed)
+                bar.set_postfix({t: f"{v:.3f}" for t, v in means.items() if v is not None})
+                self.report.scalars((epoch - 1) * len(plan) + progress.step, {
+                    **{f"loss_{t}": v for t, v in means.items()}, "lr": self.optimizer.param_groups[0]["lr"],
+                    **{f"grad_norm_{t}": v for t, v in progress.mean_grad_norms().items()}}, "train")
             if config.save_every and progress.step % config.save_every == 0 and progress.step < len(plan):
                 watch.check(epoch)  # a checkpoint never holds NaN weights
                 progress.seconds += time.perf_counter() - start
@@ -268,6 +274,7 @@ class Trainer:
                 if main:
                     write_predictions(prediction_path(self.out_dir, task, "test"), task, test.ids, scores)
         self.log("best checkpoint, full dev evaluation: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        self.report.close()
         return metrics
 
 

@@ -243,3 +243,21 @@ def test_probes_and_norms_are_logged_and_do_not_change_the_training(tiny_setup, 
     for pair in ("sst_qqp", "sst_sts", "qqp_sts"):
         assert -1.0 <= with_probes[f"grad_cosine_{pair}"] <= 1.0
         assert f"grad_cosine_{pair}" not in without
+
+
+def test_report_to_tensorboard_logs_the_run(tiny_setup, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(tiny_setup, tmp_path, epochs=2, batches_per_epoch=10, report_to="tensorboard")
+    training.train(config, log=lambda m: None)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss_sst", "train/lr", "train/grad_norm_sts", "epoch/sts_corr", "epoch/overall",
+            "epoch/train_tokens_per_second"} <= tags
+    records = read_metrics(tmp_path)
+    logged = [(e.step, e.value) for e in events.Scalars("epoch/sts_corr")]
+    assert [step for step, _ in logged] == [1, 2]
+    assert [value for _, value in logged] == pytest.approx([r["sts_corr"] for r in records], abs=1e-6)
+    assert [e.step for e in events.Scalars("train/loss_qqp")] == [10, 20]  # each epoch's end
