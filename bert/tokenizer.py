@@ -38,6 +38,7 @@ class Encoded:
 
     input_ids: list[int]
     token_type_ids: list[int]
+    truncated: bool = False  # whether tokens were cut off to fit max_length
 
 
 class BertTokenizer:
@@ -153,7 +154,8 @@ class BertTokenizer:
         self._set_truncation(max_length, pairs is not None)
         inputs = texts if pairs is None else list(zip(texts, pairs))
         return [
-            Encoded(e.ids, e.type_ids) for e in self.backend.encode_batch(inputs, add_special_tokens=True)
+            Encoded(e.ids, e.type_ids, bool(e.overflowing))
+            for e in self.backend.encode_batch(inputs, add_special_tokens=True)
         ]
 
     def untruncated_lengths(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[int]:

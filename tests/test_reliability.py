@@ -200,3 +200,13 @@ def test_resume_refuses_changed_settings(tiny_setup, tmp_path, capsys):
     assert "lr=0.003 (now 0.5)" in capsys.readouterr().err
     assert multitask_classifier.main(["--resume", str(tmp_path / "nowhere")]) == 1
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_training_reports_the_inputs_it_cuts(tiny_setup, tmp_path):
+    lines = []
+    training.train(small_config(tiny_setup, tmp_path, batches_per_epoch=2, max_length=8), log=lines.append)
+    cut = [line for line in lines if "were cut" in line]
+    assert any(line.startswith("note: quora-train: ") for line in cut), lines
+    assert all("longer than 8 tokens" in line for line in cut)
+    count = int(cut[0].split(": ")[2].split()[0])
+    assert count > 0
