@@ -26,13 +26,9 @@ script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON="${PYTHON:-python3}"
 export PYTHONPATH="$script_dir${PYTHONPATH:+:$PYTHONPATH}"
 model="${MODEL:-sentence-transformers/all-MiniLM-L6-v2}"
-if [[ -n "${DATA_DIR:-}" ]]; then
-    data_dir="$DATA_DIR"
-elif [[ -d "$script_dir/../shared/data" ]]; then
-    data_dir="$script_dir/../shared/data"  # the offline copy beside the checkout
-else
-    data_dir="$script_dir/data"
-fi
+offline="$script_dir/../shared/data"  # the offline copy beside the checkout, where there is one
+[[ -d "$offline" ]] || offline="$script_dir/data"
+data_dir="${DATA_DIR:-$offline}"
 runs_dir="${RUNS_DIR:-runs/ablation}"
 batches="${BATCHES:-600}"
 seeds=(${SEEDS:-0 1 2})
@@ -60,6 +56,9 @@ row_flags() {  # the flags of a multitask row
 
 train() {  # train OUT_DIR FLAGS...: one run, skipped when finished, resumed when interrupted
     local out="$1"; shift
+    if [[ " $* " == *" --batches-per-epoch 0 "* ]]; then
+        echo "skip $out (its task has no batch in the multitask plan)"; return 0
+    fi
     if [[ -f "$out/final_metrics.json" ]]; then
         echo "skip $out (finished)"; return 0
     fi

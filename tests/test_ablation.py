@@ -1,0 +1,69 @@
+"""run_ablation.sh (issue 15's ablation) end to end on a tiny model, and its table."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multitask import ablation
+from multitask.config import TASKS
+from multitask.data import dataset_paths, load_quora, load_sst, load_sts
+from multitask.samplers import epoch_plan
+
+from synthetic import write_dataset, write_tiny_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_final(folder: Path, **metrics) -> None:
+    folder.mkdir(parents=True)
+    (folder / "final_metrics.json").write_text(json.dumps(metrics))
+
+
+def test_the_table_averages_seeds_and_joins_single_task_runs(tmp_path):
+    write_final(tmp_path / "multi" / "seed0", sst_acc=0.4, qqp_acc=0.8, sts_corr=0.8, overall=0.7)
+    write_final(tmp_path / "multi" / "seed1", sst_acc=0.5, qqp_acc=0.7, sts_corr=0.6, overall=0.65)
+    for task, metric, value in (("sst", "sst_acc", 0.45), ("qqp", "qqp_acc", 0.75), ("sts", "sts_corr", 0.9)):
+        write_final(tmp_path / "single" / "seed0" / task, **{metric: value, "overall": 0.0})
+    write_final(tmp_path / "single" / "seed0" / "sts-cosine", sts_corr=0.85, overall=0.0)
+    rows = ablation.collect(tmp_path)
+    assert rows["multi"]["sst_acc"] == [0.4, 0.5]
+    assert rows["single"]["sts_corr"] == [0.9] and rows["single"]["sts_corr_cosine"] == [0.85]
+    assert rows["single"]["overall"] == [pytest.approx((0.45 + 0.75 + 0.95) / 3)]  # (r + 1) / 2
+    table = ablation.table(rows)
+    assert "| multi | 0.450 ± 0.071 (n=2) |" in table  # mean and sample standard deviation
+    assert "0.900 (n=1)" in table
+
+
+def test_plan_counts_are_the_multitask_plans_share_of_each_task(tmp_path, minilm_dir):
+    data_dir = write_dataset(tmp_path / "data", train=96, dev=40, test=16)
+    counts = ablation.plan_counts(str(data_dir), 50, seed=3)
+    paths = dataset_paths(data_dir)
+    sizes = {"sst": len(load_sst(paths["sst-train"]).examples), "qqp": len(load_quora(paths["quora-train"]).examples),
+             "sts": len(load_sts(paths["sts-train"]).examples)}
+    plan = epoch_plan("annealed", sizes, 1, 1, 50, 3)
+    assert counts == {t: plan.count(t) for t in TASKS} and sum(counts.values()) == 50
+
+
+def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, minilm_dir):
+    model_dir = write_tiny_checkpoint(tmp_path / "model", minilm_dir)
+    data_dir = write_dataset(tmp_path / "data", train=96, dev=40, test=16)
+    runs = tmp_path / "runs"
+    env = {**os.environ, "MODEL": str(model_dir), "DATA_DIR": str(data_dir), "RUNS_DIR": str(runs),
+           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "SEEDS": "0", "BATCHES": "6",
+           "ROWS": "single-paper multi-paper-concat"}
+    process = subprocess.run(["bash", str(REPO_ROOT / "run_experiments.sh"), "ablation", "--precision", "fp32",
+                              "--batch-size", "8", "--eval-batch-size", "64"],
+                             env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    counts = ablation.plan_counts(str(data_dir), 6, seed=0)
+    for task in TASKS:
+        (record,) = [json.loads(line) for line in (runs / "single-paper" / "seed0" / task / "metrics.jsonl").open()]
+        assert record[f"batches_{task}"] == counts[task]  # the multitask run's steps of that task
+    (multi,) = [json.loads(line) for line in (runs / "multi-paper-concat" / "seed0" / "metrics.jsonl").open()]
+    assert [multi[f"batches_{t}"] for t in TASKS] == [counts[t] for t in TASKS]
+    table = (runs / "ablation.md").read_text()
+    assert "| multi-paper-concat |" in table and "| single-paper |" in table
