@@ -302,6 +302,43 @@ def write_plot(results: list[RunResult], path: Path) -> bool:
     return True
 
 
+def write_interference_plot(results: list[RunResult], path: Path) -> bool:
+    """How the tasks pulled on the shared encoder in each epoch: each task's mean encoder
+    gradient norm, and with --probe-every the cosine between the tasks' gradients (negative:
+    they conflict). False when no run logged them, or without matplotlib."""
+    series = {"grad_norm": ("mean encoder gradient norm", ("sst", "qqp", "sts")),
+              "grad_cosine": ("gradient cosine between tasks", ("sst_qqp", "sst_sts", "qqp_sts"))}
+    logged = [r for r in results if any(k.startswith("grad_") for record in r.history for k in record)]
+    if not logged:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for axis, (prefix, (title, names)) in zip(axes, series.items()):
+        for result, style in zip(logged, ["-", "--", ":", "-."] * len(logged)):
+            for name, colour in zip(names, ("tab:blue", "tab:orange", "tab:green")):
+                points = [(r["epoch"], r[f"{prefix}_{name}"]) for r in result.history
+                          if r.get(f"{prefix}_{name}") is not None]
+                if points:
+                    epochs, values = zip(*points)
+                    axis.plot(epochs, values, style, color=colour, marker="o", markersize=3,
+                              label=f"{result.name}: {name}")
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
 @dataclass
 class ResultsConfig:
     runs_dir: str
@@ -342,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     if config.plot:
         if write_plot(results, out_dir / "dev_metrics.png"):
             written.append(out_dir / "dev_metrics.png")
+        if write_interference_plot(results, out_dir / "task_interference.png"):
+            written.append(out_dir / "task_interference.png")
         else:
             print("matplotlib is not installed, so there is no plot "
                   "(pip install 'multibert[plots]'); the tables are written.")

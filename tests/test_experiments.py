@@ -75,6 +75,16 @@ def test_smoke_profile_trains_all_seven_and_tabulates(smoke):
     assert [r["model"] for r in records] == PAPER_NAMES
     assert all(r["status"] == "done" and r["best_epoch"] == "1" for r in records)
     assert (runs_dir / "dev_metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every run logged its tasks' gradient norms: the interference plot is drawn from them.
+    assert (runs_dir / "task_interference.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interference_plot_needs_logged_gradients(tmp_path):
+    from multitask.results import RunResult, write_interference_plot
+
+    bare = RunResult("annealed", "concat", tmp_path, "done", history=[{"epoch": 1, "overall": 0.5}])
+    assert not write_interference_plot([bare], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_second_call_skips_finished_runs(smoke):
