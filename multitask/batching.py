@@ -51,6 +51,10 @@ class TokenizedSplit:
             return first
         return np.maximum(first, np.array([len(e.input_ids) for e in self.second]))
 
+    def truncated(self) -> int:
+        """How many of the split's token sequences were cut to the length limit when tokenized."""
+        return sum(e.truncated for e in [*self.first, *(self.second or [])])
+
     def subset(self, rows: np.ndarray, name: str | None = None) -> "TokenizedSplit":
         pick = lambda items: [items[i] for i in rows]  # noqa: E731
         return TokenizedSplit(

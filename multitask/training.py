@@ -449,11 +449,10 @@ def prepare_data(config: TrainConfig, tokenizer: BertTokenizer, log: Callable[[s
         encode = lambda split: tokenize_split(split, task, tokenizer, task_layouts[task], config.max_length)  # noqa: E731
         test = splits[task].get("test")
         data[task] = TaskData(encode(train), encode(splits[task]["dev"]), test and encode(test))
-        for split in (data[task].train, data[task].dev, data[task].test):
-            cut = split and sum(e.truncated for e in [*split.first, *(split.second or [])])
-            if cut:
-                log(f"note: {split.name}: {cut} input(s) longer than {config.max_length or tokenizer.model_max_length} "
-                    f"tokens were cut to that length (--max-length)")
+        for split in filter(None, (data[task].train, data[task].dev, data[task].test)):
+            if split.truncated():
+                log(f"note: {split.name}: {split.truncated()} input(s) longer than "
+                    f"{config.max_length or tokenizer.model_max_length} tokens were cut to that length (--max-length)")
     return data
 
 
