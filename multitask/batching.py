@@ -13,6 +13,14 @@ sentences of similar length: it shuffles, cuts the shuffled order into pools of 
 sorts each pool by length, cuts batches from it and shuffles the batches. Batches stay random
 in content and order, yet carry about 3% padding on SST instead of about 60%
 (tests/test_batching.py measures both).
+
+Length buckets (`buckets`, off by default; on with --cuda-graphs): a GPU step replayed from a
+captured CUDA graph needs the shapes it was captured with, so every batch's padded length is
+rounded up to one of a few fixed lengths (`length_buckets`), at most 8, and each (task, length)
+is captured once. A "separate" pair's two sentences share one stacked (2B, T) tensor, so they are
+always padded to the same bucket. The extra padding is masked like any other: real tokens'
+outputs do not change (tests/test_batching.py checks it on a tiny model); it costs only time,
+measured on the real training files by benchmarks/padding.py.
 """
 
 from __future__ import annotations
@@ -27,6 +35,13 @@ from multitask.data import SentenceExample, Split
 
 LAYOUTS = ("single", "joint", "separate")
 POOL_BATCHES = 50  # batches per sorting pool: large enough to match lengths, small enough to mix
+# The bucket lengths below the length cap (the cap itself is always the last bucket). Chosen on the
+# real training files (benchmarks/padding.py, benchmarks/measured/): length-grouped batches of 32
+# pad to 9-60 tokens in 90% of cases (SST 9-47, QQP 17-58, STS pairs 15-62, STS sentences 9-35),
+# so the buckets are dense there, about 8 tokens apart, and sparse above. Every bucket is a
+# multiple of 8, the granularity at which GPU tensor cores take bf16 matrices without waste.
+BUCKETS = (16, 24, 32, 40, 48, 64, 96)
+MAX_BUCKETS = 8  # one CUDA graph per (task, bucket): capture time and memory grow with the count
 
 
 @dataclass
@@ -144,9 +159,37 @@ class Batch:
         return self.inputs["attention_mask"].numel()
 
 
-def pad_encodings(encodings: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Stack unpadded encodings into (B, T) tensors padded to the longest."""
-    length = max((len(e.input_ids) for e in encodings), default=0)
+def length_buckets(cap: int, boundaries: tuple[int, ...] = BUCKETS) -> tuple[int, ...]:
+    """The padded lengths a batch may take when inputs are at most `cap` tokens long: the
+    boundaries below the cap, then the cap itself (so that every batch has a bucket)."""
+    if cap < 1:
+        raise ValueError(f"the length cap must be at least 1, got {cap}")
+    buckets = tuple(sorted({b for b in boundaries if 0 < b < cap})) + (cap,)
+    if len(buckets) > MAX_BUCKETS:
+        raise ValueError(f"at most {MAX_BUCKETS} bucket lengths (one CUDA graph each per task), got {buckets}")
+    return buckets
+
+
+def bucket_length(length: int, buckets: tuple[int, ...] | None) -> int:
+    """`length` rounded up to the smallest bucket that holds it; itself without buckets.
+
+    A length above the largest bucket is an error, not silently kept: it would be a shape no
+    graph was captured for, and it means the buckets were built for a smaller length cap.
+    """
+    if buckets is None:
+        return length
+    for bucket in buckets:  # (sorted, at most 8: a scan is as fast as a bisection)
+        if length <= bucket:
+            return bucket
+    raise ValueError(f"a batch of {length} tokens is longer than the largest bucket ({buckets[-1]}); "
+                     f"build the buckets from the same length cap as the tokenization")
+
+
+def pad_encodings(encodings: list[Encoded], pad_id: int,
+                  buckets: tuple[int, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Stack unpadded encodings into (B, T) tensors padded to the longest, or with `buckets` to
+    the smallest bucket length that holds the longest."""
+    length = bucket_length(max((len(e.input_ids) for e in encodings), default=0), buckets)
     input_ids = np.full((len(encodings), length), pad_id, dtype=np.int64)
     token_type_ids = np.zeros((len(encodings), length), dtype=np.int64)
     attention_mask = np.zeros((len(encodings), length), dtype=np.int64)
@@ -159,12 +202,13 @@ def pad_encodings(encodings: list[Encoded], pad_id: int) -> dict[str, torch.Tens
             "attention_mask": torch.from_numpy(attention_mask)}
 
 
-def collate(split: TokenizedSplit, rows: np.ndarray, pad_id: int) -> Batch:
+def collate(split: TokenizedSplit, rows: np.ndarray, pad_id: int, buckets: tuple[int, ...] | None = None) -> Batch:
     encodings = [split.first[i] for i in rows]
     if split.second is not None:
-        encodings += [split.second[i] for i in rows]  # (2B,): first sentences, then second ones
+        # (2B,): first sentences, then second ones; one tensor, so both in the same bucket
+        encodings += [split.second[i] for i in rows]
     labels = None if split.labels is None else split.labels[torch.as_tensor(rows, dtype=torch.long)]
-    return Batch(split.task, np.asarray(rows), pad_encodings(encodings, pad_id), labels,
+    return Batch(split.task, np.asarray(rows), pad_encodings(encodings, pad_id, buckets), labels,
                  [split.ids[i] for i in rows])
 
 
@@ -176,7 +220,7 @@ class BatchStream:
     """
 
     def __init__(self, split: TokenizedSplit, batch_size: int, seed: int, pad_id: int,
-                 group_by_length: bool = True):
+                 group_by_length: bool = True, buckets: tuple[int, ...] | None = None):
         if len(split) == 0:  # (an endless stream of nothing would never end)
             raise ValueError(f"{split.name} has no examples to train on")
         self.split = split
@@ -184,6 +228,7 @@ class BatchStream:
         self.seed = seed
         self.pad_id = pad_id
         self.group_by_length = group_by_length
+        self.buckets = buckets  # padded lengths allowed (see length_buckets); None: the longest
         self._lengths = split.lengths()
         self.passes = 0  # completed passes over the split
         self.position = 0  # batches taken from the current pass
@@ -207,7 +252,7 @@ class BatchStream:
         return rows
 
     def next(self) -> Batch:
-        return collate(self.split, self.next_rows(), self.pad_id)
+        return collate(self.split, self.next_rows(), self.pad_id, self.buckets)
 
     def state(self) -> dict[str, int]:
         return {"passes": self.passes, "position": self.position}

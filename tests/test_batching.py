@@ -12,11 +12,15 @@ import torch
 
 from bert import BertTokenizer, Encoded
 from multitask.batching import (
+    BUCKETS,
+    MAX_BUCKETS,
     Batch,
     BatchStream,
     TokenizedSplit,
+    bucket_length,
     collate,
     evaluation_batches,
+    length_buckets,
     pad_encodings,
     plan_batches,
     tokenize_split,
@@ -434,3 +438,103 @@ def test_empty_split_cannot_stream():
     empty = TokenizedSplit("sst", "sst-empty", "single", [], [], None, None)
     with pytest.raises(ValueError, match="sst-empty"):
         BatchStream(empty, 8, seed=0, pad_id=PAD)
+
+
+# ------------------------------------------------------------------------------------------
+# length buckets (static shapes for CUDA graphs)
+# ------------------------------------------------------------------------------------------
+
+
+def test_length_buckets_end_at_the_cap():
+    assert length_buckets(512) == BUCKETS + (512,)
+    assert length_buckets(40) == (16, 24, 32, 40)  # the cap replaces the boundaries above it
+    assert length_buckets(48) == (16, 24, 32, 40, 48)  # a cap on a boundary: not twice
+    assert length_buckets(10) == (10,)
+    assert len(length_buckets(512)) <= MAX_BUCKETS
+
+
+def test_length_buckets_refuse_too_many_or_a_bad_cap():
+    with pytest.raises(ValueError, match="at most 8"):
+        length_buckets(512, boundaries=tuple(range(8, 100, 8)))
+    with pytest.raises(ValueError, match="at least 1"):
+        length_buckets(0)
+
+
+def test_bucket_length_rounds_up():
+    buckets = length_buckets(128)
+    assert [bucket_length(n, buckets) for n in (1, 16, 17, 33, 64, 65, 97, 128)] == [16, 16, 24, 40, 64, 96, 128, 128]
+    assert bucket_length(17, None) == 17  # no buckets: the longest, as before
+    with pytest.raises(ValueError, match="longer than the largest bucket"):
+        bucket_length(129, buckets)
+
+
+def test_pad_encodings_to_a_bucket():
+    encodings = [Encoded([5, 6, 7], [0, 0, 1]), Encoded(list(range(5, 22)), [0] * 17)]
+    plain = pad_encodings(encodings, pad_id=3)
+    out = pad_encodings(encodings, pad_id=3, buckets=length_buckets(64))
+    for name, value in out.items():
+        assert value.shape == (2, 24)
+        assert torch.equal(value[:, :17], plain[name])  # the same tensors, then more padding
+    assert (out["input_ids"][:, 17:] == 3).all()
+    assert (out["attention_mask"][:, 17:] == 0).all() and (out["token_type_ids"][:, 17:] == 0).all()
+
+
+def test_separate_pairs_share_one_bucket():
+    """Both sentences of a "separate" pair go into the same stacked tensor: one bucket for both,
+    whichever of the two is longer."""
+    split = hand_split([3, 20, 5], [30, 2, 9], labels=torch.tensor([1.0, 2.0, 3.0]))
+    batch = collate(split, np.array([1, 2]), PAD, buckets=length_buckets(64))
+    assert batch.inputs["input_ids"].shape == (4, 24)  # longest: 20 (first sentence of row 1)
+    assert batch.inputs["attention_mask"].sum(1).tolist() == [20, 5, 2, 9]
+    batch = collate(split, np.array([0]), PAD, buckets=length_buckets(64))
+    assert batch.inputs["input_ids"].shape == (2, 32)  # longest: 30 (second sentence of row 0)
+
+
+def test_stream_with_buckets_pads_every_batch_to_a_bucket():
+    lengths = sst_like_lengths(300, seed=3)
+    split = hand_split(lengths.tolist(), task="sst", labels=torch.zeros(300, dtype=torch.long))
+    buckets = length_buckets(int(lengths.max()))
+    plain = BatchStream(split, 32, seed=1, pad_id=PAD)
+    bucketed = BatchStream(split, 32, seed=1, pad_id=PAD, buckets=buckets)
+    shapes = set()
+    for _ in range(len(plain) + 3):  # past the end of a pass
+        a, b = plain.next(), bucketed.next()
+        assert a.rows.tolist() == b.rows.tolist()  # the same batches, only padded further
+        assert b.inputs["input_ids"].shape[1] in buckets
+        assert b.inputs["input_ids"].shape[1] == bucket_length(a.inputs["input_ids"].shape[1], buckets)
+        assert b.real_tokens == a.real_tokens
+        shapes.add(b.inputs["input_ids"].shape[1])
+    assert len(shapes) <= len(buckets)
+
+
+@pytest.mark.parametrize("layout", ["single", "separate"])
+def test_bucket_padding_leaves_real_tokens_outputs_unchanged(tmp_path, layout):
+    """The extra padding is masked: on a tiny random BERT (dropout off), the pooled outputs and
+    the real tokens' hidden states are those of the batch padded to its longest, to rounding
+    (float32 sums over a different number of masked-out zeros)."""
+    from bert import BertModel
+    from synthetic import write_tiny_checkpoint
+
+    model = BertModel.from_pretrained(write_tiny_checkpoint(tmp_path / "model", None, dropout=0.0)).eval()
+    rng = np.random.default_rng(0)
+    vocab = model.config.vocab_size
+
+    def sentence(n):
+        return Encoded([2] + rng.integers(5, vocab, n - 2).tolist() + [3], [0] * n)
+
+    lengths = [5, 11, 17, 9]
+    split = hand_split(lengths, task="sst", labels=torch.zeros(4, dtype=torch.long))
+    split.first = [sentence(n) for n in lengths]
+    if layout == "separate":
+        split.second = [sentence(n) for n in (7, 3, 13, 6)]
+        split.layout = "separate"
+    rows = np.arange(4)
+    plain = collate(split, rows, PAD).inputs
+    bucketed = collate(split, rows, PAD, buckets=length_buckets(model.config.max_position_embeddings)).inputs
+    assert bucketed["input_ids"].shape[1] == 24 > plain["input_ids"].shape[1] == 17
+    with torch.no_grad():
+        a, b = model(**plain), model(**bucketed)
+    torch.testing.assert_close(b["pooler_output"], a["pooler_output"], atol=1e-5, rtol=1e-5)
+    real = plain["attention_mask"].bool()
+    torch.testing.assert_close(b["last_hidden_state"][:, :17][real], a["last_hidden_state"][real],
+                               atol=1e-5, rtol=1e-5)
