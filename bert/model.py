@@ -19,6 +19,7 @@ from torch import nn
 
 from bert.attention import BertSelfAttention, additive_attention_mask
 from bert.config import BertConfig
+from bert.optimizer import is_capturing
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -33,10 +34,11 @@ def attention_bias(attention_mask: torch.Tensor, hidden: torch.Tensor) -> torch.
     """The (B, 1, 1, T) bias every layer adds to its attention scores, built once per forward.
 
     None where no token is padding: attention then skips the addition, and torch's sdpa can pick
-    a kernel without a mask input (what transformers does too). Under torch.compile the bias is
-    always built, as checking the mask's values would break the graph.
+    a kernel without a mask input (what transformers does too). Under torch.compile, and while a
+    CUDA graph is captured, the bias is always built: checking the mask's values would break the
+    compiled graph, and would wait for the GPU, which a capture does not allow.
     """
-    if not torch.compiler.is_compiling() and bool(attention_mask.all()):
+    if not torch.compiler.is_compiling() and not is_capturing() and bool(attention_mask.all()):
         return None
     # The scores are computed in q's dtype: autocast's (e.g. bf16) where autocast covers the
     # float32 hidden states, else the hidden states' own. The bias's "minus infinity" must be

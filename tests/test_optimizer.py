@@ -1,4 +1,4 @@
-"""AdamW: the CS224N reference fixture, the two implementations, and torch.optim.AdamW."""
+"""AdamW: the CS224N reference fixture, the three implementations, and torch.optim.AdamW."""
 
 import copy
 
@@ -9,14 +9,18 @@ import torch
 from bert import AdamW
 
 
-def train_fixture_layer(foreach: bool) -> np.ndarray:
+# The three paths of bert/optimizer.py, as constructor arguments.
+PATHS = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "capturable": dict(capturable=True)}
+
+
+def train_fixture_layer(foreach: bool, capturable: bool = False) -> np.ndarray:
     """The recipe that produced the shared fixture optimizer_test.npy: a bias-free Linear(3, 2)
     built after torch.manual_seed(0), 1000 steps on inputs x ~ default_rng(0).uniform(size=3) drawn
     one per step, target (x0 + x1, -x2), summed squared error; AdamW as configured below."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(3, 2, bias=False)
     optimizer = AdamW(layer.parameters(), lr=1e-3, weight_decay=1e-4, betas=(0.9, 0.999),
-                      eps=1e-6, correct_bias=True, foreach=foreach)
+                      eps=1e-6, correct_bias=True, foreach=foreach, capturable=capturable)
     rng = np.random.default_rng(0)
     for _ in range(1000):
         optimizer.zero_grad()
@@ -29,10 +33,10 @@ def train_fixture_layer(foreach: bool) -> np.ndarray:
     return layer.weight.detach().numpy()
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-def test_reproduces_reference_fixture(shared_data_dir, foreach):
+@pytest.mark.parametrize("foreach,capturable", [(False, False), (True, False), (True, True)])
+def test_reproduces_reference_fixture(shared_data_dir, foreach, capturable):
     expected = np.load(shared_data_dir / "optimizer_test.npy")
-    np.testing.assert_allclose(train_fixture_layer(foreach), expected, atol=1e-6, rtol=1e-4)
+    np.testing.assert_allclose(train_fixture_layer(foreach, capturable), expected, atol=1e-6, rtol=1e-4)
 
 
 def small_model(seed: int = 0) -> torch.nn.Module:
@@ -120,15 +124,15 @@ def test_defaults():
     assert group["weight_decay"] == 0.0 and group["correct_bias"] is True and group["foreach"] is True
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-def test_first_step_moves_each_weight_by_lr_against_its_gradient(foreach):
+@pytest.mark.parametrize("path", list(PATHS))
+def test_first_step_moves_each_weight_by_lr_against_its_gradient(path):
     """At step 1, m = (1 - beta1) g and sqrt(v) = sqrt(1 - beta2) |g|; the bias correction
     lr * sqrt(1 - beta2) / (1 - beta1) turns the update into lr * g / (|g| + eps / sqrt(1 - beta2)),
     i.e. lr * sign(g) where |g| is large against eps. Without the correction it is
     lr * (1 - beta1) / sqrt(1 - beta2) * sign(g), about 3.16 lr."""
     for correct_bias, scale in ((True, 1.0), (False, 0.1 / 0.001 ** 0.5)):
         weight = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
-        optimizer = AdamW([weight], lr=0.01, eps=1e-8, correct_bias=correct_bias, foreach=foreach)
+        optimizer = AdamW([weight], lr=0.01, eps=1e-8, correct_bias=correct_bias, **PATHS[path])
         weight.grad = torch.tensor([0.5, -4.0, 2.0])
         optimizer.step()
         expected = torch.tensor([1.0, -2.0, 3.0]) - 0.01 * scale * torch.tensor([1.0, -1.0, 1.0])
@@ -157,14 +161,18 @@ def test_sparse_gradients_are_refused():
         AdamW(embedding.parameters()).step()
 
 
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("kwargs", [dict(lr=0.0), dict(eps=0.0), dict(weight_decay=0.0),
                                     dict(betas=(0.0, 0.0)), dict(betas=(0.0, 0.999))])
-def test_boundary_hyperparameters_are_accepted(kwargs):
+def test_boundary_hyperparameters_are_accepted(kwargs, path):
     """Zero is a valid lr (a frozen group), eps, weight decay and beta (no averaging)."""
     model = small_model()
-    optimizer = AdamW(model.parameters(), **kwargs)
-    train(model, optimizer, 2)
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = AdamW(model.parameters(), **kwargs, **PATHS[path])
+    after = train(model, optimizer, 2)
+    assert all(torch.isfinite(p).all() for p in after)
+    if kwargs.get("lr") == 0.0:  # (the capturable path divides by the step size: inf, a zero update)
+        assert all(torch.equal(a, b) for a, b in zip(after, before))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -176,3 +184,114 @@ def test_boundary_hyperparameters_are_accepted(kwargs):
 def test_out_of_range_hyperparameters_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AdamW(small_model().parameters(), **kwargs)
+
+
+# ------------------------------------------------------------------------------------------
+# the capturable path: the same arithmetic with the step counts and the lr on the device
+# ------------------------------------------------------------------------------------------
+
+FLOAT32_EPS = torch.finfo(torch.float32).eps  # 2^-23: the spacing of float32 numbers near 1
+
+
+def rounding_bound(params: list[torch.Tensor], steps: int) -> float:
+    """How far two float32 implementations of the same update may drift apart in `steps` steps.
+
+    The capturable path folds the step size into the denominator (m / (d / s) instead of
+    s * (m / d)), so each update can differ in its last bit, and then p + update can round to a
+    neighbouring float: at most one spacing of p's float32 grid, eps * |p|, per step. Added up
+    over the steps (the worst case; the errors are in fact random in sign and far smaller), and
+    in training the gradients carry the difference on. Measured on the tests below: 1e-7 to
+    5e-7 after 100 training steps, against a bound of about 1e-5.
+    """
+    largest = max(p.abs().max().item() for p in params)
+    return steps * FLOAT32_EPS * max(largest, 1.0)
+
+
+@pytest.mark.parametrize("weight_decay,correct_bias", [(0.0, True), (0.01, True), (0.01, False)])
+def test_capturable_path_equals_reference_loop(weight_decay, correct_bias):
+    results = {}
+    for path in ("loop", "capturable"):
+        model = small_model()
+        optimizer = AdamW(model.parameters(), lr=1e-2, weight_decay=weight_decay,
+                          correct_bias=correct_bias, **PATHS[path])
+        results[path] = train(model, optimizer, 100)
+    for loop, capturable in zip(results["loop"], results["capturable"]):
+        torch.testing.assert_close(capturable, loop, atol=rounding_bound(results["loop"], 100), rtol=0)
+    start = [p.detach() for p in small_model().parameters()]
+    assert not any(torch.equal(a, b) for a, b in zip(results["capturable"], start))  # it did train
+
+
+def fixed_gradient_steps(path: str, lrs: list[float], weight_decay: float = 0.01,
+                         correct_bias: bool = True) -> tuple[list[torch.Tensor], AdamW]:
+    """Steps on fixed random gradients (no feedback from the weights), the group's lr set to
+    lrs[k] before step k, as a schedule does; returns the weights and the optimizer."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in [(6, 5), (5,), (1,)]]
+    optimizer = AdamW(params, lr=lrs[0], weight_decay=weight_decay, correct_bias=correct_bias, **PATHS[path])
+    generator = torch.Generator().manual_seed(1)
+    for lr in lrs:
+        optimizer.param_groups[0]["lr"] = lr
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator)
+        optimizer.step()
+    return [p.detach().clone() for p in params], optimizer
+
+
+@pytest.mark.parametrize("correct_bias", [True, False])
+def test_capturable_path_follows_a_changing_learning_rate(correct_bias):
+    """A warmup and decay: the lr changes at every step. Without feedback through the gradients,
+    the paths stay within a few float32 steps of each other."""
+    lrs = [1e-2 * (k + 1) / 4 for k in range(4)] + [1e-2 * (8 - k) / 8 for k in range(8)]
+    loop, _ = fixed_gradient_steps("loop", lrs, correct_bias=correct_bias)
+    capturable, optimizer = fixed_gradient_steps("capturable", lrs, correct_bias=correct_bias)
+    for a, b in zip(capturable, loop):
+        torch.testing.assert_close(a, b, atol=rounding_bound(loop, len(lrs)), rtol=0)
+    # The counts and the lr live in device tensors (here, the CPU's) that are updated in place.
+    state = optimizer.state[optimizer.param_groups[0]["params"][0]]
+    assert torch.is_tensor(state["step"]) and state["step"].dtype == torch.float64 and state["step"].item() == 12
+    assert optimizer._lr_tensors[0].item() == lrs[-1]
+
+
+def test_capturable_lr_tensor_is_updated_in_place():
+    """A CUDA graph holds the addresses it captured: the lr tensor must stay the same tensor
+    while its value follows the group's lr (write_learning_rates, what a graph's replay uses)."""
+    _, optimizer = fixed_gradient_steps("capturable", [1e-2, 2e-2])
+    tensor, address = optimizer._lr_tensors[0], optimizer._lr_tensors[0].data_ptr()
+    optimizer.param_groups[0]["lr"] = 5e-3
+    optimizer.write_learning_rates()
+    assert optimizer._lr_tensors[0] is tensor and tensor.data_ptr() == address and tensor.item() == 5e-3
+    step = optimizer.state[optimizer.param_groups[0]["params"][0]]["step"]
+    for p in optimizer.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert optimizer.state[optimizer.param_groups[0]["params"][0]]["step"] is step  # counted in place
+    assert optimizer._lr_tensors[0] is tensor
+
+
+@pytest.mark.parametrize("saved_by,loaded_by", [("capturable", "capturable"), ("foreach", "capturable"),
+                                                ("capturable", "foreach"), ("capturable", "loop")])
+def test_state_dict_roundtrip_between_paths(saved_by, loaded_by):
+    """A checkpoint written by one path continues in another; within the capturable path, bit for
+    bit (the same ops on the same numbers)."""
+    model = small_model()
+    optimizer = AdamW(model.parameters(), lr=1e-2, weight_decay=0.01, **PATHS[saved_by])
+    train(model, optimizer, 5)
+    clone = small_model()
+    clone.load_state_dict(model.state_dict())
+    clone_optimizer = AdamW(clone.parameters(), lr=1e-2, weight_decay=0.01, **PATHS[loaded_by])
+    clone_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    continued = train(model, optimizer, 5, seed=7)
+    resumed = train(clone, clone_optimizer, 5, seed=7)
+    for a, b in zip(continued, resumed):
+        if saved_by == loaded_by:
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(b, a, atol=rounding_bound(continued, 10), rtol=0)
+    counts = {int(clone_optimizer.state[p]["step"]) for p in clone.parameters()}
+    assert counts == {10}
+
+
+def test_capturable_flag_is_a_group_default():
+    group = AdamW(small_model().parameters()).param_groups[0]
+    assert group["capturable"] is False
+    assert AdamW(small_model().parameters(), capturable=True).param_groups[0]["capturable"] is True
