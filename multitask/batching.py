@@ -38,8 +38,10 @@ POOL_BATCHES = 50  # batches per sorting pool: large enough to match lengths, sm
 # The bucket lengths below the length cap (the cap itself is always the last bucket). Chosen on the
 # real training files (benchmarks/padding.py, benchmarks/measured/): length-grouped batches of 32
 # pad to 9-60 tokens in 90% of cases (SST 9-47, QQP 17-58, STS pairs 15-62, STS sentences 9-35),
-# so the buckets are dense there, about 8 tokens apart, and sparse above. Every bucket is a
-# multiple of 8, the granularity at which GPU tensor cores take bf16 matrices without waste.
+# so the buckets are dense there, 8 tokens apart, and sparse above; the cap, the last bucket, is
+# the longest training input (`training_buckets`), 160 tokens on this data, not the model's 512,
+# which would pad the rare long Quora batch to 512 (QQP 31% padding instead of 17%). Every bucket
+# is a multiple of 8, the granularity at which GPU tensor cores take bf16 matrices without waste.
 BUCKETS = (16, 24, 32, 40, 48, 64, 96)
 MAX_BUCKETS = 8  # one CUDA graph per (task, bucket): capture time and memory grow with the count
 
@@ -168,6 +170,13 @@ def length_buckets(cap: int, boundaries: tuple[int, ...] = BUCKETS) -> tuple[int
     if len(buckets) > MAX_BUCKETS:
         raise ValueError(f"at most {MAX_BUCKETS} bucket lengths (one CUDA graph each per task), got {buckets}")
     return buckets
+
+
+def training_buckets(splits: list[TokenizedSplit], limit: int) -> tuple[int, ...]:
+    """The buckets of a training run: `length_buckets` capped at the longest input of `splits`
+    rounded up to a multiple of 8, and never above `limit` (the tokenization's length cap)."""
+    longest = max((int(split.lengths().max()) for split in splits if len(split)), default=1)
+    return length_buckets(min(limit, -(-longest // 8) * 8))
 
 
 def bucket_length(length: int, buckets: tuple[int, ...] | None) -> int:

@@ -24,6 +24,7 @@ from multitask.batching import (
     pad_encodings,
     plan_batches,
     tokenize_split,
+    training_buckets,
 )
 from multitask.data import PairExample, SentenceExample, Split
 
@@ -458,6 +459,15 @@ def test_length_buckets_refuse_too_many_or_a_bad_cap():
         length_buckets(512, boundaries=tuple(range(8, 100, 8)))
     with pytest.raises(ValueError, match="at least 1"):
         length_buckets(0)
+
+
+def test_training_buckets_end_at_the_longest_input_rounded_up():
+    """The last bucket is the data's longest input rounded up to a multiple of 8, not the model's
+    512 (which would pad a rare long batch to 512), and never above the tokenization's limit."""
+    splits = [hand_split([5, 30]), hand_split([7, 100], [12, 3])]
+    assert training_buckets(splits, 512) == BUCKETS + (104,)
+    assert training_buckets(splits, 100) == BUCKETS + (100,)
+    assert training_buckets([hand_split([5, 20])], 512) == (16, 24)
 
 
 def test_bucket_length_rounds_up():

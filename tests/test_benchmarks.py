@@ -62,3 +62,18 @@ def test_inference_benchmark_pipelines_predict_the_same(tiny_setup, tmp_path):
         assert row["examples"] == 40
         assert row["max_abs_difference"] < 1e-4  # both fp32: the same predictions, to rounding
         assert row["ours_examples_per_s"] > 0 and row["naive_examples_per_s"] > 0
+
+
+def test_padding_benchmark_counts_bucket_padding(tiny_setup, tmp_path):
+    model_dir, data_dir = tiny_setup
+    out = tmp_path / "padding.json"
+    result = run_script("padding.py", "--model", model_dir, "--data-dir", data_dir, "--out", out)
+    assert "buckets" in result.stdout
+    report = json.loads(out.read_text())
+    for case, row in report["results"].items():
+        longest, buckets = row["longest"], row["buckets"]
+        assert longest["real_tokens"] == buckets["real_tokens"] > 0  # the same batches
+        assert buckets["tokens"] >= longest["tokens"]  # buckets only add padding
+        assert buckets["distinct_lengths"] <= 8
+        assert buckets["tokens_per_real_token"] == pytest.approx(buckets["tokens"] / buckets["real_tokens"])
+    assert report["schemes"]["buckets"][-1] == report["cap"] <= 512
