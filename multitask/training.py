@@ -44,6 +44,7 @@ from multitask.data import DataError, Split, dataset_paths, load_quora, load_sst
 from multitask.distributed import SINGLE_PROCESS, Distributed, from_environment, plan_fingerprint
 from multitask.download import ensure_files
 from multitask.evaluation import evaluate, predict_split, prediction_path, write_predictions
+from multitask.graphs import GraphedSteps, check_cuda_graphs
 from multitask.heads import TASKS, MultitaskBert, layouts
 from multitask.losses import MNR_POSITIVE_THRESHOLD
 from multitask.nonfinite import LossWatch, NonFiniteLossError, all_finite
@@ -82,6 +83,7 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.device = distributed.own_device(resolve_device(config.device))
         self.precision = resolve_precision(config.precision, self.device)
+        check_cuda_graphs(config, self.device, self.precision, distributed)  # --cuda-graphs: where it cannot apply
         self.report = make_reporter(config.report_to if distributed.is_main else None, self.out_dir)  # TensorBoard
         if config.batch_size < distributed.world_size * config.grad_accum:  # known only now
             raise RuntimeSetupError(
@@ -105,6 +107,7 @@ class Trainer:
         check_ranks_agree(distributed, config, self.data)
         self.optimizer = AdamW(parameter_groups(self.model, config), lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = grad_scaler(self.device, self.precision)  # loss scaling for fp16; else a no-op
+        self.graphs = GraphedSteps(self) if config.cuda_graphs else None  # --cuda-graphs: multitask/graphs.py
         self.probes = config.probe_every and probe_batches(  # --probe-every: fixed batches, one a task
             {task: self.data[task].train for task in config.task_names}, config.batch_size, tokenizer.pad_token_id)
         self.best_overall, self.history = -math.inf, []
@@ -191,6 +194,8 @@ class Trainer:
         Returns the batch's loss (detached; under torchrun this rank's part of it) and the
         batch's example ids, for the message if the loss turns out not to be finite.
         """
+        if self.graphs is not None:  # --cuda-graphs: the same step, replayed from a CUDA graph
+            return self.graphs.step(task, use_mnr, progress)
         mnr = use_mnr and task == "sts"  # the MNR phase ranks the positive STS pairs only
         stream = self.streams["sts-mnr" if mnr else task]
         rows = stream.next_rows()  # the batch: row numbers of the task's tokenized split

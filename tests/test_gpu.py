@@ -138,3 +138,85 @@ def test_compiled_encoder_trains_on_the_gpu(tiny_setup, tmp_path):
         final = training.train(config, log=lambda message: None)
     assert not [w for w in caught if "torch.compile failed" in str(w.message)]
     assert 0.0 <= final["overall"] <= 1.0
+
+
+# ---- --cuda-graphs (issue 14): the capturable AdamW and the graphed training step -------------------
+
+
+def test_capturable_adamw_replayed_from_a_graph_follows_the_loop():
+    """AdamW(capturable=True).step captured once, replayed with new gradients and a new lr each
+    time (the lr written into its tensor, as GraphedSteps does), against the readable loop."""
+    torch.manual_seed(0)
+    shapes = [(64, 32), (32,), (5, 32), (1,)]
+    start = [torch.randn(s, device="cuda") for s in shapes]
+    lrs = [1e-2 * (k + 1) / 3 for k in range(3)] + [1e-2 * (6 - k) / 6 for k in range(6)]
+    generator = torch.Generator(device="cuda").manual_seed(1)
+    grads = [[torch.randn(s, device="cuda", generator=generator) for s in shapes] for _ in lrs]
+
+    loop_params = [torch.nn.Parameter(p.clone()) for p in start]
+    loop = AdamW(loop_params, lr=lrs[0], weight_decay=0.01, foreach=False)
+    for lr, step_grads in zip(lrs, grads):
+        loop.param_groups[0]["lr"] = lr
+        for p, g in zip(loop_params, step_grads):
+            p.grad = g.clone()
+        loop.step()
+
+    params = [torch.nn.Parameter(p.clone()) for p in start]
+    optimizer = AdamW(params, lr=lrs[0], weight_decay=0.01, capturable=True)
+    for p, g in zip(params, grads[0]):
+        p.grad = g.clone()  # static gradient tensors, read by the graph
+    optimizer.step()  # eager: creates the state and the lr tensor
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        optimizer.step()
+    for lr, step_grads in zip(lrs[1:], grads[1:]):
+        for p, g in zip(params, step_grads):
+            p.grad.copy_(g)
+        optimizer.param_groups[0]["lr"] = lr
+        optimizer.write_learning_rates()
+        graph.replay()
+    torch.cuda.synchronize()
+    assert optimizer.state[params[0]]["step"].item() == len(lrs)
+    bound = len(lrs) * torch.finfo(torch.float32).eps * max(p.abs().max().item() for p in loop_params)
+    for graphed, reference in zip(params, loop_params):
+        torch.testing.assert_close(graphed.detach(), reference.detach(), atol=bound, rtol=0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_graphed_training_follows_eager_training(tiny_setup, tmp_path, precision):
+    """Dropout off, the same seed and batches, a warmup-and-decay lr: the graphed run's losses are
+    the eager run's (bucket padding is masked; fp32 to rounding, bf16 to its precision)."""
+    model_dir = write_tiny_checkpoint(tmp_path / "no-dropout", None, dropout=0.0)
+    losses = {}
+    for graphs in (False, True):
+        out = tmp_path / f"graphs-{graphs}"
+        config = gpu_config(tiny_setup, out, model=str(model_dir), epochs=1, batches_per_epoch=24,
+                            precision=precision, lr_schedule="linear", warmup=0.25, dropout=0.0,
+                            cuda_graphs=graphs)
+        messages = []
+        training.train(config, log=messages.append)
+        record = json.loads((out / "metrics.jsonl").read_text())
+        losses[graphs] = [record[f"train_loss_{task}"] for task in TASKS]
+        if graphs:
+            assert any(m.startswith("captured the") for m in messages), messages
+            assert record["padding_fraction"] > 0.0
+    tolerance = 1e-3 if precision == "fp32" else 3e-2
+    assert losses[True] == pytest.approx(losses[False], abs=tolerance)
+
+
+def test_graph_replays_draw_new_dropout_masks(tiny_setup, tmp_path):
+    """The same inputs replayed three times give three losses: with lr 0 the weights stay put, so
+    only dropout differs, and it must draw new masks at every replay."""
+    config = gpu_config(tiny_setup, tmp_path, precision="fp32", dropout=0.3, cuda_graphs=True, lr=0.0)
+    trainer = training.Trainer(config, log=lambda message: None)
+    progress = training.EpochProgress(1)
+    for _ in range(12):
+        trainer.train_step("sst", False, progress)
+    assert trainer.graphs.captured, "no graph was captured in 12 SST steps"
+    captured = next(iter(trainer.graphs.captured.values()))
+    values = []
+    for _ in range(3):
+        trainer.optimizer.write_learning_rates()
+        captured.graph.replay()
+        values.append(captured.loss.item())
+    assert len(set(values)) == 3, values
