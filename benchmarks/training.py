@@ -30,6 +30,14 @@ What is reported, per pipeline, over the timed steps (warm-up steps excluded):
 The two pipelines run interleaved in chunks of steps (ours, naive, naive, ours, ...), so that
 whatever else the machine does slows both alike; a device sync closes every chunk.
 
+`--pipelines` adds, side by side in the same run (issue 14): **compiled** (ours with --compile),
+**graphed** (ours with --cuda-graphs; CUDA only), and **reference**, the strongest pipeline built
+from other people's parts: transformers' BertModel (sdpa attention) with our heads, under
+torch.compile, with `torch.optim.AdamW(fused=True)`, on the same pre-tokenized, length-grouped
+batches and precision as ours. Every pipeline reports `seconds_per_step`, and its ratio to a
+**floor** estimated from this machine's measured peaks (`step_floor`): the step's matrix work at
+the measured matmul peak plus AdamW's memory traffic at the measured copy bandwidth.
+
     python benchmarks/training.py                                  # MiniLM on this machine (CPU)
     python benchmarks/training.py --steps 3 --warmup 1 --optimizer-steps 2   # a smoke test
     python benchmarks/training.py --device cuda --model FOLDER --random-init   # e.g. bert-base
@@ -60,11 +68,11 @@ sys.path.insert(0, str(BENCHMARKS))  # the sibling benchmark scripts, e.g. encod
 from bert import AdamW, BertConfig, BertModel, BertTokenizer, CheckpointError  # noqa: E402
 from bert.loading import load_config  # noqa: E402
 from encoder import machine_info  # noqa: E402
-from multitask.batching import Batch  # noqa: E402
+from multitask.batching import Batch, BatchStream  # noqa: E402
 from multitask.config import TrainConfig  # noqa: E402
 from multitask.data import DataError, Split, dataset_paths, load_quora, load_sst, load_sts  # noqa: E402
 from multitask.heads import TASKS, MultitaskBert  # noqa: E402
-from multitask.runtime import RuntimeSetupError, cpu_has_fast_bf16  # noqa: E402
+from multitask.runtime import RuntimeSetupError, autocast, cpu_has_fast_bf16  # noqa: E402
 from multitask.samplers import epoch_plan  # noqa: E402
 from multitask.training import EpochProgress, Trainer  # noqa: E402
 
@@ -74,6 +82,8 @@ FILE_KEYS = {"sst": "sst", "qqp": "quora", "sts": "sts"}  # dataset_paths() call
 # The paper's full setting: 10 epochs x 3000 batches of 32, about 4 hours per model on a T4 GPU.
 PAPER_STEPS = 10 * 3000
 PAPER_HOURS_T4 = 4.0
+PIPELINES = ("ours", "naive", "compiled", "graphed", "reference")
+ADAMW_BYTES_PER_PARAMETER = 7 * 4  # fp32: reads p, g, m, v and writes p, m, v
 
 
 class BenchmarkSetupError(Exception):
@@ -300,6 +310,39 @@ def measure_peaks(device: torch.device, size: int, repeats: int) -> dict[str, di
             for name, dtype in [("fp32", torch.float32), ("bf16", torch.bfloat16)]}
 
 
+def memory_bandwidth(device: torch.device, megabytes: int, repeats: int) -> dict:
+    """Bytes per second of a large tensor copy (read once, written once): the pace of AdamW,
+    whose update reads and writes every parameter's state and does little arithmetic on it."""
+    source = torch.empty(megabytes * 2**20 // 4, device=device).fill_(1.0)
+    target = torch.empty_like(source)
+    target.copy_(source)  # warm-up
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        target.copy_(source)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    moved = 2 * source.numel() * source.element_size()
+    return {"megabytes": megabytes, "runs": repeats, "bytes_per_s": moved / min(times)}
+
+
+def step_floor(flops_per_step: float, parameters: int, peak_flop_per_s: float, bytes_per_s: float) -> dict:
+    """The least a training step can take here, estimated from two measured ceilings:
+
+        matrix work / matmul peak   +   AdamW's memory traffic / copy bandwidth
+
+    The matrix work is `training_flops` of the step's real tokens (the mean over the timed steps);
+    the traffic is 28 bytes per fp32 parameter (AdamW reads p, g, m, v and writes p, m, v). Left
+    out, so the true floor is higher: the elementwise work of the forward and backward passes
+    (activations' memory traffic), kernel launches (about 300 small kernels even in a CUDA
+    graph, ~1 ms), and that products of ~1000 rows reach only 30-45% of a GPU's square peak.
+    """
+    matmul_s = flops_per_step / peak_flop_per_s
+    optimizer_s = parameters * ADAMW_BYTES_PER_PARAMETER / bytes_per_s
+    return {"matmul_s": matmul_s, "optimizer_s": optimizer_s, "seconds_per_step": matmul_s + optimizer_s}
+
+
 # ============================================================================= the two pipelines
 
 
@@ -329,7 +372,8 @@ class ShippedPipeline:
 
     name = "ours"
 
-    def __init__(self, trainer: Trainer):
+    def __init__(self, trainer: Trainer, name: str = "ours"):
+        self.name = name  # ours (eager), compiled or graphed: the Trainer's settings decide
         self.trainer = trainer
         self.device = trainer.device
         self.model = trainer.model.train()  # dropout on, as in training
@@ -420,6 +464,75 @@ class NaivePipeline:
 
     def mean_loss(self) -> float:
         return self.loss_total / max(self.steps, 1)
+
+
+class ReferencePipeline:
+    """The strongest reference from public parts: transformers' BertModel (sdpa attention) with
+    our task heads, under torch.compile, and `torch.optim.AdamW(fused=True)`.
+
+    It trains on the very batches ours does (the Trainer's pre-tokenized splits, the same
+    length-grouped streams with the same seeds) in ours' precision, starting from ours' initial
+    weights, so the comparison is between model and optimizer implementations alone. Its AdamW is
+    torch's (eps inside the bias-corrected square root, decay before the update; see
+    bert/optimizer.py), the same work per parameter.
+    """
+
+    name = "reference"
+
+    def __init__(self, trainer: Trainer, initial: MultitaskBert, seed: int):
+        import transformers
+
+        ours = initial.bert.config
+        hf_config = transformers.BertConfig(
+            vocab_size=ours.vocab_size, hidden_size=ours.hidden_size, num_hidden_layers=ours.num_hidden_layers,
+            num_attention_heads=ours.num_attention_heads, intermediate_size=ours.intermediate_size,
+            hidden_act=ours.hidden_act, hidden_dropout_prob=ours.hidden_dropout_prob,
+            attention_probs_dropout_prob=ours.attention_probs_dropout_prob,
+            max_position_embeddings=ours.max_position_embeddings, type_vocab_size=ours.type_vocab_size,
+            layer_norm_eps=ours.layer_norm_eps, pad_token_id=ours.pad_token_id, attn_implementation="sdpa")
+        encoder = transformers.BertModel(hf_config)
+        # Our parameter names are the checkpoints' names, which are also transformers' names.
+        missing, unexpected = encoder.load_state_dict(initial.bert.state_dict(), strict=False)
+        if unexpected or [k for k in missing if not k.endswith("position_ids")]:
+            raise BenchmarkSetupError(f"reference: weights do not map onto transformers' BertModel "
+                                      f"(missing {missing}, unexpected {unexpected})")
+        model = MultitaskBert(encoder, "concat", TrainConfig().dropout)
+        heads = {k: v for k, v in initial.state_dict().items() if not k.startswith("bert.")}
+        model.load_state_dict(heads, strict=False)  # ours' initial head weights
+        self.device = trainer.device
+        self.precision = trainer.precision
+        self.model = model.to(self.device).train()
+        self.model.compile_encoder()  # torch.compile, falling back to eager with a warning
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=trainer.config.lr,
+                                           weight_decay=trainer.config.weight_decay, fused=True)
+        self.config = initial.bert.config
+        self.lengths = LengthRecorder(encoder)
+        self.streams = {task: BatchStream(trainer.data[task].train, trainer.config.batch_size,
+                                          trainer.config.seed + TASKS.index(task), trainer.tokenizer.pad_token_id)
+                        for task in TASKS}
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.real_tokens = self.padded_tokens = self.steps = 0
+        self.flops = 0.0
+
+    def step(self, task: str) -> None:
+        batch = self.streams[task].next()
+        real = batch.real_tokens
+        self.real_tokens += real
+        self.padded_tokens += batch.padded_tokens
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.precision):
+            loss = self.model.loss(batch.to(self.device))
+        loss.backward()
+        self.optimizer.step()
+        self.loss_sum += loss.detach()
+        self.steps += 1
+        self.flops += training_flops(self.config, real, self.lengths.last)
+
+    def counters(self) -> tuple[int, int, float]:
+        return self.real_tokens, self.padded_tokens, self.flops
+
+    def mean_loss(self) -> float:
+        return self.loss_sum.item() / max(self.steps, 1)
 
 
 def trainer_data_dir(data_dir: Path, workdir: Path) -> Path:
@@ -554,6 +667,9 @@ class Settings:
     peak_repeats: int = 5
     seed: int = TrainConfig().seed
     compile: bool = False  # ours with --compile (torch.compile on the encoder)
+    pipelines: tuple[str, ...] = ("ours", "naive")  # which of PIPELINES to run, side by side
+    reference_eager: bool = False  # the reference without torch.compile (a quick smoke test on a CPU)
+    bandwidth_megabytes: int = 0  # the copy for the memory bandwidth; 0: 256 on a CPU, 2048 on a GPU
     out: str = "benchmarks/results/training.json"
 
 
@@ -582,6 +698,7 @@ def run(settings: Settings) -> dict:
             batch_size=settings.batch_size, precision=settings.precision, device=device.type,
             group_by_length=True, progress=False, save_every=None, seed=settings.seed,
             compile=settings.compile)
+        initial = build_model(settings.model, settings.random_init, settings.seed)  # (for the reference)
         started = time.perf_counter()
         trainer = Trainer(config, log=lambda message: print(f"  trainer: {message}"),
                           model=ours_model, tokenizer=tokenizer)
@@ -590,13 +707,28 @@ def run(settings: Settings) -> dict:
         if trainer.precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
             print("  warning: this CPU has no native bf16 (no AVX512-BF16 or AMX): ours' bf16 "
                   "autocast runs through a slow fallback", flush=True)
-        ours = ShippedPipeline(trainer)
-        # The same training files, read raw (the Trainer has reported their skipped rows).
-        splits = {task: load_split(task, paths[f"{FILE_KEYS[task]}-train"], report=False)
-                  for task in TASKS}
-        naive = NaivePipeline(naive_model, tokenizer, splits, settings.batch_size, config.lr,
-                              config.weight_decay, device, settings.seed)
-        pipelines = [ours, naive]
+        pipelines = []
+        for name in settings.pipelines:
+            if name == "ours":
+                pipelines.append(ShippedPipeline(trainer))
+            elif name == "naive":
+                # The same training files, read raw (the Trainer has reported their skipped rows).
+                splits = {task: load_split(task, paths[f"{FILE_KEYS[task]}-train"], report=False)
+                          for task in TASKS}
+                pipelines.append(NaivePipeline(naive_model, tokenizer, splits, settings.batch_size, config.lr,
+                                               config.weight_decay, device, settings.seed))
+            elif name in ("compiled", "graphed"):  # ours again, from the same initial weights
+                variant = TrainConfig(**{**config.to_dict(), "out_dir": str(Path(workdir) / name),
+                                         "compile": name == "compiled", "cuda_graphs": name == "graphed"})
+                other = Trainer(variant, log=lambda message, n=name: print(f"  {n}: {message}"),
+                                model=build_model(settings.model, settings.random_init, settings.seed),
+                                tokenizer=tokenizer)
+                pipelines.append(ShippedPipeline(other, name))
+            else:
+                reference = ReferencePipeline(trainer, initial, settings.seed)
+                if settings.reference_eager:
+                    reference.model.compiled_encoder = None
+                pipelines.append(reference)
 
         # The annealed sampler's plan for a first epoch (alpha = 1: proportional to dataset size).
         plan = epoch_plan(config.sampler, trainer.task_sizes, 1, config.epochs,
@@ -604,8 +736,9 @@ def run(settings: Settings) -> dict:
         warmup = [TASKS[i % len(TASKS)] for i in range(settings.warmup)]
         print(f"warm-up, not timed: {len(warmup)} step(s) each ({', '.join(warmup) or 'none'})",
               flush=True)
-        for pipeline in pipelines:
-            run_chunk(pipeline, warmup, device)
+        warmup_seconds = {}
+        for pipeline in pipelines:  # (compilation and graph capture happen here, untimed)
+            warmup_seconds[pipeline.name] = run_chunk(pipeline, warmup, device)["seconds"]
 
         timed_plan = plan[:settings.steps]
         print(f"timed: {len(timed_plan)} steps each, in chunks of {settings.chunk} "
@@ -615,14 +748,29 @@ def run(settings: Settings) -> dict:
         if settings.optimizer_steps:
             print(f"optimizer share: {settings.optimizer_steps} steps each, synced around "
                   f"optimizer.step", flush=True)
-            shares = optimizer_share(pipelines, plan[settings.steps:], device)
+            # (not the graphed pipeline: its optimizer.step runs inside the graph, and a sync
+            # around it would break a capture)
+            shares = optimizer_share([p for p in pipelines if p.name != "graphed"], plan[settings.steps:], device)
         losses = {p.name: p.mean_loss() for p in pipelines}
+        capture_seconds = {p.name: p.trainer.graphs.capture_seconds for p in pipelines
+                           if p.name == "graphed" and p.trainer.graphs is not None}
 
     print("peak again, after training ...", flush=True)
     peaks_after = measure_peaks(device, peak_size, settings.peak_repeats)
     # The best of the two measurements: the machine can do at least that much.
     peaks = {name: max(peaks_before[name], peaks_after[name], key=lambda p: p["flop_per_s"])
              for name in peaks_before}
+    megabytes = settings.bandwidth_megabytes or (2048 if device.type == "cuda" else 256)
+    bandwidth = memory_bandwidth(device, megabytes, settings.peak_repeats)
+    # The floor in the precision ours trains in: bf16's peak where it is native, else fp32's.
+    low = "bf16" if trainer.precision == "bf16" and peaks["bf16"]["flop_per_s"] > peaks["fp32"]["flop_per_s"] else "fp32"
+    ours_first = summarise(records, pipelines[0].name)
+    parameters = sum(p.numel() for p in ours_model.parameters() if p.requires_grad)
+    floor = step_floor(ours_first["model_flops"] / ours_first["steps"], parameters,
+                       peaks[low]["flop_per_s"], bandwidth["bytes_per_s"])
+    floor.update(peak=low, parameters=parameters, bandwidth=bandwidth,
+                 flops_per_step=ours_first["model_flops"] / ours_first["steps"],
+                 measured_on=pipelines[0].name)
 
     results = {}
     for pipeline in pipelines:
@@ -632,10 +780,16 @@ def run(settings: Settings) -> dict:
             result["optimizer"] = shares[pipeline.name]
         for name, peak in peaks.items():
             result[f"fraction_of_{name}_peak"] = result["model_flop_per_s"] / peak["flop_per_s"]
+        result["warmup_seconds"] = warmup_seconds[pipeline.name]
+        result["over_floor"] = result["seconds_per_step"] / floor["seconds_per_step"]
+        if pipeline.name in capture_seconds:
+            result["capture_seconds"] = capture_seconds[pipeline.name]
         results[pipeline.name] = result
-    ratio = results["ours"]["tokens_per_s"] / results["naive"]["tokens_per_s"]
+    both = "ours" in results and "naive" in results
+    ratio = results["ours"]["tokens_per_s"] / results["naive"]["tokens_per_s"] if both else None
     bf16_native = peaks["bf16"]["flop_per_s"] > peaks["fp32"]["flop_per_s"]
-    hours = results["ours"]["seconds_per_step"] * PAPER_STEPS / 3600
+    first = results[pipelines[0].name]
+    hours = first["seconds_per_step"] * PAPER_STEPS / 3600
 
     machine["bf16_native"] = bf16_native
     return {
@@ -644,13 +798,17 @@ def run(settings: Settings) -> dict:
         "trainer": {"precision": trainer.precision, "sampler": config.sampler, "sts_head": config.sts_head,
                     "group_by_length": config.group_by_length, "compile": config.compile,
                     "lr": config.lr, "plan": timed_plan},
-        "encoder_matmul_weights": encoder_matmul_weights(ours.config),
+        "encoder_matmul_weights": encoder_matmul_weights(ours_model.bert.config),
         "peak": {"best": peaks, "before": peaks_before, "after": peaks_after},
         "results": results,
+        "seconds_per_step": {name: r["seconds_per_step"] for name, r in results.items()},
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "floor": floor,
         "ours_over_naive_tokens_per_s": ratio,
-        "targets": {"throughput_3x_naive": ratio >= 3.0,
-                    "model_flops_half_of_bf16_peak": results["ours"]["fraction_of_bf16_peak"] >= 0.5},
+        "targets": {"throughput_3x_naive": None if ratio is None else ratio >= 3.0,
+                    "model_flops_half_of_bf16_peak": first["fraction_of_bf16_peak"] >= 0.5},
         "paper_setting_estimate": {"model": settings.model, "random_init": settings.random_init,
+                                   "pipeline": pipelines[0].name,
                                    "steps": PAPER_STEPS, "hours": hours,
                                    "paper_hours_t4": PAPER_HOURS_T4},
         "chunks": records,
@@ -667,23 +825,33 @@ def flops_unit(device: str) -> tuple[str, float]:
 def print_report(report: dict) -> None:
     settings, results = report["settings"], report["results"]
     unit, scale = flops_unit(settings["device"])
-    columns = ["pipeline", "dtype", "steps", "s/step", "tokens/s", "padding", "tokens/step",
-               "optimizer", unit, "of fp32 peak", "of bf16 peak", "loss"]
-    widths = [8, 5, 5, 7, 9, 7, 11, 9, 9, 12, 12, 6]
+    columns = ["pipeline", "dtype", "steps", "s/step", "x floor", "tokens/s", "padding", "tokens/step",
+               "optimizer", unit, "of fp32 peak", "of bf16 peak", "loss", "warm-up s"]
+    widths = [9, 5, 5, 7, 7, 9, 7, 11, 9, 9, 12, 12, 6, 9]
     print()
     print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
     for name, r in results.items():
-        dtype = report["trainer"]["precision"] if name == "ours" else "fp32"
+        dtype = "fp32" if name == "naive" else report["trainer"]["precision"]
         optimizer = f"{100 * r['optimizer']['share']:.1f}%" if "optimizer" in r else "-"
-        values = [name, dtype, r["steps"], f"{r['seconds_per_step']:.3f}", f"{r['tokens_per_s']:.0f}",
+        values = [name, dtype, r["steps"], f"{r['seconds_per_step']:.4f}", f"{r['over_floor']:.1f}",
+                  f"{r['tokens_per_s']:.0f}",
                   f"{100 * r['padding_fraction']:.1f}%", f"{r['real_tokens'] / r['steps']:.0f}",
                   optimizer, f"{r['model_flop_per_s'] / scale:.2f}",
                   f"{100 * r['fraction_of_fp32_peak']:.1f}%", f"{100 * r['fraction_of_bf16_peak']:.1f}%",
-                  f"{r['mean_loss']:.3f}"]
+                  f"{r['mean_loss']:.3f}", f"{r['warmup_seconds']:.1f}"]
         print("  ".join(str(v).rjust(w) for v, w in zip(values, widths)))
     print("\n(tokens: real, non-pad tokens; padding: share of the batches' tokens that were padding; "
           "optimizer: optimizer.step's share of step time, from the synced pass; loss: mean training "
-          "loss over all steps, a sanity check)")
+          "loss over all steps, a sanity check; x floor: seconds per step over the floor below; "
+          "warm-up s: the untimed first steps, where compilation and graph capture happen)")
+    floor = report["floor"]
+    print(f"\nfloor: {1000 * floor['seconds_per_step']:.2f} ms per step = matrix work "
+          f"{1000 * floor['matmul_s']:.2f} ms ({floor['flops_per_step'] / 1e9:.1f} GFLOP at the {floor['peak']} peak) "
+          f"+ AdamW traffic {1000 * floor['optimizer_s']:.2f} ms ({floor['parameters'] / 1e6:.1f} M parameters x "
+          f"{ADAMW_BYTES_PER_PARAMETER} B at {floor['bandwidth']['bytes_per_s'] / 1e9:.0f} GB/s copy bandwidth); "
+          f"an estimate that leaves out elementwise work and launches (see step_floor)")
+    if report.get("gpu"):
+        print(f"GPU: {report['gpu']}")
 
     peaks = report["peak"]["best"]
     notes = []
@@ -695,22 +863,25 @@ def print_report(report: dict) -> None:
               "peak is the ceiling that matters and the bf16 fraction means little")
     if settings["optimizer_steps"]:
         for name, r in results.items():
+            if "optimizer" not in r:
+                continue
             o = r["optimizer"]
             print(f"  {name}: optimizer.step {o['optimizer_ms_median']:.1f} ms of a "
                   f"{o['step_ms_median']:.1f} ms step (medians of {o['steps']} synced steps)")
 
     ratio = report["ours_over_naive_tokens_per_s"]
-    ours = results["ours"]
+    estimate = report["paper_setting_estimate"]
+    ours = results[estimate["pipeline"]]
     targets = report["targets"]
-    print(f"\nours / naive, useful tokens per second: {ratio:.2f}x   "
-          f"(target >= 3x: {'pass' if targets['throughput_3x_naive'] else 'miss'})")
+    if ratio is not None:
+        print(f"\nours / naive, useful tokens per second: {ratio:.2f}x   "
+              f"(target >= 3x: {'pass' if targets['throughput_3x_naive'] else 'miss'})")
     caveat = "" if report["machine"]["bf16_native"] else "; bf16 is emulated here, see above"
-    print(f"ours, model FLOP/s: {100 * ours['fraction_of_bf16_peak']:.1f}% of the bf16 peak "
+    print(f"{estimate['pipeline']}, model FLOP/s: {100 * ours['fraction_of_bf16_peak']:.1f}% of the bf16 peak "
           f"(target >= 50%: {'pass' if targets['model_flops_half_of_bf16_peak'] else 'miss'}"
           f"{caveat}), {100 * ours['fraction_of_fp32_peak']:.1f}% of the fp32 peak")
-    estimate = report["paper_setting_estimate"]
     weights = ", random weights" if estimate["random_init"] else ""
-    print(f"paper's full setting ({PAPER_STEPS:,} steps of 32) at ours' "
+    print(f"paper's full setting ({PAPER_STEPS:,} steps of 32) at {estimate['pipeline']}'s "
           f"{ours['seconds_per_step']:.3f} s/step with {estimate['model']}{weights} on "
           f"{settings['device']}: {estimate['hours']:.1f} hours of training steps (evaluation not "
           f"included). The paper needed about {PAPER_HOURS_T4:.0f} hours per model on a T4 GPU "
@@ -741,8 +912,29 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--compile", action="store_true",
                         help="ours with the trainer's --compile (torch.compile on the encoder; the "
                              "compilation happens in the warm-up steps, untimed)")
+    parser.add_argument("--pipelines", default=",".join(defaults.pipelines),
+                        help="which pipelines to time side by side, comma-separated, from "
+                             f"{', '.join(PIPELINES)} (default: {','.join(defaults.pipelines)}); the "
+                             "first is the one the floor's FLOPs and the paper estimate use")
+    parser.add_argument("--reference-eager", action="store_true",
+                        help="the reference pipeline without torch.compile (a quick smoke test; "
+                             "the real comparison compiles it)")
+    parser.add_argument("--bandwidth-mb", type=int, default=defaults.bandwidth_megabytes,
+                        help="size of the copy that measures memory bandwidth, in MiB (default "
+                             "256 on a CPU, 2048 on a GPU)")
     args = parser.parse_args(argv)
     apply_common_arguments(parser, args)
+    pipelines = tuple(name.strip() for name in args.pipelines.split(",") if name.strip())
+    unknown = [name for name in pipelines if name not in PIPELINES]
+    if not pipelines or unknown or len(set(pipelines)) != len(pipelines):
+        parser.error(f"--pipelines takes some of {', '.join(PIPELINES)}, each once, comma-separated; "
+                     f"got {args.pipelines!r}")
+    if "graphed" in pipelines and args.device != "cuda":
+        parser.error("--pipelines graphed replays CUDA graphs and needs --device cuda")
+    if args.compile and ("compiled" in pipelines or "graphed" in pipelines):
+        parser.error("--compile makes 'ours' compiled; use it without the compiled or graphed pipelines")
+    if args.bandwidth_mb < 0:
+        parser.error("--bandwidth-mb must not be negative")
     for name in ("steps", "chunk", "batch_size", "peak_repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -753,7 +945,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                     device=args.device, precision=args.precision, batch_size=args.batch_size,
                     steps=args.steps, warmup=args.warmup, chunk=args.chunk,
                     optimizer_steps=args.optimizer_steps, peak_size=args.peak_size,
-                    peak_repeats=args.peak_repeats, seed=args.seed, compile=args.compile, out=args.out)
+                    peak_repeats=args.peak_repeats, seed=args.seed, compile=args.compile,
+                    pipelines=pipelines, reference_eager=args.reference_eager,
+                    bandwidth_megabytes=args.bandwidth_mb, out=args.out)
 
 
 def main(argv: list[str] | None = None) -> None:

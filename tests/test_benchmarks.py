@@ -51,6 +51,38 @@ def test_training_benchmark_reports_both_pipelines(tmp_path, shared_data_dir, mi
     assert report["peak"]["best"]["fp32"]["flop_per_s"] > 0
 
 
+def test_training_benchmark_side_by_side_with_the_reference_and_the_floor(tmp_path, shared_data_dir, minilm_dir):
+    """Issue 14's comparison on a CPU, tiny: ours, naive and the transformers + fused AdamW
+    reference (eager here, to keep the test short), each with seconds per step and its ratio to
+    the floor estimated from the measured peak and bandwidth."""
+    model_dir = write_tiny_checkpoint(tmp_path / "model", minilm_dir)
+    out = tmp_path / "training.json"
+    result = run_script("training.py", "--model", model_dir, "--random-init", "--data-dir", shared_data_dir,
+                        "--device", "cpu", "--precision", "fp32", "--steps", 3, "--warmup", 3, "--chunk", 3,
+                        "--optimizer-steps", 0, "--peak-size", 256, "--peak-repeats", 1, "--bandwidth-mb", 16,
+                        "--pipelines", "ours,reference,naive", "--reference-eager", "--out", out)
+    assert "floor:" in result.stdout
+    report = json.loads(out.read_text())
+    assert list(report["seconds_per_step"]) == ["ours", "reference", "naive"] and report["gpu"] is None
+    floor = report["floor"]
+    assert floor["seconds_per_step"] == pytest.approx(floor["matmul_s"] + floor["optimizer_s"])
+    assert floor["bandwidth"]["bytes_per_s"] > 0 and floor["measured_on"] == "ours"
+    for name, pipeline in report["results"].items():
+        assert pipeline["seconds_per_step"] == report["seconds_per_step"][name] > 0
+        assert pipeline["over_floor"] == pytest.approx(pipeline["seconds_per_step"] / floor["seconds_per_step"])
+    ours, reference = report["results"]["ours"], report["results"]["reference"]
+    assert reference["real_tokens"] == ours["real_tokens"]  # the very same batches
+    assert reference["mean_loss"] == pytest.approx(ours["mean_loss"], rel=0.1)  # same start, similar training
+
+
+def test_training_benchmark_refuses_graphed_without_a_gpu(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "training.py"), "--device", "cpu",
+                             "--pipelines", "ours,graphed", "--out", tmp_path / "x.json"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "needs --device cuda" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_inference_benchmark_pipelines_predict_the_same(tiny_setup, tmp_path):
     model_dir, data_dir = tiny_setup
     out = tmp_path / "inference.json"
