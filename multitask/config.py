@@ -23,17 +23,19 @@ TASKS = ("sst", "qqp", "sts")
 POOLINGS = ("cls", "mean")
 LR_SCHEDULES = ("constant", "linear")
 BALANCES = ("fixed", "uncertainty")
+STS_LOSS_SCALES = ("label", "unit")  # what the dot and concat heads' squared error is measured in
 
 # Settings a recipe decides unless a flag gives them (the fields below that default to None).
 # "paper" is Multi-BERT's setup exactly. "tuned" is the usual fine-tuning practice the paper
 # lacked (warmup and linear decay, Devlin et al. 2019; mean pooling, Reimers & Gurevych 2019; a
-# higher learning rate for the short schedule) with the STS loss taken on the [-1, 1] scale
-# (weight 0.16 = (2/5)^2), so that its gradients do not swamp the other tasks'.
+# higher learning rate for the short schedule) with every STS loss measured on the [-1, 1] scale
+# of a cosine (for the concat head, its MSE on the 0-5 scale times (2/5)^2 = 0.16), so that its
+# gradients do not swamp the other tasks'.
 RECIPES = {
     "paper": dict(lr=1e-5, lr_schedule="constant", warmup=0.0, head_lr_mult=1.0, pooling="cls",
-                  loss_weights="sst=1,qqp=1,sts=1", balance="fixed"),
+                  loss_weights="sst=1,qqp=1,sts=1", balance="fixed", sts_loss_scale="label"),
     "tuned": dict(lr=1e-4, lr_schedule="linear", warmup=0.1, head_lr_mult=1.0, pooling="mean",
-                  loss_weights="sst=1,qqp=1,sts=0.16", balance="fixed"),
+                  loss_weights="sst=1,qqp=1,sts=1", balance="fixed", sts_loss_scale="unit"),
 }
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -100,6 +102,10 @@ class TrainConfig:
     balance: str | None = setting(None, "fixed (--loss-weights) or uncertainty: each task's weight learned "
                                   "(Kendall et al. 2018), on top of the fixed weights", "recipe",
                                   choices=BALANCES)
+    sts_loss_scale: str | None = setting(None, "the dot and concat heads' squared error on the label scale "
+                                         "0-5 (label, the paper) or on the cosine's scale -1..1 (unit: "
+                                         "divided by 2.5^2, scale-free like the cosine loss)", "recipe",
+                                         choices=STS_LOSS_SCALES)
     probe_every: int | None = setting(None, "every N steps, each task's encoder gradient on a fixed probe "
                                       "batch and the cosine between tasks, in metrics.jsonl (3 extra "
                                       "forward and backward passes each time; unset: none)", "recipe",
@@ -119,6 +125,9 @@ class TrainConfig:
                              "hardware", choices=PRECISIONS)
     compile: bool = setting(False, "torch.compile the encoder (falls back with a warning where it fails)",
                             "hardware")
+    cuda_graphs: bool = setting(False, "CUDA GPU only: pad batches to a few fixed lengths and replay each "
+                                "training step from a captured CUDA graph, with the capturable AdamW "
+                                "(multitask/graphs.py; one process, bf16 or fp32)", "hardware")
     progress: bool = setting(True, "no progress bars", "hardware", flag="--no-progress")
     report_to: str | None = setting(None, "also log training losses, learning rate, gradient norms and dev "
                                     "metrics for TensorBoard, in OUT/tensorboard (pip install -e "
@@ -185,7 +194,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        # A config written before a recipe setting existed meant what the code did then.
+        before = {"sts_loss_scale": "label"} if "recipe" in values else {}
+        return cls(**{**before, **{k: v for k, v in values.items() if k in known}})
 
 
 def flag_name(field: dataclasses.Field) -> str:

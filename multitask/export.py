@@ -29,7 +29,7 @@ How each folder gives back our numbers (fp32; tests/test_export.py compares them
   [CLS] token), projected by the head's linear layer for cosine and mnr. sentence-transformers
   modules: Transformer -> Pooling (CLS token) -> Dense (the pooler's weights, Tanh) -> Dense (the
   projection, no activation; not for dot). `encode` returns our embeddings; the folder's
-  similarity function is cosine (our 0-5 score = 2.5 * (cos + 1)) or, for dot, the dot product
+  similarity function is cosine (our 0-5 score = 5 * cos) or, for dot, the dot product
   (our score itself).
 
 - with --pooling mean (the heads read the mean of the last layer over the real tokens instead
@@ -359,7 +359,7 @@ def write_sentence_transformer(folder: Path, trained: TrainedModel) -> None:
         _write_dense(folder / f"{dense}_Dense", model.similarity.weight, model.similarity.bias, IDENTITY)
     pooled = "[CLS] token -> BERT's pooler (dense + tanh)" if cls else "mean of the tokens"
     if similarity == "cosine":
-        score = "the cosine of two embeddings, c, is the model's similarity as 2.5 * (c + 1) (0-5)"
+        score = "the cosine of two embeddings, c, is the model's similarity as 5 * c (0-5)"
     else:
         score = "the dot product of two embeddings is the model's similarity score (the dot head's, unscaled)"
     _readme(folder, "Sentence embeddings, STS-B (multibert export)", f"""

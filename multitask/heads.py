@@ -4,7 +4,8 @@
     Paraphrase (QQP)  [CLS] a [SEP] b [SEP]    -> pooled -> dropout -> Linear(H, 1)  -> binary cross-entropy
     Similarity (STS), one of four heads:
       dot     a and b encoded alone; score = pooled_a . pooled_b;                 MSE against the label
-      cosine  a and b alone; projected pooled outputs; score = cos(u, v);         MSE against label/2.5 - 1
+      cosine  a and b alone; projected pooled outputs; score = 5 cos(u, v);       MSE of cos against label / 5
+              (the projection starts as the identity: the first score is the checkpoint's own cosine)
       concat  [CLS] a [SEP] b [SEP] -> Linear(H, 1) -> tanh, rescaled to [0, 5]; MSE against the label
       mnr     as cosine, but the first half of the epochs train the multiple negatives ranking
               loss on the pairs labelled >= 4 (Henderson et al. 2017), then the cosine loss
@@ -38,7 +39,7 @@ def layouts(sts_head: str) -> dict[str, str]:
 class MultitaskBert(nn.Module):
     def __init__(self, encoder: BertModel, sts_head: str = "concat", dropout: float = 0.3,
                  pooling: str = "cls", loss_weights: dict[str, float] | None = None,
-                 balance: str = "fixed"):
+                 balance: str = "fixed", sts_loss_scale: str = "label"):
         super().__init__()
         if sts_head not in STS_HEADS:
             raise ValueError(f"unknown STS head {sts_head!r}; choose one of {', '.join(STS_HEADS)}")
@@ -46,6 +47,7 @@ class MultitaskBert(nn.Module):
         self.bert = encoder
         self.sts_head = sts_head
         self.pooling = pooling
+        self.sts_unit_scale = sts_loss_scale == "unit"  # the dot and concat MSE on [-1, 1]: losses.py
         if pooling == "mean":  # the pooler is not used: frozen, so that no step waits for its gradient
             encoder.pooler.requires_grad_(False)
         # Each task's loss weight (fixed, or learned with balance="uncertainty"): see losses.py.
@@ -60,6 +62,11 @@ class MultitaskBert(nn.Module):
             self.similarity = nn.Linear(hidden, 1)
         elif sts_head in ("cosine", "mnr"):
             self.similarity = nn.Linear(hidden, hidden)  # projects each sentence's embedding
+            # Identity and zero bias: training starts from the encoder's own embeddings and
+            # cosines (for a sentence-embedding checkpoint with mean pooling, its zero-shot STS
+            # score) instead of from a random rotation that throws that away.
+            nn.init.eye_(self.similarity.weight)
+            nn.init.zeros_(self.similarity.bias)
         # "dot" has no parameters of its own: the score is the encoder's pooled outputs' product.
         # Wrappers that share the encoder's weights, set by compile_encoder() and, under torchrun,
         # by the trainer (a multitask.distributed.ReplicatedEncoder for the training passes).
@@ -134,7 +141,7 @@ class MultitaskBert(nn.Module):
                     u, v = gather_rows(u), gather_rows(v)
                 return losses.multiple_negatives_ranking_loss(u, v)
             return losses.cosine_similarity_loss(u, v, batch.labels)
-        return losses.similarity_mse_loss(self.similarity_score(batch), batch.labels)
+        return losses.similarity_mse_loss(self.similarity_score(batch), batch.labels, self.sts_unit_scale)
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> torch.Tensor:

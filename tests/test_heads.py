@@ -194,16 +194,30 @@ def test_concat_score_in_label_range_even_for_huge_logits():
 
 
 @pytest.mark.parametrize("head", ["cosine", "mnr"])
-def test_cosine_score_in_label_range(head):
+def test_cosine_score_is_five_times_the_cosine(head):
     model = make_model(head)
     batch = sts_batch(head, size=16)
     score = model.predict(batch)
     assert score.shape == (16,)
-    assert ((score >= 0) & (score <= 5)).all()
+    assert ((score >= -5) & (score <= 5)).all()
     with torch.no_grad():
         u, v = projected_halves(model, batch)
         cos = (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1))
-    assert torch.allclose(score, (cos + 1) * 2.5, atol=1e-5)
+    assert torch.allclose(score, 5 * cos, atol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["cosine", "mnr"])
+def test_untrained_projection_keeps_the_encoders_own_cosine(head):
+    # The projection starts as the identity: before any step, the score is 5 x the cosine of
+    # the encoder's pooled embeddings themselves (a sentence-embedding checkpoint's zero-shot score).
+    model = make_model(head)
+    assert torch.equal(model.similarity.weight, torch.eye(model.similarity.weight.shape[0]))
+    assert torch.equal(model.similarity.bias, torch.zeros_like(model.similarity.bias))
+    batch = sts_batch(head, size=16)
+    with torch.no_grad():
+        u, v = model.pooled(batch).chunk(2)
+        expected = 5 * torch.nn.functional.cosine_similarity(u, v, dim=-1)
+    torch.testing.assert_close(model.predict(batch), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_cosine_score_in_label_range_for_identical_sentences():
@@ -303,7 +317,7 @@ def test_sts_cosine_loss(deterministic, head):
     with torch.no_grad():
         u, v = projected_halves(model, batch)
         cos = (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1))
-        expected = ((cos - (batch.labels / 2.5 - 1)) ** 2).mean()
+        expected = ((cos - batch.labels / 5) ** 2).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     # the label is rescaled: comparing the cosine with the raw 0..5 label gives another number
     assert loss.item() != pytest.approx(((cos - batch.labels) ** 2).mean().item(), rel=1e-2)

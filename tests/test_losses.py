@@ -183,23 +183,23 @@ def test_mnr_rejects_a_non_positive_scale(scale):
 
 def test_label_rescaling_to_the_cosine_range():
     labels = torch.tensor([0.0, 1.25, 2.5, 5.0])
-    torch.testing.assert_close(rescale_similarity_to_cosine(labels), torch.tensor([-1.0, -0.5, 0.0, 1.0]))
+    torch.testing.assert_close(rescale_similarity_to_cosine(labels), torch.tensor([0.0, 0.25, 0.5, 1.0]))
     torch.testing.assert_close(rescale_cosine_to_similarity(rescale_similarity_to_cosine(labels)), labels)
 
 
 def test_cosine_loss_by_hand():
-    # Pair 0: (1, 0) vs (1, 1): cos = 1/sqrt(2); label 2.5 -> target 0; error^2 = 1/2.
-    # Pair 1: (3, 4) vs (3, 4): cos = 1; label 0 -> target -1; error^2 = 4.
-    # Mean: (0.5 + 4) / 2 = 2.25.
+    # Pair 0: (1, 0) vs (0, 1): cos = 0; label 2.5 -> target 0.5; error^2 = 1/4.
+    # Pair 1: (3, 4) vs (3, 4): cos = 1; label 0 -> target 0; error^2 = 1.
+    # Mean: (0.25 + 1) / 2 = 0.625.
     u = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
-    v = torch.tensor([[1.0, 1.0], [3.0, 4.0]])
+    v = torch.tensor([[0.0, 1.0], [3.0, 4.0]])
     labels = torch.tensor([2.5, 0.0])
-    assert cosine_similarity_loss(u, v, labels).item() == pytest.approx(2.25, rel=1e-6)
+    assert cosine_similarity_loss(u, v, labels).item() == pytest.approx(0.625, rel=1e-6)
 
 
 def test_cosine_loss_is_zero_when_cosines_match_the_labels():
     u = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
-    v = torch.tensor([[5.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])  # cos = 1, 0, -1
+    v = torch.tensor([[5.0, 0.0], [1.0, 1.7320508], [0.0, 3.0]])  # cos = 1, 1/2, 0
     labels = torch.tensor([5.0, 2.5, 0.0])
     assert cosine_similarity_loss(u, v, labels).item() == pytest.approx(0.0, abs=1e-12)
 

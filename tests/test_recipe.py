@@ -125,6 +125,29 @@ def test_fixed_task_weights_multiply_the_loss():
     assert list(weighting.parameters()) == []
 
 
+def test_unit_scale_measures_the_sts_error_on_the_tanh_range():
+    # The concat head's score is 2.5 (tanh z + 1); on the unit scale its squared error is that of
+    # tanh z against label / 2.5 - 1, i.e. the 0-5 scale's divided by 2.5^2.
+    batch = Batch("sts", np.arange(2), {"input_ids": torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]]),
+                          "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+                          "token_type_ids": torch.zeros(2, 4, dtype=torch.long)},
+                  torch.tensor([4.5, 0.5]))
+    label, unit = tiny_model(), tiny_model(sts_loss_scale="unit")
+    with torch.no_grad():
+        tanh = (label.similarity_score(batch) / 2.5 - 1.0).double()
+        expected = ((tanh - (batch.labels.double() / 2.5 - 1.0)) ** 2).mean()
+        assert unit.loss(batch).item() == pytest.approx(expected.item(), rel=1e-5)
+        assert label.loss(batch).item() == pytest.approx(6.25 * expected.item(), rel=1e-5)
+
+
+def test_a_config_written_before_sts_loss_scale_existed_keeps_the_label_scale():
+    old = TrainConfig(recipe="tuned").to_dict()
+    del old["sts_loss_scale"]
+    old["loss_weights"] = "sst=1,qqp=1,sts=0.16"  # how the tuned recipe then scaled STS
+    assert TrainConfig.from_dict(old).sts_loss_scale == "label"
+    assert TrainConfig(recipe="tuned").sts_loss_scale == "unit"
+
+
 def test_uncertainty_weighting_follows_kendall_et_al():
     weighting = TaskWeighting(("sst", "qqp", "sts"), {"sst": 1.0, "qqp": 1.0, "sts": 2.0}, learned=True)
     with torch.no_grad():
