@@ -11,6 +11,7 @@
 #                                 gets in the multitask run's plan (the same per-task steps)
 #   multi-paper-concat            the paper's recipe (annealed + concat)
 #   multi-tuned-concat, multi-tuned-cosine, multi-tuned-mnr   the tuned recipe, three STS heads
+#   multi-tuned-shared            the tuned recipe (concat) with --shared-layer (the paper's section 7)
 #   lever-sts-weight, lever-mean-pooling, lever-linear-warmup, lever-lr-1e-4, lever-uncertainty
 #                                 the paper's recipe with one lever of the tuned one (or the learned
 #                                 task weights) switched on
@@ -34,7 +35,7 @@ batches="${BATCHES:-600}"
 seeds=(${SEEDS:-0 1 2})
 all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat single-paper
           lever-sts-weight lever-mean-pooling lever-linear-warmup lever-lr-1e-4 lever-uncertainty
-          multi-tuned-mnr)
+          multi-tuned-mnr multi-tuned-shared)
 rows=(${ROWS:-${all_rows[@]}})
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
         --device cpu --no-progress "$@")
@@ -45,7 +46,8 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat) echo "--recipe tuned --sts-head concat" ;;
         multi-tuned-cosine) echo "--recipe tuned --sts-head cosine" ;;
         multi-tuned-mnr) echo "--recipe tuned --sts-head mnr" ;;
-        lever-sts-weight) echo "--recipe paper --sts-head concat --loss-weights sst=1,qqp=1,sts=0.16" ;;
+        multi-tuned-shared) echo "--recipe tuned --sts-head concat --shared-layer" ;;
+        lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
         lever-mean-pooling) echo "--recipe paper --sts-head concat --pooling mean" ;;
         lever-linear-warmup) echo "--recipe paper --sts-head concat --lr-schedule linear --warmup 0.1" ;;
         lever-lr-1e-4) echo "--recipe paper --sts-head concat --lr 1e-4" ;;

@@ -106,6 +106,9 @@ class TrainConfig:
                                          "0-5 (label, the paper) or on the cosine's scale -1..1 (unit: "
                                          "divided by 2.5^2, scale-free like the cosine loss)", "recipe",
                                          choices=STS_LOSS_SCALES)
+    shared_layer: bool = setting(False, "a residual feed-forward layer between the encoder and every task "
+                                 "head, trained by all tasks (the paper's proposed future work, section 7)",
+                                 "recipe")
     probe_every: int | None = setting(None, "every N steps, each task's encoder gradient on a fixed probe "
                                       "batch and the cosine between tasks, in metrics.jsonl (3 extra "
                                       "forward and backward passes each time; unset: none)", "recipe",

@@ -163,6 +163,11 @@ def why_not(trained: TrainedModel) -> dict[str, str]:
         elif counts is not None and counts[task] == 0:
             reasons[part] = (f"the run never trained the {part} head (0 batches of {task} up to the "
                              f"saved epoch), so its weights are the random initialisation")
+    if getattr(trained.model, "shared", None) is not None:
+        for part in TASK_OF_PART:
+            reasons.setdefault(part, f"the run's heads read the encoder through --shared-layer, a residual "
+                                     f"block that no standard transformers or sentence-transformers module "
+                                     f"has, so the {part} head cannot be exported exactly")
     pooling = pooling_of(trained)
     if pooling == "mean":
         # transformers' BertForSequenceClassification (which CrossEncoder loads too) classifies
@@ -188,7 +193,8 @@ def choose_parts(trained: TrainedModel, only: list[str] | None) -> list[str]:
     head = trained.config.sts_head
     names = trained.model.state_dict()
     unknown = sorted(n for n in names if n not in KNOWN_HEAD_PARAMETERS
-                     and not n.startswith(("bert.", "task_weighting.")))  # (training-only loss weights)
+                     and not n.startswith(("bert.", "task_weighting.", "shared.")))  # (loss weights: training
+    # only; the shared layer: why_not refuses the heads that read it)
     if unknown:
         raise ExportError(f"{trained.folder}: the checkpoint has parameters the export cannot map "
                           f"onto a standard model ({', '.join(unknown[:5])}); its heads cannot be "

@@ -10,6 +10,9 @@
       mnr     as cosine, but the first half of the epochs train the multiple negatives ranking
               loss on the pairs labelled >= 4 (Henderson et al. 2017), then the cosine loss
 
+With shared_layer, every head reads the pooled embedding through one more layer that all tasks
+share and train (`SharedLayer`), the paper's proposed future work (section 7).
+
 "pooled" is BERT's pooler output (dense + tanh on [CLS]), as in the paper, or with pooling="mean"
 the mean of the last layer over the real tokens (how sentence-embedding checkpoints such as
 all-MiniLM-L6-v2 were trained). Each head sees it through its own dropout (the paper's 0.3). The losses themselves live in multitask/losses.py.
@@ -36,10 +39,33 @@ def layouts(sts_head: str) -> dict[str, str]:
     return {"sst": "single", "qqp": "joint", "sts": "joint" if sts_head == "concat" else "separate"}
 
 
+class SharedLayer(nn.Module):
+    """A residual feed-forward block between the encoder and every task head:
+
+        shared(x) = x + W_out gelu(W_in x + b_in) + b_out          (B, H) -> (B, H)
+
+    The paper's section 7 proposes "shared weights between task heads", expecting the tasks to
+    transfer patterns through them. W_out and b_out start at zero, so the block starts as the
+    identity and the heads (and a cosine head's zero-shot score) begin exactly where they would
+    without it; training then grows it. (W_in gets gradient once W_out is non-zero, after the
+    first step.)
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.dense_in = nn.Linear(hidden, hidden)
+        self.dense_out = nn.Linear(hidden, hidden)
+        nn.init.zeros_(self.dense_out.weight)
+        nn.init.zeros_(self.dense_out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dense_out(F.gelu(self.dense_in(x)))  # (B, H)
+
+
 class MultitaskBert(nn.Module):
     def __init__(self, encoder: BertModel, sts_head: str = "concat", dropout: float = 0.3,
                  pooling: str = "cls", loss_weights: dict[str, float] | None = None,
-                 balance: str = "fixed", sts_loss_scale: str = "label"):
+                 balance: str = "fixed", sts_loss_scale: str = "label", shared_layer: bool = False):
         super().__init__()
         if sts_head not in STS_HEADS:
             raise ValueError(f"unknown STS head {sts_head!r}; choose one of {', '.join(STS_HEADS)}")
@@ -53,6 +79,7 @@ class MultitaskBert(nn.Module):
         # Each task's loss weight (fixed, or learned with balance="uncertainty"): see losses.py.
         self.task_weighting = losses.TaskWeighting(TASKS, loss_weights or dict.fromkeys(TASKS, 1.0),
                                                    learned=balance == "uncertainty")
+        self.shared = SharedLayer(hidden) if shared_layer else None  # read by every head
         self.sentiment_dropout = nn.Dropout(dropout)
         self.sentiment = nn.Linear(hidden, NUM_SENTIMENTS)
         self.paraphrase_dropout = nn.Dropout(dropout)
@@ -91,11 +118,12 @@ class MultitaskBert(nn.Module):
             encoder = self.compiled_encoder or self.bert
         outputs = encoder(**batch.inputs)
         if self.pooling == "cls":
-            return outputs["pooler_output"]  # (B, H), or (2B, H) for "separate"
-        # mean pooling: the average of the last layer over each input's real tokens
-        mask = batch.inputs["attention_mask"].unsqueeze(-1).to(outputs["last_hidden_state"].dtype)  # (B, T, 1)
-        summed = (outputs["last_hidden_state"] * mask).sum(dim=1)  # (B, H)
-        return summed / mask.sum(dim=1).clamp(min=1.0)  # (B, H)
+            pooled = outputs["pooler_output"]  # (B, H), or (2B, H) for "separate"
+        else:  # mean pooling: the average of the last layer over each input's real tokens
+            mask = batch.inputs["attention_mask"].unsqueeze(-1).to(outputs["last_hidden_state"].dtype)  # (B, T, 1)
+            summed = (outputs["last_hidden_state"] * mask).sum(dim=1)  # (B, H)
+            pooled = summed / mask.sum(dim=1).clamp(min=1.0)  # (B, H)
+        return pooled if self.shared is None else self.shared(pooled)
 
     def sentiment_logits(self, batch: Batch) -> torch.Tensor:
         return self.sentiment(self.sentiment_dropout(self.pooled(batch)))  # (B, 5)

@@ -213,3 +213,15 @@ def test_a_run_of_some_tasks_exports_only_those(runs, tmp_path, capsys):
     assert sorted(p.name for p in out_dir.iterdir() if p.is_dir()) == ["paraphrase", "sst"]
     assert export.main([str(run), str(out_dir), "--only", "sts-concat"]) == 1
     assert "it trained --tasks sst,qqp" in capsys.readouterr().err
+
+
+def test_a_shared_layer_run_exports_the_encoder_and_refuses_every_head(runs, tmp_path, capsys):
+    needs_setting("shared_layer")
+    run = write_random_run(tmp_path / "shared", runs["cosine"] / "best", "cosine", MAX_LENGTH, shared_layer=True)
+    out_dir = tmp_path / "out"
+    assert export.main([str(run), str(out_dir)]) == 0
+    err = capsys.readouterr().err
+    for part in ("sst", "paraphrase", "sts"):
+        assert f"note: {part} not exported: the run's heads read the encoder through --shared-layer" in err
+    assert sorted(p.name for p in out_dir.iterdir() if p.is_dir()) == []
+    assert (out_dir / "model.safetensors").is_file()  # the encoder itself is still exported

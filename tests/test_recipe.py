@@ -114,6 +114,37 @@ def test_mean_pooling_averages_the_real_tokens_only():
     torch.testing.assert_close(cls.pooled(batch_of(rows, 4)), cls.bert(**batch_of(rows, 4).inputs)["pooler_output"])
 
 
+# ---- the layer shared by the heads (--shared-layer) ------------------------------------------
+
+
+def test_shared_layer_is_a_residual_block_that_starts_as_the_identity():
+    model = tiny_model(pooling="mean", shared_layer=True)
+    plain = tiny_model(pooling="mean")
+    batch = batch_of([[2, 7, 9, 3], [2, 11, 3]], 4)
+    with torch.no_grad():
+        torch.testing.assert_close(model.pooled(batch), plain.pooled(batch), atol=0, rtol=0)
+        layer = model.shared
+        torch.nn.init.normal_(layer.dense_out.weight)
+        torch.nn.init.normal_(layer.dense_out.bias)
+        x = plain.pooled(batch).double()
+        inner = torch.nn.functional.gelu(x @ layer.dense_in.weight.double().T + layer.dense_in.bias.double())
+        expected = x + inner @ layer.dense_out.weight.double().T + layer.dense_out.bias.double()
+        torch.testing.assert_close(model.pooled(batch).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_every_task_trains_the_shared_layer(tiny_setup, tmp_path):
+    config = tiny_config(tiny_setup, tmp_path, shared_layer=True, pooling="mean")
+    trainer = training.Trainer(config, log=lambda m: None)
+    assert trainer.model.shared is not None
+    trainer.train_step("sst", False, training.EpochProgress(1))  # W_out leaves zero: W_in gets gradient next
+    for task in ("sst", "qqp", "sts"):
+        trainer.model.zero_grad(set_to_none=True)
+        before = trainer.model.shared.dense_in.weight.detach().clone()
+        trainer.train_step(task, False, training.EpochProgress(1))
+        assert trainer.model.shared.dense_in.weight.grad.abs().sum() > 0, task
+        assert not torch.equal(trainer.model.shared.dense_in.weight, before), task
+
+
 # ---- task weights ---------------------------------------------------------------------------
 
 
