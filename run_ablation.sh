@@ -12,6 +12,9 @@
 #   multi-paper-concat            the paper's recipe (annealed + concat)
 #   multi-tuned-concat, multi-tuned-cosine, multi-tuned-mnr   the tuned recipe, three STS heads
 #   multi-tuned-shared            the tuned recipe (concat) with --shared-layer (the paper's section 7)
+#   multi-tuned-concat-equal-norm, multi-tuned-cosine-equal-norm    the tuned recipe with
+#                                 --balance equal-norm (every task's encoder gradient brought to the
+#                                 same running norm)
 #   lever-sts-weight, lever-mean-pooling, lever-linear-warmup, lever-lr-1e-4, lever-uncertainty
 #                                 the paper's recipe with one lever of the tuned one (or the learned
 #                                 task weights) switched on
@@ -35,7 +38,7 @@ batches="${BATCHES:-600}"
 seeds=(${SEEDS:-0 1 2})
 all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat single-paper
           lever-sts-weight lever-mean-pooling lever-linear-warmup lever-lr-1e-4 lever-uncertainty
-          multi-tuned-mnr multi-tuned-shared)
+          multi-tuned-mnr multi-tuned-shared multi-tuned-concat-equal-norm multi-tuned-cosine-equal-norm)
 rows=(${ROWS:-${all_rows[@]}})
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
         --device cpu --no-progress "$@")
@@ -47,6 +50,8 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-cosine) echo "--recipe tuned --sts-head cosine" ;;
         multi-tuned-mnr) echo "--recipe tuned --sts-head mnr" ;;
         multi-tuned-shared) echo "--recipe tuned --sts-head concat --shared-layer" ;;
+        multi-tuned-concat-equal-norm) echo "--recipe tuned --sts-head concat --balance equal-norm" ;;
+        multi-tuned-cosine-equal-norm) echo "--recipe tuned --sts-head cosine --balance equal-norm" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
         lever-mean-pooling) echo "--recipe paper --sts-head concat --pooling mean" ;;
         lever-linear-warmup) echo "--recipe paper --sts-head concat --lr-schedule linear --warmup 0.1" ;;

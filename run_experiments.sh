@@ -7,6 +7,7 @@
 #   bash run_experiments.sh cpu                    # a scaled-down run on a CPU, about an hour
 #   MODEL=dir DATA_DIR=dir bash run_experiments.sh smoke --device cpu   # seconds; for tests
 #   PROFILE=cpu bash run_experiments.sh --lr 2e-5  # the profile may also come from PROFILE
+#   RECIPE=tuned bash run_experiments.sh cpu       # the same seven with the tuned recipe
 #
 # Arguments after the profile go to every multitask_classifier.py call, after the profile's own
 # settings, so they override them (argparse keeps the last value of a repeated flag).
@@ -17,7 +18,10 @@
 # configuration resumes from its last training checkpoint, checkpoint.pt). At the end, `python -m multitask.results`
 # writes RUNS_DIR/results.md, results.csv and dev_metrics.png.
 #
-# Environment: PROFILE, MODEL, DATA_DIR, RUNS_DIR, and PYTHON (the interpreter; default python3).
+# RECIPE (paper by default: these are the paper's experiments) picks --recipe; with tuned, the
+# recipe's own learning rate replaces the profile's, and RUNS_DIR defaults to runs/<profile>-tuned.
+#
+# Environment: PROFILE, RECIPE, MODEL, DATA_DIR, RUNS_DIR, and PYTHON (the interpreter; default python3).
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,6 +37,7 @@ Trains the paper's seven configurations into RUNS_DIR/<sampler>-<head>/ and tabu
   smoke  MODEL and DATA_DIR from the environment, 1 epoch x 4 batches (for tests)
   ablation  multitask against single-task, recipe by recipe, 3 seeds (run_ablation.sh)
 The profile may also be given as PROFILE=...; RUNS_DIR defaults to runs/<profile>.
+RECIPE=tuned runs the same seven with --recipe tuned (its own lr) into runs/<profile>-tuned.
 EOF
 }
 
@@ -96,7 +101,25 @@ case "$profile" in
         exit 2
         ;;
 esac
-runs_dir="${RUNS_DIR:-runs/$profile}"
+recipe="${RECIPE:-paper}"
+case "$recipe" in
+    paper) recipe_args=(--recipe paper) ;;
+    tuned)  # the recipe's learning rate, not the profile's (which scales the paper's)
+        recipe_args=(--recipe tuned)
+        kept=()
+        while (( ${#profile_args[@]} )); do
+            if [[ "${profile_args[0]}" == --lr ]]; then
+                profile_args=("${profile_args[@]:2}")  # the flag and its value
+            else
+                kept+=("${profile_args[0]}"); profile_args=("${profile_args[@]:1}")
+            fi
+        done
+        profile_args=("${kept[@]}") ;;
+    *) echo "error: RECIPE must be paper or tuned, got '$recipe'" >&2; exit 2 ;;
+esac
+suffix=""
+[[ "$recipe" == paper ]] || suffix="-$recipe"
+runs_dir="${RUNS_DIR:-runs/$profile$suffix}"
 
 # The paper's seven configurations, "sampler head", in the order of its results table.
 configurations=(
@@ -108,7 +131,7 @@ configurations=(
 # The packages are imported from the checkout even where it is not pip-installed.
 export PYTHONPATH="$script_dir${PYTHONPATH:+:$PYTHONPATH}"
 
-echo "profile $profile: model $model, data $data_dir, runs in $runs_dir"
+echo "profile $profile, recipe $recipe: model $model, data $data_dir, runs in $runs_dir"
 failed=()
 for configuration in "${configurations[@]}"; do
     read -r sampler head <<<"$configuration"
@@ -130,7 +153,7 @@ for configuration in "${configurations[@]}"; do
     status=0
     # tee keeps a log beside the run's results; pipefail makes the status the trainer's own.
     "$PYTHON" "$script_dir/multitask_classifier.py" --model "$model" --data-dir "$data_dir" \
-        "${profile_args[@]}" "$@" \
+        "${recipe_args[@]}" "${profile_args[@]}" "$@" \
         --sampler "$sampler" --sts-head "$head" --out-dir "$run_dir" ${resume[@]+"${resume[@]}"} \
         2>&1 | tee "$run_dir/train.log" || status=$?
     if [[ $status -eq 130 ]]; then

@@ -22,7 +22,7 @@ STS_HEADS = ("dot", "cosine", "concat", "mnr")  # multitask/heads.py builds each
 TASKS = ("sst", "qqp", "sts")
 POOLINGS = ("cls", "mean")
 LR_SCHEDULES = ("constant", "linear")
-BALANCES = ("fixed", "uncertainty")
+BALANCES = ("fixed", "uncertainty", "equal-norm")
 STS_LOSS_SCALES = ("label", "unit")  # what the dot and concat heads' squared error is measured in
 
 # Settings a recipe decides unless a flag gives them (the fields below that default to None).
@@ -99,8 +99,10 @@ class TrainConfig:
                                   choices=POOLINGS)
     loss_weights: str | None = setting(None, "fixed weight of each task's loss, e.g. sst=1,qqp=1,sts=0.16",
                                        "recipe")
-    balance: str | None = setting(None, "fixed (--loss-weights) or uncertainty: each task's weight learned "
-                                  "(Kendall et al. 2018), on top of the fixed weights", "recipe",
+    balance: str | None = setting(None, "fixed (--loss-weights); uncertainty: each task's weight learned "
+                                  "(Kendall et al. 2018), on top of the fixed weights; equal-norm: each "
+                                  "step's encoder gradient rescaled so that every task's running gradient "
+                                  "norm is the tasks' mean (GradNorm-style, Chen et al. 2018)", "recipe",
                                   choices=BALANCES)
     sts_loss_scale: str | None = setting(None, "the dot and concat heads' squared error on the label scale "
                                          "0-5 (label, the paper) or on the cosine's scale -1..1 (unit: "

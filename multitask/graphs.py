@@ -139,6 +139,7 @@ class GraphedSteps:
             loss = model.loss(batch, use_mnr=mnr)
         model.task_weighting(task, loss).backward()  # --loss-weights, --balance
         norm = encoder_gradient_norm(model.bert)
+        model.task_weighting.balance_gradients(task, norm, model.bert.parameters())  # --balance equal-norm
         optimizer.step()
         return loss.detach(), norm
 

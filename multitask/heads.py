@@ -76,9 +76,11 @@ class MultitaskBert(nn.Module):
         self.sts_unit_scale = sts_loss_scale == "unit"  # the dot and concat MSE on [-1, 1]: losses.py
         if pooling == "mean":  # the pooler is not used: frozen, so that no step waits for its gradient
             encoder.pooler.requires_grad_(False)
-        # Each task's loss weight (fixed, or learned with balance="uncertainty"): see losses.py.
+        # Each task's loss weight (fixed, or learned with balance="uncertainty") and, with
+        # balance="equal-norm", its gradient's rescaling: see losses.py.
         self.task_weighting = losses.TaskWeighting(TASKS, loss_weights or dict.fromkeys(TASKS, 1.0),
-                                                   learned=balance == "uncertainty")
+                                                   learned=balance == "uncertainty",
+                                                   equal_norm=balance == "equal-norm")
         self.shared = SharedLayer(hidden) if shared_layer else None  # read by every head
         self.sentiment_dropout = nn.Dropout(dropout)
         self.sentiment = nn.Linear(hidden, NUM_SENTIMENTS)

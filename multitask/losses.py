@@ -158,9 +158,26 @@ def mnr_positive_mask(labels_0_5: Tensor, threshold: float = MNR_POSITIVE_THRESH
 
 
 class TaskWeighting(torch.nn.Module):
-    """How much each task's loss counts in the shared encoder's update (one task per step).
+    """How much each task counts in the shared encoder's update (one task per step).
 
     fixed:        w_t * L_t, with the weights of --loss-weights (all 1 in the paper).
+    equal-norm:   w_t * L_t, and after the backward pass the step's encoder gradient g is
+                  rescaled so that every task pushes the encoder equally hard on average:
+
+                      n_t = decay * n_t + (1 - decay) * ||g||    (the first step of t: n_t = ||g||)
+                      g  <- g * mean_s(n_s) / n_t                (mean over the tasks seen so far)
+
+                  One AdamW serves all tasks, and its second moments average every task's
+                  squared gradients: a task whose gradients are ten times smaller (the cosine
+                  head's, measured in issue 15) moves the encoder ten times less. This is the
+                  direct form of the gradient-norm balancing that GradNorm (Chen, Badrinarayanan,
+                  Lee & Rabinovich 2018, "GradNorm: Gradient Normalization for Adaptive Loss
+                  Balancing in Deep Multitask Networks") reaches by learning the loss weights:
+                  here the norms are equalised outright (GradNorm's alpha = 0), with running
+                  averages because only one task has a gradient at each step. The task's own
+                  step-to-step variation is kept; heads are not rescaled (AdamW's per-parameter
+                  normalisation makes their scale moot). The averages are buffers: they are saved
+                  and resumed with the model.
     uncertainty:  w_t * (exp(-s_t) * L_t + s_t), where s_t = log sigma_t^2 is learned with the
                   model (Kendall, Gal & Cipolla 2018, "Multi-Task Learning Using Uncertainty to
                   Weigh Losses For Scene Geometry and Semantics"). A task whose loss stays large
@@ -170,11 +187,33 @@ class TaskWeighting(torch.nn.Module):
                   log sigma^2, 1/2 on a classification task's log sigma^2) are left out.
     """
 
-    def __init__(self, tasks: tuple[str, ...], weights: dict[str, float], learned: bool = False):
+    def __init__(self, tasks: tuple[str, ...], weights: dict[str, float], learned: bool = False,
+                 equal_norm: bool = False, decay: float = 0.9):
         super().__init__()
         self.tasks, self.weights = tuple(tasks), dict(weights)
         # s_t = 0 at the start: every task begins with weight exp(0) = 1.
         self.log_variance = torch.nn.Parameter(torch.zeros(len(self.tasks))) if learned else None
+        self.equal_norm, self.decay = equal_norm, decay
+        if equal_norm:  # n_t, and whether task t has had a step yet
+            self.register_buffer("norm_average", torch.zeros(len(self.tasks)))
+            self.register_buffer("seen", torch.zeros(len(self.tasks), dtype=torch.bool))
+
+    @torch.no_grad()
+    def balance_gradients(self, task: str, norm: Tensor, parameters) -> None:
+        """equal-norm: rescale the encoder gradients of this step of `task`, whose norm is `norm`
+        (a device scalar; no host sync). Nothing for the other balances."""
+        if not self.equal_norm:
+            return
+        t = self.tasks.index(task)
+        norm = norm.float().to(self.norm_average.device)
+        finite = torch.isfinite(norm)  # (an fp16 step that the scaler will skip: left out)
+        blended = self.decay * self.norm_average[t] + (1.0 - self.decay) * norm
+        self.norm_average[t] = torch.where(finite, torch.where(self.seen[t], blended, norm), self.norm_average[t])
+        self.seen[t] |= finite
+        target = (self.norm_average * self.seen).sum() / self.seen.sum().clamp(min=1)  # mean over the tasks seen
+        scale = torch.where(finite, target / self.norm_average[t].clamp(min=1e-12), 1.0)
+        grads = [p.grad for p in parameters if p.grad is not None]
+        torch._foreach_mul_(grads, scale.to(grads[0].dtype))
 
     def forward(self, task: str, loss: Tensor) -> Tensor:
         if self.log_variance is None:

@@ -221,7 +221,9 @@ class Trainer:
             step_loss += loss.detach()
         self.distributed.average_gradients(self.model.head_parameters())  # DDP covers the encoder
         self.scaler.unscale_(self.optimizer)  # (fp16: the true gradients, for the norm and the step)
-        progress.add_grad_norm(task, encoder_gradient_norm(self.model.bert))  # how hard this task pushes
+        norm = encoder_gradient_norm(self.model.bert)  # how hard this task pushes
+        progress.add_grad_norm(task, norm)
+        self.model.task_weighting.balance_gradients(task, norm, self.model.bert.parameters())  # --balance equal-norm
         self.scaler.step(self.optimizer)  # AdamW (skipped by the fp16 scaler on inf gradients)
         self.scaler.update()
         return step_loss, ids

@@ -138,6 +138,16 @@ def test_profile_command_lines_and_a_failing_configuration(tmp_path):
     assert first[first.index("--batches-per-epoch") + 1] == "120"
     shared = REPO_ROOT / ".." / "shared" / "data"
     assert first[first.index("--data-dir") + 1] == str(shared if shared.is_dir() else REPO_ROOT / "data")
+    assert first[first.index("--recipe") + 1] == "paper" and first[first.index("--lr") + 1] == "3e-5"
+
+    # RECIPE=tuned: the same seven with the tuned recipe, whose own learning rate replaces the profile's.
+    log.unlink()
+    assert run_script({**env, "RECIPE": "tuned"}, "cpu").returncode == 0
+    first = log.read_text().splitlines()[0].split()
+    assert first[first.index("--recipe") + 1] == "tuned" and "--lr" not in first
+    assert first[first.index("--batches-per-epoch") + 1] == "120"
+    process = run_script({**env, "RECIPE": "best"}, "cpu")
+    assert process.returncode == 2 and "RECIPE must be paper or tuned" in process.stderr
 
     # A failing configuration does not stop the others; the script reports it and exits 1.
     log.unlink()

@@ -206,6 +206,42 @@ def test_a_zero_weight_task_leaves_the_model_unchanged(tiny_setup, tmp_path):
                            before["bert.embeddings.word_embeddings.weight"])
 
 
+def test_equal_norm_rescales_each_step_to_the_mean_of_the_running_norms():
+    weighting = TaskWeighting(("sst", "qqp", "sts"), {"sst": 1.0, "qqp": 1.0, "sts": 0.5},
+                              equal_norm=True, decay=0.5)
+    assert weighting("sts", torch.tensor(2.0)).item() == 1.0  # the fixed weights still apply
+    weight = torch.nn.Parameter(torch.zeros(3))
+
+    def step(task, norm):
+        weight.grad = torch.tensor([3.0, 4.0, 0.0]) * (norm / 5.0)  # a gradient of that norm
+        weighting.balance_gradients(task, torch.tensor(norm), [weight])
+        return weight.grad
+
+    torch.testing.assert_close(step("sst", 4.0), torch.tensor([2.4, 3.2, 0.0]))  # alone: unchanged
+    # sts, norm 0.5: averages sst 4, sts 0.5; target 2.25; the gradient becomes norm 2.25.
+    torch.testing.assert_close(step("sts", 0.5), torch.tensor([3.0, 4.0, 0.0]) * 2.25 / 5)
+    # sst again, norm 2: its average 0.5 * 4 + 0.5 * 2 = 3; target (3 + 0.5) / 2; scale 1.75 / 3.
+    torch.testing.assert_close(step("sst", 2.0), torch.tensor([3.0, 4.0, 0.0]) * (2.0 / 5) * (1.75 / 3))
+    torch.testing.assert_close(weighting.norm_average, torch.tensor([3.0, 0.0, 0.5]))
+    assert weighting.seen.tolist() == [True, False, True]
+    assert sorted(weighting.state_dict()) == ["norm_average", "seen"]  # saved and resumed with the model
+
+
+def test_equal_norm_lifts_the_weak_tasks_gradient_in_a_real_step(tiny_setup, tmp_path):
+    config = tiny_config(tiny_setup, tmp_path, balance="equal-norm", loss_weights="sst=1,qqp=1,sts=0.001")
+    trainer = training.Trainer(config, log=lambda m: None)
+    progress = training.EpochProgress(1)
+    trainer.train_step("sst", False, progress)
+    trainer.train_step("sts", False, progress)  # a loss weighted 0.001: a tiny gradient, lifted
+    averages = trainer.model.task_weighting.norm_average
+    recorded = {t: progress.grad_norms[t][0].item() for t in ("sst", "sts")}  # (sum, steps) of one step  # the norms before rescaling
+    assert averages[0].item() == pytest.approx(recorded["sst"], rel=1e-6)
+    assert averages[2].item() == pytest.approx(recorded["sts"], rel=1e-6)
+    assert recorded["sts"] < 0.1 * recorded["sst"]
+    after = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in trainer.model.bert.parameters() if p.grad is not None))
+    assert after.item() == pytest.approx((recorded["sst"] + recorded["sts"]) / 2, rel=1e-4)
+
+
 def test_uncertainty_weights_are_learned_and_saved(tiny_setup, tmp_path):
     config = tiny_config(tiny_setup, tmp_path, epochs=1, batches_per_epoch=12, balance="uncertainty")
     training.train(config, log=lambda m: None)
