@@ -1,13 +1,19 @@
 """The multitask ablation's table: each row's dev scores over seeds, and multitask against
 single-task at the same per-task steps (run_ablation.sh trains the runs).
 
-    python -m multitask.ablation runs/ablation          # writes ablation.md and ablation.csv there
+    python -m multitask.ablation runs/ablation          # writes ablation.md, .csv and .png there
     python -m multitask.ablation --plan-counts --data-dir D --batches 600 --seed 0
 
 A row folder holds seed<k>/ folders. A multitask row's seed folder is a run (final_metrics.json);
 a single-task row's holds one run per task (sst/, qqp/, sts/, and sts-cosine/ for the cosine
 head), whose scores together make the row's line. `--plan-counts` prints how many of a multitask
 run's batches each task gets (sst qqp sts), so that the single-task runs train the same steps.
+
+Besides each row's mean and spread, the table gives each multitask row's difference from the
+single-task row (single-tuned by default) seed by seed: seed k of both trained the same per-task
+steps on the same data order, so the paired difference cancels most of what a seed changes. A
+row whose STS head encodes each sentence alone (cosine, mnr) is compared on STS with the
+single-task cosine run (sts-cosine/), the concat and dot heads with the single-task concat run.
 """
 
 from __future__ import annotations
@@ -73,6 +79,84 @@ def collect(runs_dir: Path) -> dict[str, dict[str, list[float]]]:
     return rows
 
 
+def sts_head_of(seed_dir: Path) -> str | None:
+    config = read_json(seed_dir / "train_config.json")
+    return config.get("sts_head") if config else None
+
+
+def paired_differences(runs_dir: Path, baseline: str) -> dict[str, dict[str, list[float]]]:
+    """row -> metric -> (row - baseline) for each seed both have: a multitask row's scores
+    against the single-task row's of the same seed, STS against the same kind of head."""
+    base_dir = runs_dir / baseline
+    differences: dict[str, dict[str, list[float]]] = {}
+    for row_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and p.name != baseline):
+        for seed_dir in sorted(row_dir.glob("seed*")):
+            ours, theirs = seed_scores(seed_dir), seed_scores(base_dir / seed_dir.name)
+            if not ours or not theirs or "overall" not in ours or "overall" not in theirs:
+                continue  # a single-task row, or no (complete) baseline for this seed
+            theirs = dict(theirs)
+            if sts_head_of(seed_dir) in ("cosine", "mnr"):  # compare like with like
+                if "sts_corr_cosine" not in theirs:
+                    continue
+                theirs["sts_corr"] = theirs["sts_corr_cosine"]
+                theirs["overall"] = overall_score(theirs["sst_acc"], theirs["qqp_acc"], theirs["sts_corr"])
+            for metric in METRICS:
+                if metric in ours and metric in theirs:
+                    differences.setdefault(row_dir.name, {}).setdefault(metric, []).append(ours[metric] - theirs[metric])
+    return differences
+
+
+def signed(values: list[float]) -> str:
+    """The mean paired difference, signed, with the seeds' values: +0.004 (+0.005 / -0.001 / +0.008)."""
+    each = " / ".join(f"{v:+.3f}" for v in values)
+    return f"{statistics.mean(values):+.3f} ({each})"
+
+
+def difference_table(differences: dict[str, dict[str, list[float]]], baseline: str) -> str:
+    lines = [f"| row, minus {baseline} (paired by seed) | " + " | ".join(METRICS) + " |",
+             "|---" * (len(METRICS) + 1) + "|"]
+    for row, metrics in differences.items():
+        lines.append(f"| {row} | " + " | ".join(signed(metrics[m]) if m in metrics else "" for m in METRICS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: dict[str, dict[str, list[float]]], path: Path) -> bool:
+    """Each row's seeds (dots) and mean (bar) per dev score, one panel per score, and the
+    single-task cosine head's STS (crosses); False when matplotlib is absent."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = list(rows)
+    figure, axes = plt.subplots(1, len(METRICS), figsize=(3.6 * len(METRICS), 0.4 * len(names) + 1.6), sharey=True)
+    for axis, metric in zip(axes, METRICS):
+        scored = []
+        for y, name in enumerate(names):
+            values = rows[name].get(metric, [])
+            if metric == "sts_corr" and rows[name].get("sts_corr_cosine"):
+                cosine = rows[name]["sts_corr_cosine"]
+                axis.plot(cosine, [y] * len(cosine), "x", color="tab:orange")
+                scored += cosine
+            if values:
+                axis.barh(y, statistics.mean(values), color="tab:blue", alpha=0.3)
+                axis.plot(values, [y] * len(values), "o", color="tab:blue", markersize=4)
+                scored += values
+        if scored:
+            axis.set_xlim(min(scored) - 0.02, max(scored) + 0.02)
+        axis.set_title(metric)
+        axis.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(names)), names)
+    axes[0].invert_yaxis()
+    figure.suptitle("dev scores: seeds (dots), mean (bar); x: the single-task cosine head's STS", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
 def summary(values: list[float]) -> str:
     """mean ± sample standard deviation (n seeds); a single seed has no spread."""
     if len(values) == 1:
@@ -99,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="data", help="with --plan-counts: the training files")
     parser.add_argument("--batches", type=int, default=600, help="with --plan-counts: the run's batches")
     parser.add_argument("--seed", type=int, default=0, help="with --plan-counts: the run's --seed")
+    parser.add_argument("--baseline", default="single-tuned",
+                        help="the single-task row the multitask rows are compared with, seed by seed")
     args = parser.parse_args(argv)
     if args.plan_counts:
         print(*plan_counts(args.data_dir, args.batches, args.seed).values())
@@ -110,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.runs_dir}: no finished run (final_metrics.json) yet", file=sys.stderr)
         return 1
     text = table(rows)
+    if (args.runs_dir / args.baseline).is_dir():
+        text += "\n" + difference_table(paired_differences(args.runs_dir, args.baseline), args.baseline)
     (args.runs_dir / "ablation.md").write_text(text)
+    plot(rows, args.runs_dir / "ablation.png")
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["row", "metric", "seed_values"])

@@ -67,3 +67,33 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     assert [multi[f"batches_{t}"] for t in TASKS] == [counts[t] for t in TASKS]
     table = (runs / "ablation.md").read_text()
     assert "| multi-paper-concat |" in table and "| single-paper |" in table
+
+
+def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head(tmp_path):
+    def multi(row, seed, head, sst, qqp, sts):
+        folder = tmp_path / row / f"seed{seed}"
+        write_final(folder, sst_acc=sst, qqp_acc=qqp, sts_corr=sts, overall=(sst + qqp + (sts + 1) / 2) / 3)
+        (folder / "train_config.json").write_text(json.dumps({"sts_head": head}))
+
+    for seed, (sst, qqp, sts, cosine) in enumerate([(0.45, 0.80, 0.82, 0.84), (0.43, 0.82, 0.80, 0.83)]):
+        for task, metric, value in (("sst", "sst_acc", sst), ("qqp", "qqp_acc", qqp), ("sts", "sts_corr", sts),
+                                    ("sts-cosine", "sts_corr", cosine)):
+            write_final(tmp_path / "single-tuned" / f"seed{seed}" / task, **{metric: value, "overall": 0.0})
+    multi("concat", 0, "concat", 0.46, 0.79, 0.83)
+    multi("concat", 1, "concat", 0.45, 0.82, 0.80)
+    multi("cosine", 0, "cosine", 0.44, 0.80, 0.80)
+    multi("cosine", 2, "cosine", 0.50, 0.90, 0.90)  # no single-task seed 2: left out
+    differences = ablation.paired_differences(tmp_path, "single-tuned")
+    assert differences["concat"]["sst_acc"] == [pytest.approx(0.01), pytest.approx(0.02)]
+    assert differences["concat"]["qqp_acc"] == [pytest.approx(-0.01), pytest.approx(0.0, abs=1e-12)]
+    assert differences["cosine"]["sts_corr"] == [pytest.approx(0.80 - 0.84)]  # the cosine single-task run
+    overall = differences["cosine"]["overall"][0]
+    assert overall == pytest.approx(((0.44 - 0.45) + (0.80 - 0.80) + (0.80 - 0.84) / 2) / 3)
+    assert "single-tuned" not in differences
+    text = ablation.difference_table(differences, "single-tuned")
+    assert "| concat | +0.015 (+0.010 / +0.020) |" in text
+
+    assert ablation.main([str(tmp_path)]) == 0
+    assert "minus single-tuned (paired by seed)" in (tmp_path / "ablation.md").read_text()
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "ablation.png").stat().st_size > 0
