@@ -140,7 +140,9 @@ def write_random_run(folder: Path, encoder_dir: Path, sts_head: str, max_length:
                 parameter.normal_(0.0, 1.5 / math.sqrt(parameter.shape[1]))
             else:
                 parameter.normal_(0.0, 0.5 if parameter.dim() == 1 else 1.0)
-    config = TrainConfig(model=str(encoder_dir), sts_head=sts_head, max_length=max_length, **options)
+    # The paper's recipe unless `options` say otherwise: [CLS] pooling, which every export can express.
+    config = TrainConfig(model=str(encoder_dir), sts_head=sts_head, max_length=max_length,
+                         **{"recipe": "paper", **options})
     record = {"epoch": 1, "overall": 0.5, "batches_sst": 3, "batches_qqp": 3, "batches_sts": 3,
               **(record or {})}
     checkpoint.save(folder / "best", model, BertTokenizer.from_pretrained(encoder_dir), config, record)

@@ -39,7 +39,7 @@ def test_short_minilm_run_beats_the_majority_class_and_the_floors(shared_data_di
                 "qqp_acc": majority_share(load_quora(paths["quora-dev"]))}
     config = TrainConfig(model="sentence-transformers/all-MiniLM-L6-v2", data_dir=str(shared_data_dir),
                          out_dir=str(tmp_path), sampler="annealed", sts_head="concat", epochs=1,
-                         batches_per_epoch=200, lr=5e-5, device="cpu", precision="fp32",
+                         batches_per_epoch=200, lr=5e-5, device="cpu", precision="fp32", recipe="paper",
                          progress=False, save_every=None)
     final = training.train(config, log=print)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -37,7 +37,7 @@ def tiny_model(pooling="cls", **kwargs) -> MultitaskBert:
 
 
 def test_constant_schedule_is_the_learning_rate():
-    config = TrainConfig(lr=3e-5)
+    config = TrainConfig(lr=3e-5, recipe="paper")
     assert [training.scheduled_lr(config, s, 100) for s in (0, 50, 99)] == [3e-5] * 3
 
 
@@ -177,6 +177,11 @@ def test_a_config_written_before_sts_loss_scale_existed_keeps_the_label_scale():
     old["loss_weights"] = "sst=1,qqp=1,sts=0.16"  # how the tuned recipe then scaled STS
     assert TrainConfig.from_dict(old).sts_loss_scale == "label"
     assert TrainConfig(recipe="tuned").sts_loss_scale == "unit"
+    # Written before --recipe existed: the paper's settings, not today's default recipe.
+    older = {k: v for k, v in old.items() if k not in RECIPES["paper"] and k != "recipe"}
+    restored = TrainConfig.from_dict(older)
+    assert (restored.recipe, restored.pooling, restored.lr_schedule, restored.sts_loss_scale) == (
+        "paper", "cls", "constant", "label")
 
 
 def test_uncertainty_weighting_follows_kendall_et_al():
@@ -267,7 +272,10 @@ def test_a_single_task_run_trains_and_evaluates_that_task_only(tiny_setup, tmp_p
 
 def test_recipes_fill_what_no_flag_gives(tmp_path):
     parser = multitask_classifier.build_parser()
-    paper = multitask_classifier.config_from_args(parser.parse_args([]))
+    default = multitask_classifier.config_from_args(parser.parse_args([]))
+    assert default.recipe == "tuned"  # the ablation's winner (README)
+    assert {k: getattr(default, k) for k in RECIPES["tuned"]} == RECIPES["tuned"]
+    paper = multitask_classifier.config_from_args(parser.parse_args(["--recipe", "paper"]))
     assert {k: getattr(paper, k) for k in RECIPES["paper"]} == RECIPES["paper"]
     assert (paper.lr, paper.lr_schedule, paper.pooling, paper.warmup) == (1e-5, "constant", "cls", 0.0)
     tuned = multitask_classifier.config_from_args(parser.parse_args(["--recipe", "tuned", "--lr", "3e-5"]))
