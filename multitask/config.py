@@ -106,8 +106,8 @@ class TrainConfig:
                                   "norm is the tasks' mean (GradNorm-style, Chen et al. 2018)", "recipe",
                                   choices=BALANCES)
     sts_loss_scale: str | None = setting(None, "the dot and concat heads' squared error on the label scale "
-                                         "0-5 (label, the paper) or on the cosine's scale -1..1 (unit: "
-                                         "divided by 2.5^2, scale-free like the cosine loss)", "recipe",
+                                         "0-5 (label, the paper) or on the [-1, 1] range of the concat "
+                                         "head's tanh (unit: divided by 2.5^2)", "recipe",
                                          choices=STS_LOSS_SCALES)
     shared_layer: bool = setting(False, "a residual feed-forward layer between the encoder and every task "
                                  "head, trained by all tasks (the paper's proposed future work, section 7)",
