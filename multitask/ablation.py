@@ -79,6 +79,36 @@ def collect(runs_dir: Path) -> dict[str, dict[str, list[float]]]:
     return rows
 
 
+DIAGNOSTICS = ("grad_norm_sst", "grad_norm_qqp", "grad_norm_sts",
+               "grad_cosine_sst_qqp", "grad_cosine_sst_sts", "grad_cosine_qqp_sts")
+
+
+def diagnostics(runs_dir: Path) -> dict[str, dict[str, list[float]]]:
+    """row -> gradient diagnostic -> the seeds' values, from each multitask run's last epoch in
+    metrics.jsonl (mean encoder gradient norm per task; with --probe-every, the mean cosines)."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for row_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        for seed_dir in sorted(row_dir.glob("seed*")):
+            metrics = seed_dir / "metrics.jsonl"
+            if not (seed_dir / "final_metrics.json").is_file() or not metrics.is_file():
+                continue  # a single-task row (its runs are one level down), or unfinished
+            last = json.loads(metrics.read_text().splitlines()[-1])
+            for name in DIAGNOSTICS:
+                if name in last:
+                    rows.setdefault(row_dir.name, {}).setdefault(name, []).append(last[name])
+    return rows
+
+
+def diagnostics_table(rows: dict[str, dict[str, list[float]]]) -> str:
+    """The seeds' mean of each diagnostic per row."""
+    lines = ["| row | " + " | ".join(DIAGNOSTICS) + " |", "|---" * (len(DIAGNOSTICS) + 1) + "|"]
+    for row, values in rows.items():
+        lines.append(f"| {row} | " + " | ".join(
+            f"{statistics.mean(values[d]):+.3f}" if d.startswith("grad_cosine") and d in values
+            else f"{statistics.mean(values[d]):.2f}" if d in values else "" for d in DIAGNOSTICS) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def sts_head_of(seed_dir: Path) -> str | None:
     config = read_json(seed_dir / "train_config.json")
     return config.get("sts_head") if config else None
@@ -198,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows)
     if (args.runs_dir / args.baseline).is_dir():
         text += "\n" + difference_table(paired_differences(args.runs_dir, args.baseline), args.baseline)
+    gradients = diagnostics(args.runs_dir)
+    if gradients:
+        text += "\n" + diagnostics_table(gradients)
     (args.runs_dir / "ablation.md").write_text(text)
     plot(rows, args.runs_dir / "ablation.png")
     out = io.StringIO()

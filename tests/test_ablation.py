@@ -97,3 +97,15 @@ def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head
     assert "minus single-tuned (paired by seed)" in (tmp_path / "ablation.md").read_text()
     pytest.importorskip("matplotlib")
     assert (tmp_path / "ablation.png").stat().st_size > 0
+
+
+def test_gradient_diagnostics_are_the_last_epochs_averaged_over_seeds(tmp_path):
+    for seed, (norm, cosine) in enumerate([(2.0, 0.1), (4.0, -0.3)]):
+        folder = tmp_path / "multi" / f"seed{seed}"
+        write_final(folder, sst_acc=0.4, qqp_acc=0.8, sts_corr=0.8, overall=0.7)
+        epochs = [{"epoch": 1, "grad_norm_sts": 99.0}, {"epoch": 2, "grad_norm_sts": norm, "grad_cosine_qqp_sts": cosine}]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    write_final(tmp_path / "single" / "seed0" / "sst", sst_acc=0.45, overall=0.0)  # no diagnostics
+    rows = ablation.diagnostics(tmp_path)
+    assert rows == {"multi": {"grad_norm_sts": [2.0, 4.0], "grad_cosine_qqp_sts": [0.1, -0.3]}}
+    assert "| multi |  |  | 3.00 |  |  | -0.100 |" in ablation.diagnostics_table(rows)
