@@ -142,25 +142,32 @@ class AdamW(Optimizer):
             buffers.append(self._scratch[p])
         return buffers
 
-    def _foreach_update(self, group: dict, params: list[torch.Tensor]) -> None:
-        """The same arithmetic for all of a group's parameters at once (multi-tensor kernels)."""
-        if not params:
-            return
+    def _foreach_moments(self, group: dict, params: list[torch.Tensor],
+                         states: list[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Both multi-tensor paths' first half: update m and v in place, and return m and
+        sqrt(v) + eps (in the scratch buffers)."""
         beta1, beta2 = group["betas"]
-        states = [self.state[p] for p in params]
-        for state in states:
-            state["step"] += 1
         grads = [p.grad for p in params]
         m = [s["exp_avg"] for s in states]
         v = [s["exp_avg_sq"] for s in states]
         torch._foreach_mul_(m, beta1)
-        torch._foreach_add_(m, grads, alpha=1.0 - beta1)
+        torch._foreach_add_(m, grads, alpha=1.0 - beta1)  # m = beta1 m + (1 - beta1) g
         torch._foreach_mul_(v, beta2)
-        torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)  # v = beta2 v + (1 - beta2) g^2
         denominators = self._scratch_for(params)
         torch._foreach_copy_(denominators, v)
         torch._foreach_sqrt_(denominators)
-        torch._foreach_add_(denominators, group["eps"])
+        torch._foreach_add_(denominators, group["eps"])  # sqrt(v) + eps
+        return m, denominators
+
+    def _foreach_update(self, group: dict, params: list[torch.Tensor]) -> None:
+        """The same arithmetic for all of a group's parameters at once (multi-tensor kernels)."""
+        if not params:
+            return
+        states = [self.state[p] for p in params]
+        for state in states:
+            state["step"] += 1
+        m, denominators = self._foreach_moments(group, params, states)
         step_sizes = [-self._step_size(group, s["step"]) for s in states]
         torch._foreach_addcdiv_(params, m, denominators, step_sizes)
         if group["weight_decay"] > 0.0:
@@ -225,17 +232,7 @@ class AdamW(Optimizer):
         states = [self.state[p] for p in params]
         steps = [s["step"] for s in states]  # float64 device scalars
         torch._foreach_add_(steps, 1.0)
-        grads = [p.grad for p in params]
-        m = [s["exp_avg"] for s in states]
-        v = [s["exp_avg_sq"] for s in states]
-        torch._foreach_mul_(m, beta1)
-        torch._foreach_add_(m, grads, alpha=1.0 - beta1)
-        torch._foreach_mul_(v, beta2)
-        torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
-        denominators = self._scratch_for(params)
-        torch._foreach_copy_(denominators, v)
-        torch._foreach_sqrt_(denominators)
-        torch._foreach_add_(denominators, group["eps"])
+        m, denominators = self._foreach_moments(group, params, states)
         if group["correct_bias"]:
             first = torch._foreach_pow(beta1, steps)  # beta1^t
             torch._foreach_neg_(first)
