@@ -1,7 +1,8 @@
 """--cuda-graphs: the training step replayed from captured CUDA graphs (issue 14).
 
-NOT YET RUN ON A GPU. Everything here was written and checked on a CPU-only machine; the tests
-that exercise it (tests/test_gpu.py) skip without CUDA. Treat the first GPU run as its test.
+Written on a CPU-only machine, first run on an H200 on 2026-11-28: the GPU tests
+(tests/test_gpu.py, which skip without CUDA) passed, and a bert-base step took 9.8 ms graphed
+against 35-45 ms eager (README, Speed).
 
 Why: on a GPU, a BERT training step of 32 sentences is launch-bound. Its matrix work takes about
 a millisecond on an H100, but the step launches about a thousand small kernels (forward, backward,
@@ -32,8 +33,8 @@ another on one stream and nothing a graph produces is read after the next replay
 cloned out; gradients live and die inside one replay).
 
 Chosen over `torch.compile(mode="reduce-overhead")` because the graph here holds the whole step,
-backward and AdamW included, with no compilation time; the two combine (`--compile` compiles the
-encoder, whose kernels are then captured), which is also untested.
+backward and AdamW included, with no compilation time; the two should combine (`--compile`
+compiles the encoder, whose kernels are then captured), which is still untested.
 
 Not supported (refused at startup with a message, `check_cuda_graphs`): a CPU run, torchrun
 (DDP's all-reduce hooks and its bucketing are not captured here), fp16, --grad-accum above 1,
