@@ -15,6 +15,9 @@
 #   multi-tuned-concat-equal-norm, multi-tuned-cosine-equal-norm    the tuned recipe with
 #                                 --balance equal-norm (every task's encoder gradient brought to the
 #                                 same running norm)
+#   multi-tuned-concat-private1, multi-tuned-cosine-private1, multi-tuned-cosine-private2
+#                                 the tuned recipe with --private-layers 1 or 2 (each task its own
+#                                 copy of the encoder's top layer(s))
 #   lever-sts-weight, lever-mean-pooling, lever-linear-warmup, lever-lr-1e-4, lever-uncertainty
 #                                 the paper's recipe with one lever of the tuned one (or the learned
 #                                 task weights) switched on
@@ -38,7 +41,8 @@ batches="${BATCHES:-600}"
 seeds=(${SEEDS:-0 1 2})
 all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat single-paper
           lever-sts-weight lever-mean-pooling lever-linear-warmup lever-lr-1e-4 lever-uncertainty
-          multi-tuned-mnr multi-tuned-shared multi-tuned-concat-equal-norm multi-tuned-cosine-equal-norm)
+          multi-tuned-mnr multi-tuned-shared multi-tuned-concat-equal-norm multi-tuned-cosine-equal-norm
+          multi-tuned-concat-private1 multi-tuned-cosine-private1 multi-tuned-cosine-private2)
 rows=(${ROWS:-${all_rows[@]}})
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
         --device cpu --no-progress "$@")
@@ -52,6 +56,9 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-shared) echo "--recipe tuned --sts-head concat --shared-layer" ;;
         multi-tuned-concat-equal-norm) echo "--recipe tuned --sts-head concat --balance equal-norm" ;;
         multi-tuned-cosine-equal-norm) echo "--recipe tuned --sts-head cosine --balance equal-norm" ;;
+        multi-tuned-concat-private1) echo "--recipe tuned --sts-head concat --private-layers 1" ;;
+        multi-tuned-cosine-private1) echo "--recipe tuned --sts-head cosine --private-layers 1" ;;
+        multi-tuned-cosine-private2) echo "--recipe tuned --sts-head cosine --private-layers 2" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
         lever-mean-pooling) echo "--recipe paper --sts-head concat --pooling mean" ;;
         lever-linear-warmup) echo "--recipe paper --sts-head concat --lr-schedule linear --warmup 0.1" ;;

@@ -113,6 +113,8 @@ class TrainConfig:
     shared_layer: bool = setting(False, "a residual feed-forward layer between the encoder and every task "
                                  "head, trained by all tasks (the paper's proposed future work, section 7)",
                                  "recipe")
+    private_layers: int = setting(0, "the encoder's top N layers copied once per task instead of shared "
+                                  "(task-specific top layers; 0: every layer shared)", "recipe", minimum=0)
     probe_every: int | None = setting(None, "every N steps, each task's encoder gradient on a fixed probe "
                                       "batch and the cosine between tasks, in metrics.jsonl (3 extra "
                                       "forward and backward passes each time; unset: none)", "recipe",

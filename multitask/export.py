@@ -191,6 +191,11 @@ def choose_parts(trained: TrainedModel, only: list[str] | None) -> list[str]:
     the run did not train, or that no standard model expresses exactly, is left out with a note
     on stderr). A part named in `only` that cannot be exported is an ExportError."""
     head = trained.config.sts_head
+    if getattr(trained.model, "private", None) is not None:
+        raise ExportError(f"{trained.folder}: the run gave each task its own top encoder layers "
+                          f"(--private-layers {trained.config.private_layers}), so no single encoder "
+                          f"serves all its heads; exporting such a run is not supported yet (use "
+                          f"python -m multitask.predict, which loads it)")
     names = trained.model.state_dict()
     unknown = sorted(n for n in names if n not in KNOWN_HEAD_PARAMETERS
                      and not n.startswith(("bert.", "task_weighting.", "shared.")))  # (loss weights: training

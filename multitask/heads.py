@@ -13,6 +13,14 @@
 With shared_layer, every head reads the pooled embedding through one more layer that all tasks
 share and train (`SharedLayer`), the paper's proposed future work (section 7).
 
+With private_layers = N, the encoder's top N transformer layers stop being shared: each task gets
+its own copy of them, initialised from the checkpoint (`PrivateTop`), and the shared encoder keeps
+the layers below. This is hard parameter sharing with task-specific top layers (Caruana 1997;
+the usual form in multitask BERT work, e.g. Stickland & Murray 2019 compare it with adapters): the
+lower layers learn what the tasks share, while each task's last layers, where the task-specific
+features live, are not pulled towards the other tasks. The cost is N layers of parameters per
+extra task; a batch still runs through L layers.
+
 "pooled" is BERT's pooler output (dense + tanh on [CLS]), as in the paper, or with pooling="mean"
 the mean of the last layer over the real tokens (how sentence-embedding checkpoints such as
 all-MiniLM-L6-v2 were trained). Each head sees it through its own dropout (the paper's 0.3). The losses themselves live in multitask/losses.py.
@@ -26,7 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import copy
+
 from bert import BertModel
+from bert.model import attention_bias
 from multitask import losses
 from multitask.batching import Batch
 from multitask.config import STS_HEADS, TASKS
@@ -62,10 +73,38 @@ class SharedLayer(nn.Module):
         return x + self.dense_out(F.gelu(self.dense_in(x)))  # (B, H)
 
 
+class PrivateTop(nn.Module):
+    """The top `n` transformer layers of `encoder`, taken out of it and copied once per task.
+
+        shared:   embeddings -> layer 1 ... layer L-n            (all tasks)
+        private:  layer L-n+1 ... layer L                        (one copy per task)
+
+    Every copy starts as the checkpoint's own layers, so before training each task computes
+    exactly what the whole checkpoint computed.
+    """
+
+    def __init__(self, encoder: BertModel, n: int, tasks: tuple[str, ...]):
+        super().__init__()
+        layers = encoder.encoder.layer
+        if not 0 < n < len(layers):
+            raise ValueError(f"private_layers={n}: the encoder has {len(layers)} layers and at least one "
+                             f"must stay shared; choose 1 to {len(layers) - 1}")
+        top = layers[len(layers) - n:]
+        self.tasks = nn.ModuleDict({task: copy.deepcopy(top) for task in tasks})
+        del layers[len(layers) - n:]  # the shared encoder now stops below them
+
+    def forward(self, task: str, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask_bias = attention_bias(attention_mask, hidden)  # (B, 1, 1, T), as the encoder builds it
+        for layer in self.tasks[task]:
+            hidden = layer(hidden, mask_bias)  # (B, T, H)
+        return hidden
+
+
 class MultitaskBert(nn.Module):
     def __init__(self, encoder: BertModel, sts_head: str = "concat", dropout: float = 0.3,
                  pooling: str = "cls", loss_weights: dict[str, float] | None = None,
-                 balance: str = "fixed", sts_loss_scale: str = "label", shared_layer: bool = False):
+                 balance: str = "fixed", sts_loss_scale: str = "label", shared_layer: bool = False,
+                 private_layers: int = 0):
         super().__init__()
         if sts_head not in STS_HEADS:
             raise ValueError(f"unknown STS head {sts_head!r}; choose one of {', '.join(STS_HEADS)}")
@@ -82,6 +121,8 @@ class MultitaskBert(nn.Module):
                                                    learned=balance == "uncertainty",
                                                    equal_norm=balance == "equal-norm")
         self.shared = SharedLayer(hidden) if shared_layer else None  # read by every head
+        # Each task's own copy of the encoder's top layers (taken out of self.bert), or None.
+        self.private = PrivateTop(encoder, private_layers, TASKS) if private_layers else None
         self.sentiment_dropout = nn.Dropout(dropout)
         self.sentiment = nn.Linear(hidden, NUM_SENTIMENTS)
         self.paraphrase_dropout = nn.Dropout(dropout)
@@ -119,11 +160,16 @@ class MultitaskBert(nn.Module):
         else:
             encoder = self.compiled_encoder or self.bert
         outputs = encoder(**batch.inputs)
+        hidden = outputs["last_hidden_state"]  # (B, T, H), or (2B, T, H) for "separate"
+        if self.private is not None:  # this task's own top layers
+            hidden = self.private(batch.task, hidden, batch.inputs["attention_mask"])
         if self.pooling == "cls":
-            pooled = outputs["pooler_output"]  # (B, H), or (2B, H) for "separate"
+            # BERT's pooler on [CLS] (the encoder already applied it to its own output, which is
+            # only the right input without private layers)
+            pooled = outputs["pooler_output"] if self.private is None else self.bert.pooler(hidden)  # (B, H)
         else:  # mean pooling: the average of the last layer over each input's real tokens
-            mask = batch.inputs["attention_mask"].unsqueeze(-1).to(outputs["last_hidden_state"].dtype)  # (B, T, 1)
-            summed = (outputs["last_hidden_state"] * mask).sum(dim=1)  # (B, H)
+            mask = batch.inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            summed = (hidden * mask).sum(dim=1)  # (B, H)
             pooled = summed / mask.sum(dim=1).clamp(min=1.0)  # (B, H)
         return pooled if self.shared is None else self.shared(pooled)
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bert import AdamW, BertModel, BertTokenizer
+from bert import AdamW, BertModel, BertTokenizer, CheckpointError
 from multitask import checkpoint
 from multitask.batching import BatchStream, TokenizedSplit, collate, tokenize_split
 from multitask.config import TrainConfig
@@ -412,6 +412,10 @@ def seed_everything(seed: int) -> None:
 def build_model(config: TrainConfig) -> tuple[MultitaskBert, BertTokenizer]:
     tokenizer = BertTokenizer.from_pretrained(config.model)
     encoder = BertModel.from_pretrained(config.model)
+    layers = encoder.config.num_hidden_layers
+    if config.private_layers >= layers:  # (the command line checks only that it is not negative)
+        raise CheckpointError(f"--private-layers {config.private_layers}: {config.model} has {layers} layers "
+                              f"and at least one must stay shared by the tasks; use 1 to {layers - 1}")
     return checkpoint.build_heads(encoder, config), tokenizer
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from multitask import export, predict
+from bert.loading import load_state_dict
+from multitask import checkpoint, export, predict
 from multitask.batching import collate, tokenize_split
 from multitask.data import Split, dataset_paths, load_quora, load_sst, load_sts
 
@@ -213,6 +214,18 @@ def test_a_run_of_some_tasks_exports_only_those(runs, tmp_path, capsys):
     assert sorted(p.name for p in out_dir.iterdir() if p.is_dir()) == ["paraphrase", "sst"]
     assert export.main([str(run), str(out_dir), "--only", "sts-concat"]) == 1
     assert "it trained --tasks sst,qqp" in capsys.readouterr().err
+
+
+def test_a_private_layers_run_is_refused_with_a_reason_and_loads_for_prediction(runs, tmp_path, capsys):
+    needs_setting("private_layers")
+    run = write_random_run(tmp_path / "private", runs["cosine"] / "best", "cosine", MAX_LENGTH, private_layers=1)
+    assert export.main([str(run), str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert "--private-layers 1" in err and "Traceback" not in err
+    model, _, config, _ = checkpoint.load(run / "best")  # what predict loads: every task's top layer back
+    assert config.private_layers == 1 and set(model.private.tasks) == {"sst", "qqp", "sts"}
+    saved = load_state_dict(run / "best" / "model.safetensors")
+    assert all(torch.equal(saved[name], tensor) for name, tensor in model.state_dict().items())
 
 
 def test_a_shared_layer_run_exports_the_encoder_and_refuses_every_head(runs, tmp_path, capsys):

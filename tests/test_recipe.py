@@ -145,6 +145,63 @@ def test_every_task_trains_the_shared_layer(tiny_setup, tmp_path):
         assert not torch.equal(trainer.model.shared.dense_in.weight, before), task
 
 
+# ---- each task's own top layers (--private-layers) -------------------------------------------
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_private_layers_start_as_the_checkpoint_for_every_task(pooling):
+    plain = tiny_model(pooling=pooling)  # 2 layers, both shared
+    model = tiny_model(pooling=pooling, private_layers=1)  # the same weights; layer 2 per task
+    assert len(model.bert.encoder.layer) == 1
+    assert {task: len(layers) for task, layers in model.private.tasks.items()} == {"sst": 1, "qqp": 1, "sts": 1}
+    assert "private.tasks.sts.0.attention.self.query.weight" in model.state_dict()
+    batch = batch_of([[2, 7, 9, 3], [2, 11, 3]], 5)  # (padding in the second row)
+    with torch.no_grad():
+        for task in ("sst", "qqp", "sts"):
+            batch.task = task
+            torch.testing.assert_close(model.pooled(batch), plain.pooled(batch), atol=1e-6, rtol=1e-6)
+
+
+def test_private_layers_are_the_top_of_the_stack():
+    # What the model computes by hand: the shared layer, then the task's own copy of the top one.
+    model = tiny_model(pooling="mean", private_layers=1)
+    with torch.no_grad():
+        for layer in model.private.tasks["qqp"].modules():  # qqp's copy now differs from the others
+            if isinstance(layer, torch.nn.Linear):
+                torch.nn.init.normal_(layer.weight, std=0.5)
+        batch = batch_of([[2, 7, 9, 3], [2, 11, 3, 4]], 4, "qqp")  # no padding: no mask needed
+        hidden = model.bert.embeddings(batch.inputs["input_ids"], batch.inputs["token_type_ids"])
+        hidden = model.private.tasks["qqp"][0](model.bert.encoder.layer[0](hidden, None), None)
+        torch.testing.assert_close(model.pooled(batch), hidden.mean(dim=1), atol=1e-6, rtol=1e-6)
+        batch.task = "sst"
+        assert not torch.allclose(model.pooled(batch), hidden.mean(dim=1), atol=1e-3)
+
+
+def test_a_step_trains_the_shared_layers_and_only_its_own_task_s_private_ones(tiny_setup, tmp_path):
+    config = tiny_config(tiny_setup, tmp_path, private_layers=1, pooling="mean")
+    trainer = training.Trainer(config, log=lambda m: None)
+    for task in ("sst", "qqp", "sts"):
+        trainer.model.zero_grad(set_to_none=True)
+        private = {t: [p.detach().clone() for p in trainer.model.private.tasks[t].parameters()]
+                   for t in ("sst", "qqp", "sts")}
+        shared = [p.detach().clone() for p in trainer.model.bert.encoder.parameters()]
+        trainer.train_step(task, False, training.EpochProgress(1))
+        assert any(not torch.equal(p, q) for p, q in zip(trainer.model.bert.encoder.parameters(), shared)), task
+        for other, before in private.items():
+            moved = any(not torch.equal(p, q) for p, q in zip(trainer.model.private.tasks[other].parameters(), before))
+            assert moved == (other == task), (task, other)
+
+
+def test_private_layers_must_leave_a_shared_layer(tiny_setup, tmp_path, capsys):
+    model_dir, data_dir = tiny_setup
+    layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+    code = multitask_classifier.main(["--model", str(model_dir), "--data-dir", str(data_dir), "--device", "cpu",
+                                      "--out-dir", str(tmp_path / "run"), "--private-layers", str(layers)])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert f"--private-layers {layers}" in err and f"use 1 to {layers - 1}" in err
+
+
 # ---- task weights ---------------------------------------------------------------------------
 
 
