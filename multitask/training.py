@@ -377,14 +377,16 @@ def scheduled_lr(config: TrainConfig, step: int, total_steps: int) -> float:
 def parameter_groups(model: MultitaskBert, config: TrainConfig) -> list[dict]:
     """AdamW's parameter groups: the encoder, and the heads at --head-lr-mult times the learning
     rate; with weight decay, biases, LayerNorm weights and the learned task weights are not
-    decayed (as in BERT's own fine-tuning: decay is meant for the matrices)."""
+    decayed (as in BERT's own fine-tuning: decay is meant for the matrices). The tasks' private
+    top layers (--private-layers) are encoder layers: they train at the encoder's rate."""
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:  # (the pooler, under mean pooling)
             continue
         no_decay = config.weight_decay > 0 and (name.endswith(".bias") or "LayerNorm" in name
                                                 or name.startswith("task_weighting."))
-        groups.setdefault((not name.startswith("bert."), no_decay), []).append(parameter)
+        head = not name.startswith(("bert.", "private."))
+        groups.setdefault((head, no_decay), []).append(parameter)
     return [{"params": params, "lr_mult": config.head_lr_mult if head else 1.0,
              "weight_decay": 0.0 if no_decay else config.weight_decay}
             for (head, no_decay), params in groups.items()]

@@ -60,8 +60,9 @@ def test_linear_schedule_without_warmup_starts_at_the_peak():
 # ---- parameter groups -----------------------------------------------------------------------
 
 
-def test_parameter_groups_decay_only_matrices_and_scale_the_heads():
-    model = tiny_model(balance="uncertainty")
+@pytest.mark.parametrize("private_layers", [0, 1])
+def test_parameter_groups_decay_only_matrices_and_scale_the_heads(private_layers):
+    model = tiny_model(balance="uncertainty", private_layers=private_layers)
     config = TrainConfig(weight_decay=0.01, head_lr_mult=5.0)
     groups = training.parameter_groups(model, config)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -69,8 +70,8 @@ def test_parameter_groups_decay_only_matrices_and_scale_the_heads():
     for group in groups:
         group_names = [names[id(p)] for p in group["params"]]
         seen += group_names
-        heads = [not n.startswith("bert.") for n in group_names]
-        assert len(set(heads)) == 1  # a group is all encoder or all heads
+        heads = [not n.startswith(("bert.", "private.")) for n in group_names]
+        assert len(set(heads)) == 1  # a group is all encoder (private top layers too) or all heads
         assert group["lr_mult"] == (5.0 if heads[0] else 1.0)
         for name in group_names:
             no_decay = name.endswith(".bias") or "LayerNorm" in name or name.startswith("task_weighting.")
