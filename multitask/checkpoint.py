@@ -135,6 +135,7 @@ def save_training_state(trainer, progress=None, next_epoch: int | None = None) -
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scaler": trainer.scaler.state_dict(),
+        "surgery": trainer.surgery.state_dict() if trainer.surgery is not None else None,  # --project-conflicts
         "rng": rng[0],
         "rng_of_ranks": rng,  # one per rank; rank 0's is also "rng"
         "streams": {name: stream.state() for name, stream in trainer.streams.items()},
@@ -172,6 +173,8 @@ def resume_training(trainer, path: Path) -> dict | None:
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scaler.load_state_dict(state["scaler"])
+    if trainer.surgery is not None and state.get("surgery"):
+        trainer.surgery.load_state_dict(state["surgery"])
     for name, stream_state in state["streams"].items():
         trainer.streams[name].load_state(stream_state)
     trainer.best_overall, trainer.history, trainer.start_epoch = state["best_overall"], state["history"], state["epoch"]

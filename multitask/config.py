@@ -115,6 +115,10 @@ class TrainConfig:
                                  "recipe")
     private_layers: int = setting(0, "the encoder's top N layers copied once per task instead of shared "
                                   "(task-specific top layers; 0: every layer shared)", "recipe", minimum=0)
+    project_conflicts: bool = setting(False, "gradient surgery: each step's encoder gradient loses its component "
+                                      "against another task's running average gradient, where they conflict "
+                                      "(PCGrad, Yu et al. 2020, for one task per step; multitask/surgery.py)",
+                                      "recipe")
     probe_every: int | None = setting(None, "every N steps, each task's encoder gradient on a fixed probe "
                                       "batch and the cosine between tasks, in metrics.jsonl (3 extra "
                                       "forward and backward passes each time; unset: none)", "recipe",

@@ -141,6 +141,8 @@ class GraphedSteps:
         model.task_weighting(task, loss).backward()  # --loss-weights, --balance
         norm = encoder_gradient_norm(model.bert)
         model.task_weighting.balance_gradients(task, norm, model.bert.parameters())  # --balance equal-norm
+        if self.trainer.surgery is not None:
+            self.trainer.surgery.project(task)  # --project-conflicts (no value-dependent branch)
         optimizer.step()
         return loss.detach(), norm
 

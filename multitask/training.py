@@ -51,6 +51,7 @@ from multitask.nonfinite import LossWatch, NonFiniteLossError, all_finite
 from multitask.runtime import RuntimeSetupError, autocast, grad_scaler, resolve_device, resolve_precision
 from multitask.report import make_reporter
 from multitask.samplers import epoch_plan, round_robin_batches
+from multitask.surgery import ConflictProjection
 
 __all__ = ["EpochProgress", "NonFiniteLossError", "Trainer", "train"]
 
@@ -107,6 +108,8 @@ class Trainer:
         check_ranks_agree(distributed, config, self.data)
         self.optimizer = AdamW(parameter_groups(self.model, config), lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = grad_scaler(self.device, self.precision)  # loss scaling for fp16; else a no-op
+        self.surgery = (ConflictProjection(config.task_names, self.model.bert.parameters())  # --project-conflicts
+                        if config.project_conflicts else None)
         self.graphs = GraphedSteps(self) if config.cuda_graphs else None  # --cuda-graphs: multitask/graphs.py
         self.probes = config.probe_every and probe_batches(  # --probe-every: fixed batches, one a task
             {task: self.data[task].train for task in config.task_names}, config.batch_size, tokenizer.pad_token_id)
@@ -224,6 +227,8 @@ class Trainer:
         norm = encoder_gradient_norm(self.model.bert)  # how hard this task pushes
         progress.add_grad_norm(task, norm)
         self.model.task_weighting.balance_gradients(task, norm, self.model.bert.parameters())  # --balance equal-norm
+        if self.surgery is not None:
+            self.surgery.project(task)  # --project-conflicts: no step against the other tasks' recent ones
         self.scaler.step(self.optimizer)  # AdamW (skipped by the fp16 scaler on inf gradients)
         self.scaler.update()
         return step_loss, ids
