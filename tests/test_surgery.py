@@ -1,7 +1,6 @@
 """--project-conflicts (multitask/surgery.py): PCGrad's projection against each other task's
 running average gradient, checked against the formula in float64."""
 
-import pytest
 import torch
 
 from multitask import checkpoint, training
@@ -100,10 +99,3 @@ def test_the_trainer_projects_and_a_resumed_run_gets_the_averages_back(tiny_setu
     checkpoint.resume_training(again, checkpoint.training_state_path(config.out_dir))
     for task in TASKS:
         assert torch.equal(flat(again.surgery.averages[task]), flat(trainer.surgery.averages[task])), task
-
-
-def test_without_the_flag_there_is_no_surgery(tiny_setup, tmp_path):  # noqa: F811
-    trainer = training.Trainer(tiny_config(tiny_setup, tmp_path / "plain"), log=lambda m: None)
-    assert trainer.surgery is None
-    with pytest.raises(KeyError):
-        ConflictProjection(TASKS, []).averages["nope"]
