@@ -37,6 +37,10 @@ How each folder gives back our numbers (fp32; tests/test_export.py compares them
   follows. The classifiers (sst, paraphrase, the concat cross-encoder) cannot be expressed: the
   sequence-classification models those libraries load classify the pooler output. They are
   left out, with a note.
+- with --private-layers N (each task has its own copy of the top N layers): each head's folder
+  gets the whole encoder of its task, the shared layers with the task's own on top, as one
+  ordinary BertModel; the encoder alone is left out, with a note, since no one encoder serves
+  every head.
 
 A head the run did not train (not in its --tasks, or never drawn by the sampler up to the saved
 epoch) is left out too, with a note; naming such a part in --only is an error that says why.
@@ -168,6 +172,10 @@ def why_not(trained: TrainedModel) -> dict[str, str]:
             reasons.setdefault(part, f"the run's heads read the encoder through --shared-layer, a residual "
                                      f"block that no standard transformers or sentence-transformers module "
                                      f"has, so the {part} head cannot be exported exactly")
+    if getattr(trained.model, "private", None) is not None:
+        reasons["encoder"] = (f"each task has its own top {trained.config.private_layers} encoder layer(s) "
+                              f"(--private-layers), so no one encoder serves every head; each head's "
+                              f"folder holds the whole encoder of its task")
     pooling = pooling_of(trained)
     if pooling == "mean":
         # transformers' BertForSequenceClassification (which CrossEncoder loads too) classifies
@@ -191,15 +199,11 @@ def choose_parts(trained: TrainedModel, only: list[str] | None) -> list[str]:
     the run did not train, or that no standard model expresses exactly, is left out with a note
     on stderr). A part named in `only` that cannot be exported is an ExportError."""
     head = trained.config.sts_head
-    if getattr(trained.model, "private", None) is not None:
-        raise ExportError(f"{trained.folder}: the run gave each task its own top encoder layers "
-                          f"(--private-layers {trained.config.private_layers}), so no single encoder "
-                          f"serves all its heads; exporting such a run is not supported yet (use "
-                          f"python -m multitask.predict, which loads it)")
     names = trained.model.state_dict()
     unknown = sorted(n for n in names if n not in KNOWN_HEAD_PARAMETERS
-                     and not n.startswith(("bert.", "task_weighting.", "shared.")))  # (loss weights: training
-    # only; the shared layer: why_not refuses the heads that read it)
+                     and not n.startswith(("bert.", "task_weighting.", "shared.", "private.")))  # (loss
+    # weights: training only; the shared layer: why_not refuses the heads that read it; the private
+    # layers: each head's folder gets its task's)
     if unknown:
         raise ExportError(f"{trained.folder}: the checkpoint has parameters the export cannot map "
                           f"onto a standard model ({', '.join(unknown[:5])}); its heads cannot be "
@@ -257,8 +261,17 @@ def _write_tokenizer(folder: Path, trained: TrainedModel) -> None:
     _write_json(config_file, settings)
 
 
-def _encoder_tensors(trained: TrainedModel, prefix: str) -> dict[str, torch.Tensor]:
-    return {prefix + name: tensor for name, tensor in trained.model.bert.state_dict().items()}
+def _encoder_tensors(trained: TrainedModel, prefix: str, task: str) -> dict[str, torch.Tensor]:
+    """The encoder that `task`'s head reads, as a whole BertModel's tensors: the shared encoder,
+    and with --private-layers the task's own top layers in their places (layers L-N .. L-1)."""
+    tensors = {prefix + name: tensor for name, tensor in trained.model.bert.state_dict().items()}
+    private = getattr(trained.model, "private", None)
+    if private is not None:
+        below = len(trained.model.bert.encoder.layer)  # the shared layers keep their numbers
+        for name, tensor in private.tasks[task].state_dict().items():
+            index, rest = name.split(".", 1)  # "0.attention.self.query.weight"
+            tensors[f"{prefix}encoder.layer.{below + int(index)}.{rest}"] = tensor
+    return tensors
 
 
 def _bert_config(trained: TrainedModel, architecture: str, **extra) -> dict:
@@ -282,7 +295,7 @@ def write_sst(folder: Path, trained: TrainedModel) -> None:
         trained, "BertForSequenceClassification", problem_type="single_label_classification",
         classifier_dropout=trained.config.dropout, **_labels(SENTIMENT_NAMES)))
     _write_weights(folder / "model.safetensors", {
-        **_encoder_tensors(trained, "bert."),
+        **_encoder_tensors(trained, "bert.", "sst"),
         "classifier.weight": model.sentiment.weight, "classifier.bias": model.sentiment.bias})
     _write_tokenizer(folder, trained)
     _readme(folder, "SST-5 sentiment (multibert export)", """
@@ -303,7 +316,7 @@ def write_paraphrase(folder: Path, trained: TrainedModel) -> None:
         trained, "BertForSequenceClassification", problem_type="single_label_classification",
         classifier_dropout=trained.config.dropout, **_labels(PARAPHRASE_LABELS)))
     _write_weights(folder / "model.safetensors", {
-        **_encoder_tensors(trained, "bert."), "classifier.weight": weight, "classifier.bias": bias})
+        **_encoder_tensors(trained, "bert.", "qqp"), "classifier.weight": weight, "classifier.bias": bias})
     _write_tokenizer(folder, trained)
     _readme(folder, "Paraphrase detection, Quora (multibert export)", """
 A BertForSequenceClassification for sentence pairs with two logits, [0, z], where z is the
@@ -322,7 +335,7 @@ def write_cross_encoder(folder: Path, trained: TrainedModel) -> None:
         trained, "BertForSequenceClassification", classifier_dropout=trained.config.dropout,
         sentence_transformers={"activation_fn": SIGMOID}, **_labels(["similarity"])))
     _write_weights(folder / "model.safetensors", {
-        **_encoder_tensors(trained, "bert."),
+        **_encoder_tensors(trained, "bert.", "sts"),
         # 2z: sigmoid(2z) = (tanh(z) + 1) / 2, our score / 5. Doubling is exact in floating point.
         "classifier.weight": 2 * head.weight, "classifier.bias": 2 * head.bias})
     _write_tokenizer(folder, trained)
@@ -348,7 +361,7 @@ def write_sentence_transformer(folder: Path, trained: TrainedModel) -> None:
         [{"idx": i, "name": str(i), "path": path, "type": kind} for i, (kind, path) in enumerate(modules)],
         indent=2) + "\n", encoding="utf-8")
     _write_json(folder / "config.json", _bert_config(trained, "BertModel"))
-    _write_weights(folder / "model.safetensors", _encoder_tensors(trained, ""))
+    _write_weights(folder / "model.safetensors", _encoder_tensors(trained, "", "sts"))
     _write_tokenizer(folder, trained)
     _write_json(folder / "sentence_bert_config.json",
                 {"max_seq_length": input_limit(trained)[0], "do_lower_case": False})

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from bert.loading import load_state_dict
-from multitask import checkpoint, export, predict
+from multitask import export, predict
 from multitask.batching import collate, tokenize_split
 from multitask.data import Split, dataset_paths, load_quora, load_sst, load_sts
 
@@ -216,16 +215,31 @@ def test_a_run_of_some_tasks_exports_only_those(runs, tmp_path, capsys):
     assert "it trained --tasks sst,qqp" in capsys.readouterr().err
 
 
-def test_a_private_layers_run_is_refused_with_a_reason_and_loads_for_prediction(runs, tmp_path, capsys):
+def test_a_private_layers_run_exports_each_head_on_its_own_task_s_encoder(runs, dev, tmp_path, capsys):
     needs_setting("private_layers")
+    transformers = pytest.importorskip("transformers")
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    sst, sts, _ = dev
     run = write_random_run(tmp_path / "private", runs["cosine"] / "best", "cosine", MAX_LENGTH, private_layers=1)
-    assert export.main([str(run), str(tmp_path / "out")]) != 0
-    err = capsys.readouterr().err
-    assert "--private-layers 1" in err and "Traceback" not in err
-    model, _, config, _ = checkpoint.load(run / "best")  # what predict loads: every task's top layer back
-    assert config.private_layers == 1 and set(model.private.tasks) == {"sst", "qqp", "sts"}
-    saved = load_state_dict(run / "best" / "model.safetensors")
-    assert all(torch.equal(saved[name], tensor) for name, tensor in model.state_dict().items())
+    out_dir = tmp_path / "out"
+    assert export.main([str(run), str(out_dir)]) == 0
+    assert "note: encoder not exported: each task has its own top 1 encoder layer(s)" in capsys.readouterr().err
+    assert not (out_dir / "model.safetensors").exists()
+    trained = predict.open_checkpoint(run)
+    assert trained.config.private_layers == 1 and set(trained.model.private.tasks) == {"sst", "qqp", "sts"}
+
+    ours = [predict.predict_sentiment(trained, e.sentence).probabilities for e in sst]
+    classify = transformers.pipeline("text-classification", model=str(out_dir / "sst"), top_k=None,
+                                     truncation=True, device="cpu")
+    theirs = [[{a["label"]: a["score"] for a in answer}[name] for name in predict.SENTIMENT_NAMES]
+              for answer in classify([e.sentence for e in sst])]
+    assert max_difference(theirs, ours) < TOLERANCE
+
+    tokenized = tokenize_split(Split("dev", "sts-dev.csv", sts), "sts", trained.tokenizer, "separate", MAX_LENGTH)
+    with torch.no_grad():
+        u, _ = trained.model.sentence_embeddings(collate(tokenized, np.arange(len(sts)), trained.tokenizer.pad_token_id))
+    model = sentence_transformers.SentenceTransformer(str(out_dir / "sts"), device="cpu")
+    assert max_difference(model.encode([e.sentence1 for e in sts]), u) < TOLERANCE
 
 
 def test_a_shared_layer_run_exports_the_encoder_and_refuses_every_head(runs, tmp_path, capsys):
