@@ -17,7 +17,8 @@
 #                                 same running norm)
 #   multi-tuned-concat-private1, multi-tuned-cosine-private1, multi-tuned-cosine-private2
 #                                 the tuned recipe with --private-layers 1 or 2 (each task its own
-#                                 copy of the encoder's top layer(s))
+#                                 copy of the encoder's top layer(s));
+#   multi-tuned-cosine-private1-equal-norm   both together
 #   multi-tuned-cosine-project, multi-tuned-concat-project
 #                                 the tuned recipe with --project-conflicts (PCGrad-style surgery)
 #   lever-sts-weight, lever-mean-pooling, lever-linear-warmup, lever-lr-1e-4, lever-uncertainty
@@ -45,7 +46,7 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           lever-sts-weight lever-mean-pooling lever-linear-warmup lever-lr-1e-4 lever-uncertainty
           multi-tuned-mnr multi-tuned-shared multi-tuned-concat-equal-norm multi-tuned-cosine-equal-norm
           multi-tuned-concat-private1 multi-tuned-cosine-private1 multi-tuned-cosine-private2
-          multi-tuned-cosine-project multi-tuned-concat-project)
+          multi-tuned-cosine-project multi-tuned-concat-project multi-tuned-cosine-private1-equal-norm)
 rows=(${ROWS:-${all_rows[@]}})
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
         --device cpu --no-progress "$@")
@@ -62,6 +63,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat-private1) echo "--recipe tuned --sts-head concat --private-layers 1" ;;
         multi-tuned-cosine-private1) echo "--recipe tuned --sts-head cosine --private-layers 1" ;;
         multi-tuned-cosine-private2) echo "--recipe tuned --sts-head cosine --private-layers 2" ;;
+        multi-tuned-cosine-private1-equal-norm) echo "--recipe tuned --sts-head cosine --private-layers 1 --balance equal-norm" ;;
         multi-tuned-cosine-project) echo "--recipe tuned --sts-head cosine --project-conflicts" ;;
         multi-tuned-concat-project) echo "--recipe tuned --sts-head concat --project-conflicts" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
