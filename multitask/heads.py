@@ -28,13 +28,12 @@ all-MiniLM-L6-v2 were trained). Each head sees it through its own dropout (the p
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-import copy
 
 from bert import BertModel
 from bert.model import attention_bias
