@@ -1,14 +1,17 @@
 """A short real run: the offline all-MiniLM-L6-v2 checkpoint on the shared CS224N data.
 
-200 batches on the CPU (the README's quick run) must learn each task, judged two ways:
+100 annealed batches of the tuned recipe (the default) on the CPU must learn each task, judged two
+ways:
 - against the majority-class baseline, computed here from the dev files: a model that always
   answers the most frequent class (SST 0.262, QQP 0.618 on the shared dev sets) must fail;
-- against fixed floors a little under the scores this run measured (SST 0.295, QQP 0.745,
-  STS r 0.772 on a 2-core AMD EPYC, the README's quick run): a change that makes it learn
-  clearly less must fail. The margins (0.03 to 0.045) leave room for the small differences in
-  float rounding between CPUs.
+- against fixed floors a little under the scores this run measured (SST 0.388, QQP 0.724, STS r
+  0.650 on a 2-core AMD EPYC, 2026-11-28): a change that makes it learn clearly less must fail.
+  The margins (0.035 to 0.05) leave room for the small differences in float rounding between
+  CPUs.
 
-Slow (about five minutes on 2 cores): marked so, and run by the default test command all the same.
+Slow (about two and a half minutes on 2 cores, most of it the full dev evaluation): marked so,
+and run by the default test command all the same. (Until 2026-11-28 it was 200 batches of the
+paper's recipe, about five minutes, which learns SST far more slowly.)
 """
 
 import json
@@ -20,8 +23,9 @@ from multitask import training
 from multitask.config import TrainConfig
 from multitask.data import dataset_paths, load_quora, load_sst
 
-# Measured on this setting: SST 0.295, QQP 0.745, STS r 0.772 (see the module docstring).
-FLOORS = {"sst_acc": 0.265, "qqp_acc": 0.70, "sts_corr": 0.73}
+# Measured on this setting: SST 0.388, QQP 0.724, STS r 0.650 (see the module docstring).
+BATCHES = 100
+FLOORS = {"sst_acc": 0.35, "qqp_acc": 0.69, "sts_corr": 0.60}
 # The trained accuracies must also beat answering the majority class by at least this much.
 ABOVE_MAJORITY = 0.005
 
@@ -39,12 +43,12 @@ def test_short_minilm_run_beats_the_majority_class_and_the_floors(shared_data_di
                 "qqp_acc": majority_share(load_quora(paths["quora-dev"]))}
     config = TrainConfig(model="sentence-transformers/all-MiniLM-L6-v2", data_dir=str(shared_data_dir),
                          out_dir=str(tmp_path), sampler="annealed", sts_head="concat", epochs=1,
-                         batches_per_epoch=200, lr=5e-5, device="cpu", precision="fp32", recipe="paper",
+                         batches_per_epoch=BATCHES, device="cpu", precision="fp32", recipe="tuned",
                          progress=False, save_every=None)
     final = training.train(config, log=print)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     print("majority", json.dumps(majority), "\nfinal", json.dumps(final), "\n", json.dumps(records))
-    assert len(records) == 1 and sum(records[0][f"batches_{t}"] for t in ("sst", "qqp", "sts")) == 200
+    assert len(records) == 1 and sum(records[0][f"batches_{t}"] for t in ("sst", "qqp", "sts")) == BATCHES
     # The one epoch is the best checkpoint; its full dev evaluation is what train() returns.
     for metric in FLOORS:
         assert final[metric] == pytest.approx(records[0][metric], abs=1e-6), metric
