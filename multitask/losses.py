@@ -117,9 +117,9 @@ def similarity_mse_loss(predictions: Tensor, labels_0_5: Tensor, unit_scale: boo
 
     With unit_scale the errors are measured in units of half the label range, 2.5: the MSE is
     divided by 2.5^2 (multiplied by 0.16), which for the concat head is exactly its MSE on the
-    [-1, 1] range of its tanh. On the 0-5 scale an error
-    of one label point costs 6.25 times more than on [-1, 1]; one AdamW serving every task then
-    sees STS gradients that dwarf the classification losses' (issue 15, README).
+    [-1, 1] range of its tanh. On the 0-5 scale an error of one label point costs 6.25 times
+    more than on [-1, 1]; one AdamW serving every task then sees STS gradients that dwarf the
+    classification losses' (issue 15, README).
     """
     if predictions.shape != labels_0_5.shape:
         raise ValueError(

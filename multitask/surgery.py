@@ -47,10 +47,12 @@ class ConflictProjection:
 
     @torch.no_grad()
     def project(self, task: str) -> None:
-        """Project this step's encoder gradient (of `task`) off the other tasks' recent ones, then
-        fold the unprojected gradient into `task`'s running average."""
+        """Fold this step's encoder gradient (of `task`) into `task`'s running average, then
+        project it off the other tasks' recent ones."""
         grads = self._gradients()
-        raw = [g.clone() for g in grads]
+        # m_t first, from the gradient as it is: the projection below reads only the other
+        # tasks' averages, so no copy of the unprojected gradient is needed.
+        torch._foreach_lerp_(self.averages[task], grads, 1.0 - self.decay)  # m_t += (1 - decay)(g - m_t)
         for other in self.tasks:
             if other == task:
                 continue
@@ -59,7 +61,6 @@ class ConflictProjection:
             squared = torch.stack(torch._foreach_norm(average)).float().pow(2).sum()  # |m_u|^2
             coefficient = dot.clamp(max=0.0) / squared.clamp(min=1e-30)  # 0 without a conflict
             torch._foreach_sub_(grads, torch._foreach_mul(average, coefficient.to(grads[0].dtype)))
-        torch._foreach_lerp_(self.averages[task], raw, 1.0 - self.decay)  # m_t += (1 - decay)(g - m_t)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "averages": {t: [m.cpu() for m in ms] for t, ms in self.averages.items()}}
