@@ -133,7 +133,9 @@ def save_training_state(trainer, progress=None, next_epoch: int | None = None) -
         "format": TRAINING_STATE_FORMAT,
         "config": trainer.config.to_dict(),
         "model": trainer.model.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
+        # One AdamW's state, or with --task-moments a list of them, one a task in --tasks order.
+        "optimizer": [optimizer.state_dict() for optimizer in trainer.optimizers.values()]
+        if trainer.config.task_moments else next(iter(trainer.optimizers.values())).state_dict(),
         "scaler": trainer.scaler.state_dict(),
         "surgery": trainer.surgery.state_dict() if trainer.surgery is not None else None,  # --project-conflicts
         "rng": rng[0],
@@ -171,7 +173,11 @@ def resume_training(trainer, path: Path) -> dict | None:
         raise CheckpointError(f"{path} was written with other settings: " + ", ".join(
             f"{k}={old!r} (now {new!r})" for k, (old, new) in changed.items()))
     trainer.model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.config.task_moments:  # (the settings match the file's: checked above)
+        for optimizer, optimizer_state in zip(trainer.optimizers.values(), state["optimizer"], strict=True):
+            optimizer.load_state_dict(optimizer_state)
+    else:
+        next(iter(trainer.optimizers.values())).load_state_dict(state["optimizer"])
     trainer.scaler.load_state_dict(state["scaler"])
     if trainer.surgery is not None and state.get("surgery"):
         trainer.surgery.load_state_dict(state["surgery"])

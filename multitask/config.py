@@ -119,6 +119,10 @@ class TrainConfig:
                                       "against another task's running average gradient, where they conflict "
                                       "(PCGrad, Yu et al. 2020, for one task per step; multitask/surgery.py)",
                                       "recipe")
+    task_moments: bool = setting(False, "one AdamW per task over the shared weights: each task's step uses its own "
+                                 "first and second moments, as in single-task training, instead of moments "
+                                 "averaged over every task's gradients (multitask/training.py, make_optimizers)",
+                                 "recipe")
     probe_every: int | None = setting(None, "every N steps, each task's encoder gradient on a fixed probe "
                                       "batch and the cosine between tasks, in metrics.jsonl (3 extra "
                                       "forward and backward passes each time; unset: none)", "recipe",

@@ -108,7 +108,7 @@ class GraphedSteps:
         """What Trainer.train_step does, for one batch in one piece: returns the batch's loss
         (detached, on the device) and its example ids."""
         trainer = self.trainer
-        for group in trainer.optimizer.param_groups:
+        for group in trainer.optimizers[task].param_groups:
             group["capturable"] = True  # (also after a resume from a checkpoint saved without it)
         mnr = use_mnr and task == "sts"
         stream = trainer.streams["sts-mnr" if mnr else task]
@@ -124,7 +124,7 @@ class GraphedSteps:
             for name, tensor in batch.inputs.items():
                 captured.batch.inputs[name].copy_(tensor, non_blocking=True)
             captured.batch.labels.copy_(batch.labels, non_blocking=True)
-            trainer.optimizer.write_learning_rates()  # this step's lr into the tensor the graph reads
+            trainer.optimizers[task].write_learning_rates()  # this step's lr into the tensor the graph reads
             captured.graph.replay()
             loss, norm = captured.loss.clone(), captured.norm.clone()  # (the next replay overwrites them)
         progress.add_grad_norm(task, norm)
@@ -133,7 +133,7 @@ class GraphedSteps:
     def _body(self, task: str, mnr: bool, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, loss, backward and AdamW: the step that is captured. (Autocast's weight cache
         is off: cached casts made during a capture would be freed behind the graph's back.)"""
-        model, optimizer = self.trainer.model, self.trainer.optimizer
+        model, optimizer = self.trainer.model, self.trainer.optimizers[task]
         optimizer.zero_grad(set_to_none=True)  # backward writes fresh gradients
         with torch.autocast("cuda", dtype=self.dtype or torch.float32, enabled=self.dtype is not None,
                             cache_enabled=False):

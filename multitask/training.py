@@ -106,7 +106,7 @@ class Trainer:
         self.streams = make_streams(self.data, config, tokenizer.pad_token_id)
         self.task_sizes = {task: len(self.data[task].train) for task in config.task_names}
         check_ranks_agree(distributed, config, self.data)
-        self.optimizer = AdamW(parameter_groups(self.model, config), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizers = make_optimizers(self.model, config)  # task -> its AdamW (one shared, or --task-moments)
         self.scaler = grad_scaler(self.device, self.precision)  # loss scaling for fp16; else a no-op
         self.surgery = (ConflictProjection(config.task_names, self.model.bert.parameters())  # --project-conflicts
                         if config.project_conflicts else None)
@@ -177,7 +177,7 @@ class Trainer:
                 means = progress.mean_losses(self.distributed)
                 bar.set_postfix({t: f"{v:.3f}" for t, v in means.items() if v is not None})
                 self.report.scalars((epoch - 1) * len(plan) + progress.step, {
-                    **{f"loss_{t}": v for t, v in means.items()}, "lr": self.optimizer.param_groups[0]["lr"],
+                    **{f"loss_{t}": v for t, v in means.items()}, "lr": self.optimizers[plan[step]].param_groups[0]["lr"],
                     **{f"grad_norm_{t}": v for t, v in progress.mean_grad_norms().items()}}, "train")
             if config.save_every and progress.step % config.save_every == 0 and progress.step < len(plan):
                 watch.check(epoch)  # a checkpoint never holds NaN weights
@@ -203,7 +203,8 @@ class Trainer:
         stream = self.streams["sts-mnr" if mnr else task]
         rows = stream.next_rows()  # the batch: row numbers of the task's tokenized split
         ids = [stream.split.ids[i] for i in rows]
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer = self.optimizers[task]  # (the same AdamW for every task, unless --task-moments)
+        optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=self.device)
         # One piece, the whole batch, in one process; under torchrun or with --grad-accum, this
         # rank's share cut into micro-batches whose gradients add up (multitask/distributed.py).
@@ -217,19 +218,19 @@ class Trainer:
             loss = loss * piece.weight  # (the unweighted loss is what metrics.jsonl reports)
             if self.config.skip_nonfinite and not all_finite(objective, self.distributed):
                 progress.skipped_nonfinite += 1  # no step: the weights stay good
-                self.optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 return torch.zeros((), device=self.device), ids
             # (DDP averages the ranks' gradients; times the world size, that is their sum.)
             self.scaler.scale(objective * self.distributed.world_size).backward()
             step_loss += loss.detach()
         self.distributed.average_gradients(self.model.head_parameters())  # DDP covers the encoder
-        self.scaler.unscale_(self.optimizer)  # (fp16: the true gradients, for the norm and the step)
+        self.scaler.unscale_(optimizer)  # (fp16: the true gradients, for the norm and the step)
         norm = encoder_gradient_norm(self.model.bert)  # how hard this task pushes
         progress.add_grad_norm(task, norm)
         self.model.task_weighting.balance_gradients(task, norm, self.model.bert.parameters())  # --balance equal-norm
         if self.surgery is not None:
             self.surgery.project(task)  # --project-conflicts: no step against the other tasks' recent ones
-        self.scaler.step(self.optimizer)  # AdamW (skipped by the fp16 scaler on inf gradients)
+        self.scaler.step(optimizer)  # AdamW (skipped by the fp16 scaler on inf gradients)
         self.scaler.update()
         return step_loss, ids
 
@@ -244,8 +245,9 @@ class Trainer:
     def set_learning_rate(self, step: int) -> None:
         """Each AdamW group's learning rate at global step `step` (0-based)."""
         lr = scheduled_lr(self.config, step, self.config.epochs * self.batches_per_epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
+        for optimizer in distinct(self.optimizers):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_mult"]
 
     def epoch_plan(self, epoch: int) -> list[str]:
         """The task of each of the epoch's batches (multitask/samplers.py)."""
@@ -377,6 +379,34 @@ def scheduled_lr(config: TrainConfig, step: int, total_steps: int) -> float:
     if step < warmup_steps:
         return config.lr * (step + 1) / warmup_steps
     return config.lr * (total_steps - step) / max(total_steps - warmup_steps, 1.0)
+
+
+def make_optimizers(model: MultitaskBert, config: TrainConfig) -> dict[str, AdamW]:
+    """Each trained task's AdamW.
+
+    By default one AdamW serves every task (the paper): its moments m and v average the gradients
+    of whichever tasks came last, so a task whose encoder gradients are large sets the step size
+    of all (v is the same for all), and each step's direction carries the previous tasks' momentum.
+
+    --task-moments: one AdamW per task over the same weights. A step of task t then moves the
+    shared encoder by t's own first moment over t's own second moment, with t's own step count for
+    the bias correction: exactly the update single-task training of t would make from the same
+    weights, however large or small the other tasks' gradients are. (MTAdam, Malkiel & Wolf 2021,
+    likewise keeps Adam's moments per loss term, to balance the terms; here the tasks take turns,
+    so no balancing is needed beyond the separate moments.) Each AdamW holds every parameter, but a
+    head only ever gets a gradient, and so moments, in its own task's AdamW: what grows threefold is
+    the encoder's optimizer state.
+    """
+    def new() -> AdamW:
+        return AdamW(parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    if config.task_moments:
+        return {task: new() for task in config.task_names}
+    return dict.fromkeys(config.task_names, new())
+
+
+def distinct(optimizers: dict[str, AdamW]) -> list[AdamW]:
+    """The different AdamW objects among a task -> AdamW map (one, unless --task-moments)."""
+    return list({id(optimizer): optimizer for optimizer in optimizers.values()}.values())
 
 
 def parameter_groups(model: MultitaskBert, config: TrainConfig) -> list[dict]:

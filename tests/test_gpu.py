@@ -216,7 +216,7 @@ def test_graph_replays_draw_new_dropout_masks(tiny_setup, tmp_path):
     captured = next(iter(trainer.graphs.captured.values()))
     values = []
     for _ in range(3):
-        trainer.optimizer.write_learning_rates()
+        trainer.optimizers["sst"].write_learning_rates()
         captured.graph.replay()
         values.append(captured.loss.item())
     assert len(set(values)) == 3, values
