@@ -94,6 +94,9 @@ class TrainConfig:
                                       "step", "recipe", choices=LR_SCHEDULES)
     warmup: float | None = setting(None, "share of all steps over which the learning rate rises linearly "
                                    "from 0 (linear schedule)", "recipe")
+    task_schedules: bool = setting(False, "run the --lr-schedule over each task's own steps (the k-th of a task's "
+                                   "n steps gets the rate of step k of n), as its single-task run would, "
+                                   "instead of over the run's steps", "recipe")
     head_lr_mult: float | None = setting(None, "the task heads' learning rate, as a multiple of --lr",
                                          "recipe")
     pooling: str | None = setting(None, "sentence embedding for every head: cls (BERT's pooler on [CLS], "

@@ -27,6 +27,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -113,6 +114,7 @@ class Trainer:
         self.graphs = GraphedSteps(self) if config.cuda_graphs else None  # --cuda-graphs: multitask/graphs.py
         self.probes = config.probe_every and probe_batches(  # --probe-every: fixed batches, one a task
             {task: self.data[task].train for task in config.task_names}, config.batch_size, tokenizer.pad_token_id)
+        self.plan_counts: list[Counter] | None = None  # each epoch's steps per task (--task-schedules)
         self.best_overall, self.history = -math.inf, []
         self.start_epoch, self.resumed_progress = 1, None  # where `run` starts (see `resume`)
 
@@ -163,7 +165,7 @@ class Trainer:
                    disable=not (config.progress and self.distributed.is_main), dynamic_ncols=True, leave=False)
         start = time.perf_counter()
         for step in range(progress.step, len(plan)):
-            self.set_learning_rate((epoch - 1) * len(plan) + step)  # --lr-schedule
+            self.set_learning_rate(plan[step], (epoch - 1) * len(plan) + step, progress)  # --lr-schedule
             loss, ids = self.train_step(plan[step], use_mnr, progress)
             progress.loss_sums[plan[step]] += loss  # stays on the device: no wait for the GPU
             progress.counts[plan[step]] += 1
@@ -242,12 +244,28 @@ class Trainer:
             return round_robin_batches(self.task_sizes, self.config.batch_size)
         return self.config.batches_per_epoch
 
-    def set_learning_rate(self, step: int) -> None:
-        """Each AdamW group's learning rate at global step `step` (0-based)."""
-        lr = scheduled_lr(self.config, step, self.config.epochs * self.batches_per_epoch)
+    def set_learning_rate(self, task: str, step: int, progress: EpochProgress) -> None:
+        """Each AdamW group's learning rate for a step of `task` at global step `step` (0-based).
+
+        --task-schedules: the schedule runs over `task`'s own steps instead, the k-th of its n
+        steps in the whole run getting what step k of n would in a single-task run of it (the
+        annealed sampler draws the large tasks early and the small ones late, so on the global
+        schedule the tasks' steps see different shares of the warmup, the peak and the decay).
+        """
+        total = self.config.epochs * self.batches_per_epoch
+        if self.config.task_schedules:
+            step = self.task_steps_before(task, progress.epoch) + progress.counts[task]
+            total = self.task_steps_before(task, self.config.epochs + 1)
+        lr = scheduled_lr(self.config, step, total)
         for optimizer in distinct(self.optimizers):
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
+
+    def task_steps_before(self, task: str, epoch: int) -> int:
+        """How many steps of `task` the epochs before `epoch` plan (their plans are fixed by the seed)."""
+        if self.plan_counts is None:  # (made once: a plan is a few thousand draws)
+            self.plan_counts = [Counter(self.epoch_plan(e)) for e in range(1, self.config.epochs + 1)]
+        return sum(counts[task] for counts in self.plan_counts[:epoch - 1])
 
     def epoch_plan(self, epoch: int) -> list[str]:
         """The task of each of the epoch's batches (multitask/samplers.py)."""
@@ -390,8 +408,9 @@ def make_optimizers(model: MultitaskBert, config: TrainConfig) -> dict[str, Adam
 
     --task-moments: one AdamW per task over the same weights. A step of task t then moves the
     shared encoder by t's own first moment over t's own second moment, with t's own step count for
-    the bias correction: exactly the update single-task training of t would make from the same
-    weights, however large or small the other tasks' gradients are. (MTAdam, Malkiel & Wolf 2021,
+    the bias correction: single-task training's update rule, whose moments hold t's gradients
+    only, however large or small the other tasks' gradients are (so --loss-weights no longer
+    change the balance: Adam's step does not depend on the scale of a task's loss). (MTAdam, Malkiel & Wolf 2021,
     likewise keeps Adam's moments per loss term, to balance the terms; here the tasks take turns,
     so no balancing is needed beyond the separate moments.) Each AdamW holds every parameter, but a
     head only ever gets a gradient, and so moments, in its own task's AdamW: what grows threefold is

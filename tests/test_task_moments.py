@@ -1,6 +1,7 @@
 """--task-moments (multitask/training.py, make_optimizers): one AdamW per task over the shared
 encoder, so that a task's step is normalised by its own moments alone."""
 
+import pytest
 import torch
 
 from multitask import checkpoint, training
@@ -57,7 +58,7 @@ def test_the_schedule_reaches_every_task_adamw_and_a_resume_restores_each(tiny_s
     config = tiny_config(tiny_setup, tmp_path / "run", task_moments=True, lr_schedule="linear", warmup=0.5,
                          head_lr_mult=4.0)
     trainer = training.Trainer(config, log=lambda m: None)
-    trainer.set_learning_rate(0)  # the first warmup step: lr / (warmup steps)
+    trainer.set_learning_rate("sst", 0, training.EpochProgress(1))  # the first warmup step: lr / (warmup steps)
     expected = config.lr / (0.5 * config.epochs * config.batches_per_epoch)
     for optimizer in trainer.optimizers.values():
         assert sorted(group["lr"] for group in optimizer.param_groups) == [
@@ -75,3 +76,33 @@ def test_the_schedule_reaches_every_task_adamw_and_a_resume_restores_each(tiny_s
         assert torch.equal(restored["exp_avg"], state["exp_avg"]) and torch.equal(restored["exp_avg_sq"], state["exp_avg_sq"])
     assert not torch.equal(trainer.optimizers["qqp"].state[weight]["exp_avg"],
                            trainer.optimizers["sst"].state[weight]["exp_avg"])
+
+
+def test_task_schedules_give_each_task_its_single_task_schedule_over_its_own_steps(tiny_setup, tmp_path):  # noqa: F811
+    """Over two epochs of the annealed plan, the k-th step of a task with n steps in all gets
+    scheduled_lr(k, n): what a single-task run of n steps would give it; without the flag, every
+    step gets the run's schedule at its global position."""
+    lrs = {}
+    for own in (True, False):
+        config = tiny_config(tiny_setup, tmp_path / f"{own}", task_schedules=own, lr_schedule="linear",
+                             warmup=0.2, epochs=2, batches_per_epoch=30, sampler="annealed")
+        trainer = training.Trainer(config, log=lambda m: None)
+        seen = {task: [] for task in ("sst", "qqp", "sts")}
+        for epoch in (1, 2):
+            plan, progress = trainer.epoch_plan(epoch), training.EpochProgress(epoch)
+            for step, task in enumerate(plan):
+                trainer.set_learning_rate(task, (epoch - 1) * len(plan) + step, progress)
+                group = trainer.optimizers[task].param_groups[0]
+                seen[task].append(group["lr"] / group["lr_mult"])  # (the heads' group: times --head-lr-mult)
+                progress.counts[task] += 1
+        lrs[own] = seen
+        config_plans = [trainer.epoch_plan(e) for e in (1, 2)]
+    for task, values in lrs[True].items():
+        n = len(values)
+        assert n == sum(plan.count(task) for plan in config_plans) and n > 5, task
+        assert values == pytest.approx([training.scheduled_lr(config, k, n) for k in range(n)]), task
+    everything = [task for plan in config_plans for task in plan]
+    for task, values in lrs[False].items():
+        positions = [i for i, t in enumerate(everything) if t == task]
+        assert values == pytest.approx([training.scheduled_lr(config, i, len(everything)) for i in positions]), task
+    assert lrs[True]["qqp"] != pytest.approx(lrs[False]["qqp"])
