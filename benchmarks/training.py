@@ -31,7 +31,8 @@ The two pipelines run interleaved in chunks of steps (ours, naive, naive, ours, 
 whatever else the machine does slows both alike; a device sync closes every chunk.
 
 `--pipelines` adds, side by side in the same run (issue 14): **compiled** (ours with --compile),
-**graphed** (ours with --cuda-graphs; CUDA only), and **reference**, the strongest pipeline built
+**graphed** (ours with --cuda-graphs; CUDA only), **compiled-graphed** (both flags: the compiled
+encoder's kernels captured into the graphs; CUDA only), and **reference**, the strongest pipeline built
 from other people's parts: transformers' BertModel (sdpa attention) with our heads, under
 torch.compile, with `torch.optim.AdamW(fused=True)`, on the same pre-tokenized, length-grouped
 batches and precision as ours. Every pipeline reports `seconds_per_step`, and its ratio to a
@@ -82,7 +83,7 @@ FILE_KEYS = {"sst": "sst", "qqp": "quora", "sts": "sts"}  # dataset_paths() call
 # The paper's full setting: 10 epochs x 3000 batches of 32, about 4 hours per model on a T4 GPU.
 PAPER_STEPS = 10 * 3000
 PAPER_HOURS_T4 = 4.0
-PIPELINES = ("ours", "naive", "compiled", "graphed", "reference")
+PIPELINES = ("ours", "naive", "compiled", "graphed", "compiled-graphed", "reference")
 ADAMW_BYTES_PER_PARAMETER = 7 * 4  # fp32: reads p, g, m, v and writes p, m, v
 
 
@@ -717,9 +718,9 @@ def run(settings: Settings) -> dict:
                           for task in TASKS}
                 pipelines.append(NaivePipeline(naive_model, tokenizer, splits, settings.batch_size, config.lr,
                                                config.weight_decay, device, settings.seed))
-            elif name in ("compiled", "graphed"):  # ours again, from the same initial weights
+            elif name in ("compiled", "graphed", "compiled-graphed"):  # ours again, from the same weights
                 variant = TrainConfig(**{**config.to_dict(), "out_dir": str(Path(workdir) / name),
-                                         "compile": name == "compiled", "cuda_graphs": name == "graphed"})
+                                         "compile": "compiled" in name, "cuda_graphs": "graphed" in name})
                 other = Trainer(variant, log=lambda message, n=name: print(f"  {n}: {message}"),
                                 model=build_model(settings.model, settings.random_init, settings.seed),
                                 tokenizer=tokenizer)
@@ -740,7 +741,7 @@ def run(settings: Settings) -> dict:
         for pipeline in pipelines:  # (compilation and graph capture happen here, untimed)
             warmup_seconds[pipeline.name] = run_chunk(pipeline, warmup, device)["seconds"]
         graphs = {p.name: p.trainer.graphs for p in pipelines
-                  if p.name == "graphed" and p.trainer.graphs is not None}
+                  if "graphed" in p.name and p.trainer.graphs is not None}
         # Shapes first met inside the timed steps run eagerly once, then are captured: both are
         # in the timing. Reported, so that a warm-up too short to meet every shape shows.
         before = {name: (g.capture_seconds, len(g.captured)) for name, g in graphs.items()}
@@ -755,7 +756,7 @@ def run(settings: Settings) -> dict:
                   f"optimizer.step", flush=True)
             # (not the graphed pipeline: its optimizer.step runs inside the graph, and a sync
             # around it would break a capture)
-            shares = optimizer_share([p for p in pipelines if p.name != "graphed"], plan[settings.steps:], device)
+            shares = optimizer_share([p for p in pipelines if "graphed" not in p.name], plan[settings.steps:], device)
         losses = {p.name: p.mean_loss() for p in pipelines}
         capture_seconds = {name: {"total": g.capture_seconds, "graphs": len(g.captured),
                                   "during_timing": g.capture_seconds - before[name][0],
@@ -936,9 +937,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     if not pipelines or unknown or len(set(pipelines)) != len(pipelines):
         parser.error(f"--pipelines takes some of {', '.join(PIPELINES)}, each once, comma-separated; "
                      f"got {args.pipelines!r}")
-    if "graphed" in pipelines and args.device != "cuda":
+    if any("graphed" in name for name in pipelines) and args.device != "cuda":
         parser.error("--pipelines graphed replays CUDA graphs and needs --device cuda")
-    if args.compile and ("compiled" in pipelines or "graphed" in pipelines):
+    if args.compile and any(name in pipelines for name in ("compiled", "graphed", "compiled-graphed")):
         parser.error("--compile makes 'ours' compiled; use it without the compiled or graphed pipelines")
     if args.bandwidth_mb < 0:
         parser.error("--bandwidth-mb must not be negative")

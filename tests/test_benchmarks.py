@@ -98,3 +98,35 @@ def test_padding_benchmark_counts_bucket_padding(tiny_setup, tmp_path):
         assert buckets["distinct_lengths"] <= 8
         assert buckets["tokens_per_real_token"] == pytest.approx(buckets["tokens"] / buckets["real_tokens"])
     assert report["schemes"]["buckets"][-1] == report["cap"] <= 512
+
+
+def test_profile_step_sums_the_work_by_kind(tiny_setup, tmp_path):
+    model_dir, data_dir = tiny_setup
+    out = tmp_path / "profile.json"
+    result = run_script("profile_step.py", "--model", model_dir, "--random-init", "--data-dir", data_dir,
+                        "--device", "cpu", "--precision", "fp32", "--batch-size", 8, "--warmup", 1, "--steps", 3,
+                        "--out", out)
+    assert "capturable AdamW" in result.stdout
+    report = json.loads(out.read_text())
+    eager = report["pipelines"]["eager"]
+    assert eager["steps"] == 3 and eager["wall_ms_per_step"] > 0 and eager["kernels_per_step"] > 0
+    by_kind = eager["ms_per_step_by_kind"]
+    assert sum(row["ms_per_step"] for row in eager["top"]) <= sum(by_kind.values()) * (1 + 1e-9)
+    assert {"matmul", "elementwise"} <= set(by_kind)  # a training step has both
+    adamw = report["capturable_adamw"]
+    assert adamw["parameter_tensors"] > 0 and adamw["kernels_per_step"] >= adamw["parameter_tensors"]
+    assert "optimizer" in adamw["ms_per_step_by_kind"]  # its _foreach_ operators
+
+
+def test_profile_step_busy_time_counts_overlaps_once():
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import profile_step
+    events = [("a", 0.0, 10.0), ("b", 5.0, 15.0), ("c", 20.0, 25.0), ("d", 21.0, 22.0)]
+    assert profile_step.busy_us(events) == 20.0  # [0, 15] and [20, 25]
+    summary = profile_step.summarise(events, steps=2, wall_s=50e-6, top=2)
+    assert summary["busy_ms_per_step"] == pytest.approx(0.010) and summary["idle_share"] == pytest.approx(0.6)
+    assert summary["kernels_per_step"] == 2.0
+    assert [row["name"] for row in summary["top"]] == ["a", "b"]
+    assert profile_step.kind_of("void cutlass::Kernel<sm90_xmma_gemm_bf16>") == "matmul"
+    assert profile_step.kind_of("void at::native::multi_tensor_apply_kernel") == "optimizer"
+    assert profile_step.kind_of("pytorch_flash::flash_fwd_kernel") == "attention"
