@@ -21,6 +21,13 @@
 #   multi-tuned-cosine-private1-equal-norm   both together
 #   multi-tuned-cosine-project, multi-tuned-concat-project
 #                                 the tuned recipe with --project-conflicts (PCGrad-style surgery)
+#   multi-tuned-concat-moments, multi-tuned-cosine-moments
+#                                 the tuned recipe with --task-moments (one AdamW per task)
+#   multi-tuned-concat-schedules, multi-tuned-concat-schedules-moments
+#                                 the tuned recipe with --task-schedules (each task's lr schedule over its
+#                                 own steps), alone and with --task-moments
+#   multi-tuned-concat-qqp1.5, multi-tuned-concat-qqp2
+#                                 the tuned recipe with QQP's loss weighted 1.5 or 2 (--loss-weights)
 #   lever-sts-weight, lever-mean-pooling, lever-linear-warmup, lever-lr-1e-4, lever-uncertainty
 #                                 the paper's recipe with one lever of the tuned one (or the learned
 #                                 task weights) switched on
@@ -46,7 +53,9 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           lever-sts-weight lever-mean-pooling lever-linear-warmup lever-lr-1e-4 lever-uncertainty
           multi-tuned-mnr multi-tuned-shared multi-tuned-concat-equal-norm multi-tuned-cosine-equal-norm
           multi-tuned-concat-private1 multi-tuned-cosine-private1 multi-tuned-cosine-private2
-          multi-tuned-cosine-project multi-tuned-concat-project multi-tuned-cosine-private1-equal-norm)
+          multi-tuned-cosine-project multi-tuned-concat-project multi-tuned-cosine-private1-equal-norm
+          multi-tuned-concat-moments multi-tuned-cosine-moments multi-tuned-concat-qqp1.5 multi-tuned-concat-qqp2
+          multi-tuned-concat-schedules multi-tuned-concat-schedules-moments)
 rows=(${ROWS:-${all_rows[@]}})
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
         --device cpu --no-progress "$@")
@@ -66,6 +75,12 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-cosine-private1-equal-norm) echo "--recipe tuned --sts-head cosine --private-layers 1 --balance equal-norm" ;;
         multi-tuned-cosine-project) echo "--recipe tuned --sts-head cosine --project-conflicts" ;;
         multi-tuned-concat-project) echo "--recipe tuned --sts-head concat --project-conflicts" ;;
+        multi-tuned-concat-moments) echo "--recipe tuned --sts-head concat --task-moments" ;;
+        multi-tuned-cosine-moments) echo "--recipe tuned --sts-head cosine --task-moments" ;;
+        multi-tuned-concat-schedules) echo "--recipe tuned --sts-head concat --task-schedules" ;;
+        multi-tuned-concat-schedules-moments) echo "--recipe tuned --sts-head concat --task-schedules --task-moments" ;;
+        multi-tuned-concat-qqp1.5) echo "--recipe tuned --sts-head concat --loss-weights qqp=1.5" ;;
+        multi-tuned-concat-qqp2) echo "--recipe tuned --sts-head concat --loss-weights qqp=2" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
         lever-mean-pooling) echo "--recipe paper --sts-head concat --pooling mean" ;;
         lever-linear-warmup) echo "--recipe paper --sts-head concat --lr-schedule linear --warmup 0.1" ;;
