@@ -409,12 +409,12 @@ def make_optimizers(model: MultitaskBert, config: TrainConfig) -> dict[str, Adam
     --task-moments: one AdamW per task over the same weights. A step of task t then moves the
     shared encoder by t's own first moment over t's own second moment, with t's own step count for
     the bias correction: single-task training's update rule, whose moments hold t's gradients
-    only, however large or small the other tasks' gradients are (so --loss-weights no longer
-    change the balance: Adam's step does not depend on the scale of a task's loss). (MTAdam, Malkiel & Wolf 2021,
-    likewise keeps Adam's moments per loss term, to balance the terms; here the tasks take turns,
-    so no balancing is needed beyond the separate moments.) Each AdamW holds every parameter, but a
-    head only ever gets a gradient, and so moments, in its own task's AdamW: what grows threefold is
-    the encoder's optimizer state.
+    only, however large or small the other tasks' gradients are. So --loss-weights and --balance
+    no longer change the balance much: Adam's step barely depends on the scale of a task's loss.
+    (MTAdam, Malkiel & Wolf 2021, likewise keeps Adam's moments per loss term, to balance the
+    terms; here the tasks take turns, so the separate moments are all it takes.) Each AdamW holds
+    every parameter, but a head or a private layer only ever gets a gradient, and so moments, in
+    its own task's AdamW: what grows threefold is the shared encoder's optimizer state.
     """
     def new() -> AdamW:
         return AdamW(parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
