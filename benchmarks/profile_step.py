@@ -185,10 +185,12 @@ def main(argv: list[str] | None = None) -> int:
             progress = EpochProgress(1)
             for task in warm:  # (every shape met here is captured here, not in the profile)
                 trainer.train_step(task, False, progress)
+            before = len(trainer.graphs.captured) if trainer.graphs is not None else 0
             result = profile_steps(trainer, plan[args.warmup:], device, args.top)
             result["precision"] = trainer.precision
-            if trainer.graphs is not None:
+            if trainer.graphs is not None:  # (a shape first met in the profile: eager once, then captured)
                 result["graphs"] = len(trainer.graphs.captured)
+                result["graphs_captured_during_profile"] = len(trainer.graphs.captured) - before
             report["pipelines"][name] = result
             print(f"{name}: {result['wall_ms_per_step']:.2f} ms a step, the device busy "
                   f"{result['busy_ms_per_step']:.2f} ms, {result['kernels_per_step']:.0f} kernels a step; by kind (ms): "
