@@ -378,7 +378,7 @@ class ShippedPipeline:
         self.trainer = trainer
         self.device = trainer.device
         self.model = trainer.model.train()  # dropout on, as in training
-        self.optimizer = next(iter(trainer.optimizers.values()))  # (one AdamW for all tasks: no --task-moments)
+        self.optimizer = trainer.distinct_optimizers[0]  # (the one AdamW: the benchmark sets no --task-moments)
         self.config = trainer.model.bert.config
         self.progress = EpochProgress(1)
         self.lengths = LengthRecorder(trainer.model.bert)

@@ -129,13 +129,13 @@ def save_training_state(trainer, progress=None, next_epoch: int | None = None) -
     totals = progress.totals(distributed).state() if progress else None
     if not distributed.is_main:
         return
+    optimizers = [optimizer.state_dict() for optimizer in trainer.distinct_optimizers]  # one, or one a task
     state = {
         "format": TRAINING_STATE_FORMAT,
         "config": trainer.config.to_dict(),
         "model": trainer.model.state_dict(),
-        # One AdamW's state, or with --task-moments a list of them, one a task in --tasks order.
-        "optimizer": [optimizer.state_dict() for optimizer in trainer.optimizers.values()]
-        if trainer.config.task_moments else next(iter(trainer.optimizers.values())).state_dict(),
+        # The one AdamW's state, or with --task-moments a list of them, one a task in --tasks order.
+        "optimizer": optimizers if trainer.config.task_moments else optimizers[0],
         "scaler": trainer.scaler.state_dict(),
         "surgery": trainer.surgery.state_dict() if trainer.surgery is not None else None,  # --project-conflicts
         "rng": rng[0],
@@ -173,11 +173,9 @@ def resume_training(trainer, path: Path) -> dict | None:
         raise CheckpointError(f"{path} was written with other settings: " + ", ".join(
             f"{k}={old!r} (now {new!r})" for k, (old, new) in changed.items()))
     trainer.model.load_state_dict(state["model"])
-    if trainer.config.task_moments:  # (the settings match the file's: checked above)
-        for optimizer, optimizer_state in zip(trainer.optimizers.values(), state["optimizer"], strict=True):
-            optimizer.load_state_dict(optimizer_state)
-    else:
-        next(iter(trainer.optimizers.values())).load_state_dict(state["optimizer"])
+    saved = state["optimizer"] if trainer.config.task_moments else [state["optimizer"]]  # (settings checked above)
+    for optimizer, optimizer_state in zip(trainer.distinct_optimizers, saved, strict=True):
+        optimizer.load_state_dict(optimizer_state)
     trainer.scaler.load_state_dict(state["scaler"])
     if trainer.surgery is not None and state.get("surgery"):
         trainer.surgery.load_state_dict(state["surgery"])

@@ -244,6 +244,11 @@ class Trainer:
             return round_robin_batches(self.task_sizes, self.config.batch_size)
         return self.config.batches_per_epoch
 
+    @property
+    def distinct_optimizers(self) -> list[AdamW]:
+        """The AdamW objects, each once, in --tasks order: one, unless --task-moments."""
+        return distinct(self.optimizers)
+
     def set_learning_rate(self, task: str, step: int, progress: EpochProgress) -> None:
         """Each AdamW group's learning rate for a step of `task` at global step `step` (0-based).
 
@@ -257,7 +262,7 @@ class Trainer:
             step = self.task_steps_before(task, progress.epoch) + progress.counts[task]
             total = self.task_steps_before(task, self.config.epochs + 1)
         lr = scheduled_lr(self.config, step, total)
-        for optimizer in distinct(self.optimizers):
+        for optimizer in self.distinct_optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
 
