@@ -53,8 +53,9 @@ def read_json(path: Path) -> dict | None:
 def seed_scores(seed_dir: Path) -> dict[str, float] | None:
     """One seed's dev scores for a row: a multitask run's, or the single-task runs' together."""
     final = read_json(seed_dir / "final_metrics.json")
-    if final is not None:
-        return {k: final[k] for k in METRICS if k in final}
+    if final is not None:  # a multitask run; a pair's "overall" averages two tasks, so it is left out
+        scores = {k: final[k] for k in SINGLE_TASK_RUNS.values() if k in final}
+        return scores | ({"overall": final["overall"]} if len(scores) == len(SINGLE_TASK_RUNS) else {})
     scores = {}
     for run, metric in SINGLE_TASK_RUNS.items():
         single = read_json(seed_dir / run / "final_metrics.json")
@@ -94,7 +95,7 @@ def diagnostics(runs_dir: Path) -> dict[str, dict[str, list[float]]]:
                 continue  # a single-task row (its runs are one level down), or unfinished
             last = json.loads(metrics.read_text().splitlines()[-1])
             for name in DIAGNOSTICS:
-                if name in last:
+                if last.get(name) is not None:  # None: a task this run did not train
                     rows.setdefault(row_dir.name, {}).setdefault(name, []).append(last[name])
     return rows
 
@@ -116,14 +117,15 @@ def sts_head_of(seed_dir: Path) -> str | None:
 
 def paired_differences(runs_dir: Path, baseline: str) -> dict[str, dict[str, list[float]]]:
     """row -> metric -> (row - baseline) for each seed both have: a multitask row's scores
-    against the single-task row's of the same seed, STS against the same kind of head."""
+    against the single-task row's of the same seed, STS against the same kind of head. A row of
+    two tasks (pair-*) is compared on its two tasks only."""
     base_dir = runs_dir / baseline
     differences: dict[str, dict[str, list[float]]] = {}
     for row_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and p.name != baseline):
         for seed_dir in sorted(row_dir.glob("seed*")):
             ours, theirs = seed_scores(seed_dir), seed_scores(base_dir / seed_dir.name)
-            if not ours or not theirs or "overall" not in ours or "overall" not in theirs:
-                continue  # a single-task row, or no (complete) baseline for this seed
+            if not (seed_dir / "final_metrics.json").is_file() or not theirs or "overall" not in theirs:
+                continue  # a single-task row (its runs are one level down), or no complete baseline
             theirs = dict(theirs)
             if sts_head_of(seed_dir) in ("cosine", "mnr"):  # compare like with like
                 if "sts_corr_cosine" not in theirs:

@@ -54,7 +54,7 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     runs = tmp_path / "runs"
     env = {**os.environ, "MODEL": str(model_dir), "DATA_DIR": str(data_dir), "RUNS_DIR": str(runs),
            "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "SEEDS": "0", "BATCHES": "6",
-           "ROWS": "single-paper multi-paper-concat"}
+           "ROWS": "single-paper multi-paper-concat pair-qqp-sts"}
     process = subprocess.run(["bash", str(REPO_ROOT / "run_experiments.sh"), "ablation", "--precision", "fp32",
                               "--batch-size", "8", "--eval-batch-size", "64"],
                              env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
@@ -65,6 +65,8 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
         assert record[f"batches_{task}"] == counts[task]  # the multitask run's steps of that task
     (multi,) = [json.loads(line) for line in (runs / "multi-paper-concat" / "seed0" / "metrics.jsonl").open()]
     assert [multi[f"batches_{t}"] for t in TASKS] == [counts[t] for t in TASKS]
+    (pair,) = [json.loads(line) for line in (runs / "pair-qqp-sts" / "seed0" / "metrics.jsonl").open()]
+    assert pair["batches_sst"] == 0 and pair["batches_qqp"] + pair["batches_sts"] == counts["qqp"] + counts["sts"]
     table = (runs / "ablation.md").read_text()
     assert "| multi-paper-concat |" in table and "| single-paper |" in table
 
@@ -83,7 +85,12 @@ def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head
     multi("concat", 1, "concat", 0.45, 0.82, 0.80)
     multi("cosine", 0, "cosine", 0.44, 0.80, 0.80)
     multi("cosine", 2, "cosine", 0.50, 0.90, 0.90)  # no single-task seed 2: left out
+    pair = tmp_path / "pair-qqp-sts" / "seed0"  # two tasks: its "overall" is theirs alone
+    write_final(pair, qqp_acc=0.81, sts_corr=0.83, overall=0.8)
+    (pair / "train_config.json").write_text(json.dumps({"sts_head": "concat"}))
     differences = ablation.paired_differences(tmp_path, "single-tuned")
+    assert differences["pair-qqp-sts"] == {"qqp_acc": [pytest.approx(0.01)], "sts_corr": [pytest.approx(0.01)]}
+    assert "overall" not in ablation.collect(tmp_path)["pair-qqp-sts"]
     assert differences["concat"]["sst_acc"] == [pytest.approx(0.01), pytest.approx(0.02)]
     assert differences["concat"]["qqp_acc"] == [pytest.approx(-0.01), pytest.approx(0.0, abs=1e-12)]
     assert differences["cosine"]["sts_corr"] == [pytest.approx(0.80 - 0.84)]  # the cosine single-task run
