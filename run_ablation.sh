@@ -9,6 +9,10 @@
 # Rows (ROWS picks some; all by default, in this order):
 #   single-tuned / single-paper   three single-task runs, each with the number of batches its task
 #                                 gets in the multitask run's plan (the same per-task steps)
+#   single-tuned-head10           the same with the heads' learning rate 10 times the encoder's
+#                                 (--head-lr-mult 10), the baseline of multi-tuned-concat-head10
+#   pair-sst-qqp, pair-sst-sts, pair-qqp-sts   two tasks of three (tuned, concat), as many batches
+#                                 as the two get in the three-task plan: which task hurts which
 #   multi-paper-concat            the paper's recipe (annealed + concat)
 #   multi-tuned-concat, multi-tuned-cosine, multi-tuned-mnr   the tuned recipe, three STS heads
 #   multi-tuned-shared            the tuned recipe (concat) with --shared-layer (the paper's section 7)
@@ -19,6 +23,9 @@
 #                                 the tuned recipe with --private-layers 1 or 2 (each task its own
 #                                 copy of the encoder's top layer(s));
 #   multi-tuned-cosine-private1-equal-norm   both together
+#   multi-tuned-concat-private1-sst, multi-tuned-concat-private2-sst
+#                                 --private-layers 1 or 2 --private-tasks sst: SST its own top
+#                                 layer(s), paraphrase and similarity one copy between them
 #   multi-tuned-cosine-project, multi-tuned-concat-project
 #                                 the tuned recipe with --project-conflicts (PCGrad-style surgery)
 #   multi-tuned-concat-moments, multi-tuned-cosine-moments
@@ -26,6 +33,7 @@
 #   multi-tuned-concat-schedules, multi-tuned-concat-schedules-moments
 #                                 the tuned recipe with --task-schedules (each task's lr schedule over its
 #                                 own steps), alone and with --task-moments
+#   multi-tuned-concat-head10     the tuned recipe with --head-lr-mult 10
 #   multi-tuned-concat-qqp1.5, multi-tuned-concat-qqp2
 #                                 the tuned recipe with QQP's loss weighted 1.5 or 2 (--loss-weights)
 #   lever-sts-weight, lever-mean-pooling, lever-linear-warmup, lever-lr-1e-4, lever-uncertainty
@@ -55,7 +63,9 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-concat-private1 multi-tuned-cosine-private1 multi-tuned-cosine-private2
           multi-tuned-cosine-project multi-tuned-concat-project multi-tuned-cosine-private1-equal-norm
           multi-tuned-concat-moments multi-tuned-cosine-moments multi-tuned-concat-qqp1.5 multi-tuned-concat-qqp2
-          multi-tuned-concat-schedules multi-tuned-concat-schedules-moments)
+          multi-tuned-concat-schedules multi-tuned-concat-schedules-moments
+          pair-sst-qqp pair-sst-sts pair-qqp-sts single-tuned-head10 multi-tuned-concat-head10
+          multi-tuned-concat-private1-sst multi-tuned-concat-private2-sst)
 rows=(${ROWS:-${all_rows[@]}})
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
         --device cpu --no-progress "$@")
@@ -71,6 +81,8 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-cosine-equal-norm) echo "--recipe tuned --sts-head cosine --balance equal-norm" ;;
         multi-tuned-concat-private1) echo "--recipe tuned --sts-head concat --private-layers 1" ;;
         multi-tuned-cosine-private1) echo "--recipe tuned --sts-head cosine --private-layers 1" ;;
+        multi-tuned-concat-private1-sst) echo "--recipe tuned --sts-head concat --private-layers 1 --private-tasks sst" ;;
+        multi-tuned-concat-private2-sst) echo "--recipe tuned --sts-head concat --private-layers 2 --private-tasks sst" ;;
         multi-tuned-cosine-private2) echo "--recipe tuned --sts-head cosine --private-layers 2" ;;
         multi-tuned-cosine-private1-equal-norm) echo "--recipe tuned --sts-head cosine --private-layers 1 --balance equal-norm" ;;
         multi-tuned-cosine-project) echo "--recipe tuned --sts-head cosine --project-conflicts" ;;
@@ -79,6 +91,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-cosine-moments) echo "--recipe tuned --sts-head cosine --task-moments" ;;
         multi-tuned-concat-schedules) echo "--recipe tuned --sts-head concat --task-schedules" ;;
         multi-tuned-concat-schedules-moments) echo "--recipe tuned --sts-head concat --task-schedules --task-moments" ;;
+        multi-tuned-concat-head10) echo "--recipe tuned --sts-head concat --head-lr-mult 10" ;;
         multi-tuned-concat-qqp1.5) echo "--recipe tuned --sts-head concat --loss-weights qqp=1.5" ;;
         multi-tuned-concat-qqp2) echo "--recipe tuned --sts-head concat --loss-weights qqp=2" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
@@ -110,15 +123,24 @@ train() {  # train OUT_DIR FLAGS...: one run, skipped when finished, resumed whe
 for row in "${rows[@]}"; do  # row by row, so that the first rows have all their seeds first
     for seed in "${seeds[@]}"; do
         out="$runs_dir/$row/seed$seed"
-        if [[ "$row" == single-* ]]; then
+        if [[ "$row" == single-* || "$row" == pair-* ]]; then
             # Each task's share of the multitask plan of this seed: the same per-task steps.
-            recipe="${row#single-}"
             read -r n_sst n_qqp n_sts < <("$PYTHON" -m multitask.ablation --plan-counts \
                 --data-dir "$data_dir" --batches "$batches" --seed "$seed")
-            train "$out/sst" --recipe "$recipe" --tasks sst --batches-per-epoch "$n_sst" --seed "$seed"
-            train "$out/qqp" --recipe "$recipe" --tasks qqp --batches-per-epoch "$n_qqp" --seed "$seed"
-            train "$out/sts" --recipe "$recipe" --tasks sts --sts-head concat --batches-per-epoch "$n_sts" --seed "$seed"
-            train "$out/sts-cosine" --recipe "$recipe" --tasks sts --sts-head cosine --batches-per-epoch "$n_sts" --seed "$seed"
+        fi
+        if [[ "$row" == pair-* ]]; then
+            # Two tasks, drawn by the same sampler: each gets about its three-task share.
+            a="${row#pair-}"; b="${a#*-}"; a="${a%-*}"
+            declare -A n=([sst]="$n_sst" [qqp]="$n_qqp" [sts]="$n_sts")
+            train "$out" --recipe tuned --sts-head concat --tasks "$a,$b" \
+                --batches-per-epoch "$(( n[$a] + n[$b] ))" --seed "$seed"
+        elif [[ "$row" == single-* ]]; then
+            recipe="${row#single-}"; extra=()
+            [[ "$recipe" == *-head10 ]] && { recipe="${recipe%-head10}"; extra=(--head-lr-mult 10); }
+            train "$out/sst" --recipe "$recipe" "${extra[@]}" --tasks sst --batches-per-epoch "$n_sst" --seed "$seed"
+            train "$out/qqp" --recipe "$recipe" "${extra[@]}" --tasks qqp --batches-per-epoch "$n_qqp" --seed "$seed"
+            train "$out/sts" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head concat --batches-per-epoch "$n_sts" --seed "$seed"
+            train "$out/sts-cosine" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --batches-per-epoch "$n_sts" --seed "$seed"
         else
             # shellcheck disable=SC2046
             train "$out" $(row_flags "$row") --batches-per-epoch "$batches" --seed "$seed"

@@ -118,6 +118,9 @@ class TrainConfig:
                                  "recipe")
     private_layers: int = setting(0, "the encoder's top N layers copied once per task instead of shared "
                                   "(task-specific top layers; 0: every layer shared)", "recipe", minimum=0)
+    private_tasks: str = setting(",".join(TASKS), "with --private-layers: the tasks that get their own copy of "
+                                 "the top layers; the others share one copy (sst: SST alone, paraphrase and "
+                                 "similarity together)", "recipe")
     project_conflicts: bool = setting(False, "gradient surgery: each step's encoder gradient loses its component "
                                       "against another task's running average gradient, where they conflict "
                                       "(PCGrad, Yu et al. 2020, for one task per step; multitask/surgery.py)",
@@ -170,6 +173,14 @@ class TrainConfig:
         return tuple(t for t in TASKS if t in chosen)
 
     @property
+    def private_groups(self) -> list[tuple[str, ...]]:
+        """--private-tasks as groups of tasks that share a copy of the top layers: each named task
+        alone, then the others together (in TASKS' order)."""
+        alone = [t.strip() for t in self.private_tasks.split(",")]
+        rest = tuple(t for t in TASKS if t not in alone)
+        return [(t,) for t in TASKS if t in alone] + ([rest] if rest else [])
+
+    @property
     def task_weights(self) -> dict[str, float]:
         """--loss-weights as numbers; a task it does not name weighs 1."""
         pairs = [item.split("=") for item in self.loss_weights.split(",") if item.strip()]
@@ -193,6 +204,13 @@ class TrainConfig:
         if not names or any(t not in TASKS for t in names) or len(set(names)) != len(names):
             raise ValueError(f"--tasks must name some of {', '.join(TASKS)} once each, comma-separated; "
                              f"got {self.tasks!r}")
+        private = [t.strip() for t in self.private_tasks.split(",")]
+        if not private or any(t not in TASKS for t in private) or len(set(private)) != len(private):
+            raise ValueError(f"--private-tasks must name some of {', '.join(TASKS)} once each, comma-separated; "
+                             f"got {self.private_tasks!r}")
+        if set(private) != set(TASKS) and not self.private_layers:
+            raise ValueError(f"--private-tasks {self.private_tasks} chooses who gets private top layers, but "
+                             f"--private-layers is 0; add --private-layers N (for example 1)")
         try:
             weights = self.task_weights
         except ValueError:

@@ -173,7 +173,7 @@ def why_not(trained: TrainedModel) -> dict[str, str]:
                                      f"block that no standard transformers or sentence-transformers module "
                                      f"has, so the {part} head cannot be exported exactly")
     if getattr(trained.model, "private", None) is not None:
-        reasons["encoder"] = (f"each task has its own top {trained.config.private_layers} encoder layer(s) "
+        reasons["encoder"] = (f"the tasks have their own top {trained.config.private_layers} encoder layer(s) "
                               f"(--private-layers), so no one encoder serves every head; each head's "
                               f"folder holds the whole encoder of its task")
     pooling = pooling_of(trained)
@@ -268,7 +268,7 @@ def _encoder_tensors(trained: TrainedModel, prefix: str, task: str) -> dict[str,
     private = getattr(trained.model, "private", None)
     if private is not None:
         below = len(trained.model.bert.encoder.layer)  # the shared layers keep their numbers
-        for name, tensor in private.tasks[task].state_dict().items():
+        for name, tensor in private.layers(task).state_dict().items():
             index, rest = name.split(".", 1)  # "0.attention.self.query.weight"
             tensors[f"{prefix}encoder.layer.{below + int(index)}.{rest}"] = tensor
     return tensors

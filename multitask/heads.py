@@ -13,13 +13,14 @@
 With shared_layer, every head reads the pooled embedding through one more layer that all tasks
 share and train (`SharedLayer`), the paper's proposed future work (section 7).
 
-With private_layers = N, the encoder's top N transformer layers stop being shared: each task gets
-its own copy of them, initialised from the checkpoint (`PrivateTop`), and the shared encoder keeps
-the layers below. This is hard parameter sharing with task-specific top layers (Caruana 1997;
-the usual form in multitask BERT work, e.g. Stickland & Murray 2019 compare it with adapters): the
-lower layers learn what the tasks share, while each task's last layers, where the task-specific
-features live, are not pulled towards the other tasks. The cost is N layers of parameters per
-extra task; a batch still runs through L layers.
+With private_layers = N, the encoder's top N transformer layers stop being shared: each task (or
+each group of tasks, private_groups) gets its own copy of them, initialised from the checkpoint
+(`PrivateTop`), and the shared encoder keeps the layers below. This is hard parameter sharing
+with task-specific top layers (Caruana 1997; the usual form in multitask BERT work, e.g.
+Stickland & Murray 2019 compare it with adapters): the lower layers learn what the tasks share,
+while each task's last layers, where the task-specific features live, are not pulled towards the
+other tasks. The cost is N layers of parameters per extra copy; a batch still runs through L
+layers.
 
 "pooled" is BERT's pooler output (dense + tanh on [CLS]), as in the paper, or with pooling="mean"
 the mean of the last layer over the real tokens (how sentence-embedding checkpoints such as
@@ -80,21 +81,32 @@ class PrivateTop(nn.Module):
 
     Every copy starts as the checkpoint's own layers, so before training each task computes
     exactly what the whole checkpoint computed.
+
+    `groups` says which tasks share a copy: one group per task (the default) gives every task its
+    own; ("sst",), ("qqp", "sts") gives SST its own top layers while paraphrase and similarity,
+    whose gradients agree, keep sharing theirs (task grouping: Standley et al. 2020, "Which Tasks
+    Should Be Learned Together in Multi-task Learning?"). A group's copy is named by its tasks
+    joined with "+" (private.tasks.sst, private.tasks.qqp+sts).
     """
 
-    def __init__(self, encoder: BertModel, n: int, tasks: tuple[str, ...]):
+    def __init__(self, encoder: BertModel, n: int, groups: list[tuple[str, ...]]):
         super().__init__()
         layers = encoder.encoder.layer
         if not 0 < n < len(layers):
             raise ValueError(f"private_layers={n}: the encoder has {len(layers)} layers and at least one "
                              f"must stay shared; choose 1 to {len(layers) - 1}")
         top = layers[len(layers) - n:]
-        self.tasks = nn.ModuleDict({task: copy.deepcopy(top) for task in tasks})
+        self.tasks = nn.ModuleDict({"+".join(group): copy.deepcopy(top) for group in groups})
+        self.copy_of = {task: "+".join(group) for group in groups for task in group}  # task -> its copy's name
         del layers[len(layers) - n:]  # the shared encoder now stops below them
+
+    def layers(self, task: str) -> nn.ModuleList:
+        """The top layers `task` reads (its own, or its group's)."""
+        return self.tasks[self.copy_of[task]]
 
     def forward(self, task: str, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask_bias = attention_bias(attention_mask, hidden)  # (B, 1, 1, T), as the encoder builds it
-        for layer in self.tasks[task]:
+        for layer in self.layers(task):
             hidden = layer(hidden, mask_bias)  # (B, T, H)
         return hidden
 
@@ -103,7 +115,7 @@ class MultitaskBert(nn.Module):
     def __init__(self, encoder: BertModel, sts_head: str = "concat", dropout: float = 0.3,
                  pooling: str = "cls", loss_weights: dict[str, float] | None = None,
                  balance: str = "fixed", sts_loss_scale: str = "label", shared_layer: bool = False,
-                 private_layers: int = 0):
+                 private_layers: int = 0, private_groups: list[tuple[str, ...]] | None = None):
         super().__init__()
         if sts_head not in STS_HEADS:
             raise ValueError(f"unknown STS head {sts_head!r}; choose one of {', '.join(STS_HEADS)}")
@@ -120,8 +132,10 @@ class MultitaskBert(nn.Module):
                                                    learned=balance == "uncertainty",
                                                    equal_norm=balance == "equal-norm")
         self.shared = SharedLayer(hidden) if shared_layer else None  # read by every head
-        # Each task's own copy of the encoder's top layers (taken out of self.bert), or None.
-        self.private = PrivateTop(encoder, private_layers, TASKS) if private_layers else None
+        # Each task's (or group of tasks') own copy of the encoder's top layers (taken out of
+        # self.bert), or None.
+        groups = private_groups or [(task,) for task in TASKS]
+        self.private = PrivateTop(encoder, private_layers, groups) if private_layers else None
         self.sentiment_dropout = nn.Dropout(dropout)
         self.sentiment = nn.Linear(hidden, NUM_SENTIMENTS)
         self.paraphrase_dropout = nn.Dropout(dropout)

@@ -129,8 +129,12 @@ def write_random_run(folder: Path, encoder_dir: Path, sts_head: str, max_length:
     from multitask.config import STS_HEADS, TrainConfig
     from multitask.heads import MultitaskBert
 
+    # The paper's recipe unless `options` say otherwise: [CLS] pooling, which every export can express.
+    config = TrainConfig(model=str(encoder_dir), sts_head=sts_head, max_length=max_length,
+                         **{"recipe": "paper", **options})
     torch.manual_seed(STS_HEADS.index(sts_head))
     model_options = {k: v for k, v in options.items() if k in inspect.signature(MultitaskBert).parameters}
+    model_options["private_groups"] = config.private_groups  # (from --private-tasks)
     model = MultitaskBert(BertModel.from_pretrained(encoder_dir), sts_head, dropout=0.3, **model_options)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -140,9 +144,6 @@ def write_random_run(folder: Path, encoder_dir: Path, sts_head: str, max_length:
                 parameter.normal_(0.0, 1.5 / math.sqrt(parameter.shape[1]))
             else:
                 parameter.normal_(0.0, 0.5 if parameter.dim() == 1 else 1.0)
-    # The paper's recipe unless `options` say otherwise: [CLS] pooling, which every export can express.
-    config = TrainConfig(model=str(encoder_dir), sts_head=sts_head, max_length=max_length,
-                         **{"recipe": "paper", **options})
     record = {"epoch": 1, "overall": 0.5, "batches_sst": 3, "batches_qqp": 3, "batches_sts": 3,
               **(record or {})}
     checkpoint.save(folder / "best", model, BertTokenizer.from_pretrained(encoder_dir), config, record)

@@ -178,19 +178,38 @@ def test_private_layers_are_the_top_of_the_stack():
         assert not torch.allclose(model.pooled(batch), hidden.mean(dim=1), atol=1e-3)
 
 
-def test_a_step_trains_the_shared_layers_and_only_its_own_task_s_private_ones(tiny_setup, tmp_path):
-    config = tiny_config(tiny_setup, tmp_path, private_layers=1, pooling="mean")
+@pytest.mark.parametrize("private_tasks, copies", [
+    ("sst,qqp,sts", {"sst": "sst", "qqp": "qqp", "sts": "sts"}),  # the default: every task its own
+    ("sst", {"sst": "sst", "qqp": "qqp+sts", "sts": "qqp+sts"}),  # SST alone; QQP and STS share one
+])
+def test_a_step_trains_the_shared_layers_and_only_its_own_task_s_private_ones(tiny_setup, tmp_path, private_tasks,
+                                                                             copies):
+    config = tiny_config(tiny_setup, tmp_path, private_layers=1, pooling="mean", private_tasks=private_tasks)
     trainer = training.Trainer(config, log=lambda m: None)
+    assert set(trainer.model.private.tasks) == set(copies.values())
     for task in ("sst", "qqp", "sts"):
         trainer.model.zero_grad(set_to_none=True)
-        private = {t: [p.detach().clone() for p in trainer.model.private.tasks[t].parameters()]
-                   for t in ("sst", "qqp", "sts")}
+        private = {name: [p.detach().clone() for p in layers.parameters()]
+                   for name, layers in trainer.model.private.tasks.items()}
         shared = [p.detach().clone() for p in trainer.model.bert.encoder.parameters()]
         trainer.train_step(task, False, training.EpochProgress(1))
         assert any(not torch.equal(p, q) for p, q in zip(trainer.model.bert.encoder.parameters(), shared)), task
-        for other, before in private.items():
-            moved = any(not torch.equal(p, q) for p, q in zip(trainer.model.private.tasks[other].parameters(), before))
-            assert moved == (other == task), (task, other)
+        for name, before in private.items():
+            moved = any(not torch.equal(p, q) for p, q in zip(trainer.model.private.tasks[name].parameters(), before))
+            assert moved == (name == copies[task]), (task, name)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--private-tasks", "sst"], "--private-layers is 0"),
+    (["--private-layers", "1", "--private-tasks", "sst,sentiment"], "--private-tasks must name some of"),
+])
+def test_private_tasks_are_checked_on_the_command_line(tiny_setup, tmp_path, capsys, flags, message):
+    model_dir, data_dir = tiny_setup
+    with pytest.raises(SystemExit) as exit_:  # a usage error, before any training
+        multitask_classifier.main(["--model", str(model_dir), "--data-dir", str(data_dir), "--device", "cpu",
+                                   "--out-dir", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and message in err
 
 
 def test_private_layers_must_leave_a_shared_layer(tiny_setup, tmp_path, capsys):
