@@ -26,6 +26,8 @@
 #   multi-tuned-concat-private1-sst, multi-tuned-concat-private2-sst
 #                                 --private-layers 1 or 2 --private-tasks sst: SST its own top
 #                                 layer(s), paraphrase and similarity one copy between them
+#   multi-tuned-cosine-private1-qqp   the cosine head with --private-layers 1 --private-tasks qqp
+#                                 (its STS gradient agrees with SST's and conflicts with QQP's)
 #   multi-tuned-cosine-project, multi-tuned-concat-project
 #                                 the tuned recipe with --project-conflicts (PCGrad-style surgery)
 #   multi-tuned-concat-moments, multi-tuned-cosine-moments
@@ -65,7 +67,7 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-concat-moments multi-tuned-cosine-moments multi-tuned-concat-qqp1.5 multi-tuned-concat-qqp2
           multi-tuned-concat-schedules multi-tuned-concat-schedules-moments
           pair-sst-qqp pair-sst-sts pair-qqp-sts single-tuned-head10 multi-tuned-concat-head10
-          multi-tuned-concat-private1-sst multi-tuned-concat-private2-sst)
+          multi-tuned-concat-private1-sst multi-tuned-concat-private2-sst multi-tuned-cosine-private1-qqp)
 rows=(${ROWS:-${all_rows[@]}})
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
         --device cpu --no-progress "$@")
@@ -83,6 +85,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-cosine-private1) echo "--recipe tuned --sts-head cosine --private-layers 1" ;;
         multi-tuned-concat-private1-sst) echo "--recipe tuned --sts-head concat --private-layers 1 --private-tasks sst" ;;
         multi-tuned-concat-private2-sst) echo "--recipe tuned --sts-head concat --private-layers 2 --private-tasks sst" ;;
+        multi-tuned-cosine-private1-qqp) echo "--recipe tuned --sts-head cosine --private-layers 1 --private-tasks qqp" ;;
         multi-tuned-cosine-private2) echo "--recipe tuned --sts-head cosine --private-layers 2" ;;
         multi-tuned-cosine-private1-equal-norm) echo "--recipe tuned --sts-head cosine --private-layers 1 --balance equal-norm" ;;
         multi-tuned-cosine-project) echo "--recipe tuned --sts-head cosine --project-conflicts" ;;
