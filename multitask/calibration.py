@@ -72,22 +72,26 @@ def unseen_rows(run: Path, data: dict, config, pad_id: int) -> np.ndarray:
     batches it took (all epochs' batches_qqp in metrics.jsonl)."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     taken = sum(record.get("batches_qqp") or 0 for record in records)
-    stream = training.make_streams(data, config, pad_id)["qqp"]
+    stream = training.make_streams(data, config, pad_id)["qqp"]  # the run's own stream, from its start
     if taken >= len(stream):
         raise ValueError(f"{run}: it trained {taken} Quora batches, at least one whole pass over the training "
                          f"file ({len(stream)} batches), so no training pair is unseen; this tool needs a run "
                          f"that stopped within its first pass")
-    return np.sort(np.concatenate(stream._batches[taken:]))
+    for _ in range(taken):  # the batches the run trained on
+        stream.next_rows()
+    return np.sort(np.concatenate([stream.next_rows() for _ in range(len(stream) - taken)]))  # the rest of the pass
 
 
-def paraphrase_calibration(run: str | Path, device: str = "cpu") -> dict[str, float]:
+def paraphrase_calibration(run: str | Path, device: str = "cpu", data_dir: str | None = None) -> dict[str, float]:
+    """The paraphrase head's dev AUC, accuracy and positive rate, and its dev accuracy with the
+    logit bias fitted on the run's unseen Quora training pairs (`data_dir`: the run's by default)."""
     run = Path(run)
     if not (run / "metrics.jsonl").is_file():
         raise CheckpointError(f"{run}: no metrics.jsonl; give a training run's --out-dir")
     trained = open_checkpoint(run, device)
     if "qqp" not in trained.config.task_names:
         raise CheckpointError(f"{run}: the run did not train the paraphrase task (--tasks {trained.config.tasks})")
-    config = dataclasses.replace(trained.config, tasks="qqp")
+    config = dataclasses.replace(trained.config, tasks="qqp", data_dir=data_dir or trained.config.data_dir)
     data = training.prepare_data(config, trained.tokenizer, log=lambda message: None)
     pad_id = trained.tokenizer.pad_token_id
     held = data["qqp"].train.subset(unseen_rows(run, data, config, pad_id))
@@ -107,13 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         description="For each training run: the paraphrase head's dev ROC AUC, its dev accuracy, and its dev "
                     "accuracy with the logit bias fitted on the Quora training pairs the run never trained on.")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training runs' --out-dir folders")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with quora-train.csv and quora-dev.csv (default: each run's own)")
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     args = parser.parse_args(argv)
     columns = ["unseen_train_pairs", "dev_auc", "dev_acc", "dev_positive_rate", "bias", "dev_acc_calibrated"]
     print("| run | " + " | ".join(columns) + " |\n" + "|---" * (len(columns) + 1) + "|")
     for run in args.runs:
         try:
-            result = paraphrase_calibration(run, args.device)
+            result = paraphrase_calibration(run, args.device, args.data_dir)
         except (CheckpointError, DataError, RuntimeSetupError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
