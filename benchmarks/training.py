@@ -84,6 +84,8 @@ FILE_KEYS = {"sst": "sst", "qqp": "quora", "sts": "sts"}  # dataset_paths() call
 PAPER_STEPS = 10 * 3000
 PAPER_HOURS_T4 = 4.0
 PIPELINES = ("ours", "naive", "compiled", "graphed", "compiled-graphed", "reference")
+COMPILED = ("compiled", "compiled-graphed")  # ours with --compile
+GRAPHED = ("graphed", "compiled-graphed")  # ours with --cuda-graphs
 ADAMW_BYTES_PER_PARAMETER = 7 * 4  # fp32: reads p, g, m, v and writes p, m, v
 
 
@@ -718,9 +720,9 @@ def run(settings: Settings) -> dict:
                           for task in TASKS}
                 pipelines.append(NaivePipeline(naive_model, tokenizer, splits, settings.batch_size, config.lr,
                                                config.weight_decay, device, settings.seed))
-            elif name in ("compiled", "graphed", "compiled-graphed"):  # ours again, from the same weights
+            elif name in COMPILED + GRAPHED:  # ours again, from the same weights
                 variant = TrainConfig(**{**config.to_dict(), "out_dir": str(Path(workdir) / name),
-                                         "compile": "compiled" in name, "cuda_graphs": "graphed" in name})
+                                         "compile": name in COMPILED, "cuda_graphs": name in GRAPHED})
                 other = Trainer(variant, log=lambda message, n=name: print(f"  {n}: {message}"),
                                 model=build_model(settings.model, settings.random_init, settings.seed),
                                 tokenizer=tokenizer)
@@ -741,7 +743,7 @@ def run(settings: Settings) -> dict:
         for pipeline in pipelines:  # (compilation and graph capture happen here, untimed)
             warmup_seconds[pipeline.name] = run_chunk(pipeline, warmup, device)["seconds"]
         graphs = {p.name: p.trainer.graphs for p in pipelines
-                  if "graphed" in p.name and p.trainer.graphs is not None}
+                  if p.name in GRAPHED and p.trainer.graphs is not None}
         # Shapes first met inside the timed steps run eagerly once, then are captured: both are
         # in the timing. Reported, so that a warm-up too short to meet every shape shows.
         before = {name: (g.capture_seconds, len(g.captured)) for name, g in graphs.items()}
@@ -756,7 +758,7 @@ def run(settings: Settings) -> dict:
                   f"optimizer.step", flush=True)
             # (not the graphed pipeline: its optimizer.step runs inside the graph, and a sync
             # around it would break a capture)
-            shares = optimizer_share([p for p in pipelines if "graphed" not in p.name], plan[settings.steps:], device)
+            shares = optimizer_share([p for p in pipelines if p.name not in GRAPHED], plan[settings.steps:], device)
         losses = {p.name: p.mean_loss() for p in pipelines}
         capture_seconds = {name: {"total": g.capture_seconds, "graphs": len(g.captured),
                                   "during_timing": g.capture_seconds - before[name][0],
@@ -937,9 +939,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     if not pipelines or unknown or len(set(pipelines)) != len(pipelines):
         parser.error(f"--pipelines takes some of {', '.join(PIPELINES)}, each once, comma-separated; "
                      f"got {args.pipelines!r}")
-    if any("graphed" in name for name in pipelines) and args.device != "cuda":
+    if any(name in GRAPHED for name in pipelines) and args.device != "cuda":
         parser.error("--pipelines graphed replays CUDA graphs and needs --device cuda")
-    if args.compile and any(name in pipelines for name in ("compiled", "graphed", "compiled-graphed")):
+    if args.compile and any(name in COMPILED + GRAPHED for name in pipelines):
         parser.error("--compile makes 'ours' compiled; use it without the compiled or graphed pipelines")
     if args.bandwidth_mb < 0:
         parser.error("--bandwidth-mb must not be negative")

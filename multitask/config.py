@@ -169,14 +169,14 @@ class TrainConfig:
     @property
     def task_names(self) -> tuple[str, ...]:
         """The trained tasks, in TASKS' order (the order of the heads and of round-robin)."""
-        chosen = {t.strip() for t in self.tasks.split(",")}
+        chosen = task_list(self.tasks)
         return tuple(t for t in TASKS if t in chosen)
 
     @property
     def private_groups(self) -> list[tuple[str, ...]]:
         """--private-tasks as groups of tasks that share a copy of the top layers: each named task
         alone, then the others together (in TASKS' order)."""
-        alone = [t.strip() for t in self.private_tasks.split(",")]
+        alone = task_list(self.private_tasks)
         rest = tuple(t for t in TASKS if t not in alone)
         return [(t,) for t in TASKS if t in alone] + ([rest] if rest else [])
 
@@ -200,15 +200,12 @@ class TrainConfig:
             raise ValueError(f"--weight-decay must be a non-negative number, got {self.weight_decay}")
         if not 0.0 <= self.dropout < 1.0:  # also false for NaN
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
-        names = [t.strip() for t in self.tasks.split(",")]
-        if not names or any(t not in TASKS for t in names) or len(set(names)) != len(names):
-            raise ValueError(f"--tasks must name some of {', '.join(TASKS)} once each, comma-separated; "
-                             f"got {self.tasks!r}")
-        private = [t.strip() for t in self.private_tasks.split(",")]
-        if not private or any(t not in TASKS for t in private) or len(set(private)) != len(private):
-            raise ValueError(f"--private-tasks must name some of {', '.join(TASKS)} once each, comma-separated; "
-                             f"got {self.private_tasks!r}")
-        if set(private) != set(TASKS) and not self.private_layers:
+        for flag, text in (("--tasks", self.tasks), ("--private-tasks", self.private_tasks)):
+            names = task_list(text)
+            if not names or any(t not in TASKS for t in names) or len(set(names)) != len(names):
+                raise ValueError(f"{flag} must name some of {', '.join(TASKS)} once each, comma-separated; "
+                                 f"got {text!r}")
+        if set(task_list(self.private_tasks)) != set(TASKS) and not self.private_layers:
             raise ValueError(f"--private-tasks {self.private_tasks} chooses who gets private top layers, but "
                              f"--private-layers is 0; add --private-layers N (for example 1)")
         try:
@@ -236,6 +233,11 @@ class TrainConfig:
         # the paper's (the default until the ablation), no STS loss scale the label scale.
         before = {"recipe": "paper", "sts_loss_scale": "label"}
         return cls(**{**before, **{k: v for k, v in values.items() if k in known}})
+
+
+def task_list(text: str) -> list[str]:
+    """The task names of a comma-separated option (--tasks, --private-tasks), as written."""
+    return [t.strip() for t in text.split(",")]
 
 
 def flag_name(field: dataclasses.Field) -> str:
