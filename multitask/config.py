@@ -129,6 +129,10 @@ class TrainConfig:
                                  "first and second moments, as in single-task training, instead of moments "
                                  "averaged over every task's gradients (multitask/training.py, make_optimizers)",
                                  "recipe")
+    teachers: str | None = setting(None, "born-again distillation (Clark et al. 2019): task=run pairs, e.g. "
+                                   "sst=runs/a,qqp=runs/b,sts=runs/c; each named task's targets move from its "
+                                   "teacher run's predictions to the gold labels over the run (multitask/distill.py)",
+                                   "recipe")
     probe_every: int | None = setting(None, "every N steps, each task's encoder gradient on a fixed probe "
                                       "batch and the cosine between tasks, in metrics.jsonl (3 extra "
                                       "forward and backward passes each time; unset: none)", "recipe",
@@ -186,6 +190,11 @@ class TrainConfig:
         pairs = [item.split("=") for item in self.loss_weights.split(",") if item.strip()]
         return {**dict.fromkeys(TASKS, 1.0), **{k.strip(): float(v) for k, v in pairs}}
 
+    @property
+    def teacher_folders(self) -> dict[str, str]:
+        """--teachers as {task: run folder}; empty without it."""
+        return parse_teachers(self.teachers) if self.teachers else {}
+
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting (the CLI shows it as a usage error)."""
         for field in dataclasses.fields(self):
@@ -215,6 +224,18 @@ class TrainConfig:
         if set(weights) != set(TASKS) or not all(math.isfinite(w) and w >= 0 for w in weights.values()):
             raise ValueError(f"--loss-weights takes non-negative numbers for {', '.join(TASKS)}; "
                              f"got {self.loss_weights!r}")
+        if self.teachers is not None:
+            try:
+                teachers = self.teacher_folders
+            except ValueError as err:
+                raise ValueError(f"--teachers must look like sst=RUN,qqp=RUN,sts=RUN (each task once); got "
+                                 f"{self.teachers!r}, where {str(err)!r} is not task=folder") from None
+            if any(t not in self.task_names for t in teachers):
+                raise ValueError(f"--teachers names {', '.join(t for t in teachers if t not in self.task_names)}, "
+                                 f"which this run does not train (--tasks {self.tasks})")
+            if self.sts_head == "dot" and "sts" in teachers:
+                raise ValueError("--teachers sts=... needs an STS score on the 0-5 scale to mix with the labels; "
+                                 "the dot head's raw product is not one (use --sts-head concat or cosine)")
         if not 0.0 <= self.warmup <= 1.0:  # also false for NaN
             raise ValueError(f"--warmup is a share of all steps, in [0, 1]; got {self.warmup}")
         if not (math.isfinite(self.head_lr_mult) and self.head_lr_mult > 0):
@@ -238,6 +259,18 @@ class TrainConfig:
 def task_list(text: str) -> list[str]:
     """The task names of a comma-separated option (--tasks, --private-tasks), as written."""
     return [t.strip() for t in text.split(",")]
+
+
+def parse_teachers(text: str) -> dict[str, str]:
+    """--teachers sst=RUN,qqp=RUN,... as {task: folder}; ValueError(the bad item) where an item is
+    not task=folder or names a task twice (which tasks are known, `validate` checks)."""
+    pairs = {}
+    for item in (part.strip() for part in text.split(",")):
+        task, sep, folder = (piece.strip() for piece in item.partition("="))
+        if not (sep and task and folder) or task in pairs:
+            raise ValueError(item)
+        pairs[task] = folder
+    return pairs
 
 
 def flag_name(field: dataclasses.Field) -> str:

@@ -70,6 +70,7 @@ def check_cuda_graphs(config, device: torch.device, precision: str, distributed)
         config.grad_accum > 1: f"--grad-accum {config.grad_accum}: the graphed step takes the batch in one piece",
         config.skip_nonfinite: "--skip-nonfinite: it checks every loss on the host, a sync the graph avoids",
         bool(config.probe_every): "--probe-every: the probes read gradients outside the captured step",
+        bool(config.teachers): "--teachers: the teachers' forward passes are not part of the captured step",
     }
     for refused, why in refusals.items():
         if refused:

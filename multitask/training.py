@@ -42,6 +42,7 @@ from multitask.batching import BatchStream, TokenizedSplit, collate, tokenize_sp
 from multitask.config import TrainConfig
 from multitask.diagnostics import encoder_gradient_norm, probe_batches, task_gradient_cosines
 from multitask.data import DataError, Split, dataset_paths, load_quora, load_sst, load_sts
+from multitask.distill import Teachers
 from multitask.distributed import SINGLE_PROCESS, Distributed, from_environment, plan_fingerprint
 from multitask.download import ensure_files
 from multitask.evaluation import evaluate, predict_split, prediction_path, write_predictions
@@ -112,6 +113,8 @@ class Trainer:
         self.surgery = (ConflictProjection(config.task_names, self.model.bert.parameters())  # --project-conflicts
                         if config.project_conflicts else None)
         self.graphs = GraphedSteps(self) if config.cuda_graphs else None  # --cuda-graphs: multitask/graphs.py
+        self.teachers = (Teachers(config.teacher_folders, config.sts_head, tokenizer, self.device)  # --teachers
+                         if config.teachers else None)
         self.probes = config.probe_every and probe_batches(  # --probe-every: fixed batches, one a task
             {task: self.data[task].train for task in config.task_names}, config.batch_size, tokenizer.pad_token_id)
         self.plan_counts: list[Counter] | None = None  # each epoch's steps per task (--task-schedules)
@@ -215,7 +218,10 @@ class Trainer:
             progress.count_tokens(batch, piece.real)
             self.distributed.sync_gradients(self.model, now=piece.last)
             with autocast(self.device, self.precision):  # bf16/fp16 matrix products where chosen
-                loss = self.model.loss(batch.to(self.device), use_mnr=mnr, gather_rows=piece.gather_rows)
+                batch = batch.to(self.device)
+                if self.teachers is not None and not mnr:  # --teachers: targets from the teacher to the gold labels
+                    batch = self.teachers.relabel(batch, self.trained_share(progress))
+                loss = self.model.loss(batch, use_mnr=mnr, gather_rows=piece.gather_rows)
             objective = self.model.task_weighting(task, loss) * piece.weight  # --loss-weights, --balance
             loss = loss * piece.weight  # (the unweighted loss is what metrics.jsonl reports)
             if self.config.skip_nonfinite and not all_finite(objective, self.distributed):
@@ -265,6 +271,10 @@ class Trainer:
         for optimizer in self.distinct_optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
+
+    def trained_share(self, progress: EpochProgress) -> float:
+        """The part of the whole run's steps done before this step: 0 at the first, (N-1)/N at the last."""
+        return ((progress.epoch - 1) * self.batches_per_epoch + progress.step) / (self.config.epochs * self.batches_per_epoch)
 
     def task_steps_before(self, task: str, epoch: int) -> int:
         """How many steps of `task` the epochs before `epoch` plan (their plans are fixed by the seed)."""

@@ -54,21 +54,30 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     runs = tmp_path / "runs"
     env = {**os.environ, "MODEL": str(model_dir), "DATA_DIR": str(data_dir), "RUNS_DIR": str(runs),
            "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "SEEDS": "0", "BATCHES": "6",
-           "ROWS": "single-paper multi-paper-concat pair-qqp-sts"}
-    process = subprocess.run(["bash", str(REPO_ROOT / "run_experiments.sh"), "ablation", "--precision", "fp32",
-                              "--batch-size", "8", "--eval-batch-size", "64"],
-                             env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+           "ROWS": "single-tuned multi-tuned-cosine-bam pair-qqp-sts"}
+    command = ["bash", str(REPO_ROOT / "run_experiments.sh"), "ablation", "--precision", "fp32", "--batch-size", "8",
+               "--eval-batch-size", "64"]
+    # A distilled row without its teachers stops at once, saying which run to make first.
+    early = subprocess.run(command, env={**env, "ROWS": "multi-tuned-cosine-bam"}, cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert early.returncode == 1 and "run the single-tuned row first" in early.stderr
+    assert not (runs / "multi-tuned-cosine-bam" / "seed0").exists()
+    process = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     counts = ablation.plan_counts(str(data_dir), 6, seed=0)
     for task in TASKS:
-        (record,) = [json.loads(line) for line in (runs / "single-paper" / "seed0" / task / "metrics.jsonl").open()]
+        (record,) = [json.loads(line) for line in (runs / "single-tuned" / "seed0" / task / "metrics.jsonl").open()]
         assert record[f"batches_{task}"] == counts[task]  # the multitask run's steps of that task
-    (multi,) = [json.loads(line) for line in (runs / "multi-paper-concat" / "seed0" / "metrics.jsonl").open()]
+    distilled = runs / "multi-tuned-cosine-bam" / "seed0"
+    (multi,) = [json.loads(line) for line in (distilled / "metrics.jsonl").open()]
     assert [multi[f"batches_{t}"] for t in TASKS] == [counts[t] for t in TASKS]
+    single = runs / "single-tuned" / "seed0"  # its teachers: that seed's single-task runs, the cosine one for STS
+    teachers = json.loads((distilled / "train_config.json").read_text())["teachers"]
+    assert teachers == f"sst={single / 'sst'},qqp={single / 'qqp'},sts={single / 'sts-cosine'}"
     (pair,) = [json.loads(line) for line in (runs / "pair-qqp-sts" / "seed0" / "metrics.jsonl").open()]
     assert pair["batches_sst"] == 0 and pair["batches_qqp"] + pair["batches_sts"] == counts["qqp"] + counts["sts"]
     table = (runs / "ablation.md").read_text()
-    assert "| multi-paper-concat |" in table and "| single-paper |" in table
+    assert "| multi-tuned-cosine-bam |" in table and "| single-tuned |" in table
 
 
 def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head(tmp_path):

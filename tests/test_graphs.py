@@ -40,6 +40,7 @@ def test_nothing_is_checked_when_the_flag_is_off():
     (CUDA, "bf16", ONE_PROCESS, {"grad_accum": 2}, "--grad-accum 2"),
     (CUDA, "bf16", ONE_PROCESS, {"skip_nonfinite": True}, "--skip-nonfinite"),
     (CUDA, "bf16", ONE_PROCESS, {"probe_every": 10}, "--probe-every"),
+    (CUDA, "bf16", ONE_PROCESS, {"teachers": "sst=runs/sst"}, "--teachers"),
 ])
 def test_refusals_name_the_flag_and_why(device, precision, distributed, overrides, phrase):
     with pytest.raises(RuntimeSetupError, match="--cuda-graphs") as caught:
