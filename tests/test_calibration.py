@@ -2,7 +2,6 @@
 training pairs a run never trained on."""
 
 import itertools
-import json
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ import pytest
 from bert import BertTokenizer
 from multitask import batching, calibration, training
 
-from synthetic import write_dataset, write_tiny_checkpoint
 from test_training import tiny_config
 
 
@@ -34,12 +32,6 @@ def test_the_fitted_bias_minimises_the_cross_entropy():
     b = calibration.fit_logit_bias(logits, labels)
     loss = lambda c: np.mean(np.logaddexp(0, logits + c) - labels * (logits + c))  # noqa: E731
     assert loss(b) < loss(b - 1e-3) and loss(b) < loss(b + 1e-3)
-
-
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory, minilm_dir):
-    root = tmp_path_factory.mktemp("calibration")
-    return write_tiny_checkpoint(root / "model", minilm_dir), write_dataset(root / "data")
 
 
 def test_the_unseen_pairs_are_the_first_pass_s_rows_the_run_never_drew(tiny_setup, tmp_path, monkeypatch, capsys):

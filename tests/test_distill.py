@@ -13,14 +13,8 @@ from multitask.batching import collate
 from multitask.config import TrainConfig
 from multitask.distill import mix_targets
 
-from synthetic import write_dataset, write_tiny_checkpoint
+from synthetic import write_tiny_checkpoint
 from test_training import tiny_config
-
-
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory, minilm_dir):
-    root = tmp_path_factory.mktemp("distill")
-    return write_tiny_checkpoint(root / "model", minilm_dir), write_dataset(root / "data")
 
 
 @pytest.fixture(scope="module")

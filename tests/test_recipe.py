@@ -16,14 +16,7 @@ from multitask.diagnostics import encoder_gradient_norm, task_gradient_cosines
 from multitask.heads import MultitaskBert
 from multitask.losses import TaskWeighting
 
-from synthetic import write_dataset, write_tiny_checkpoint
 from test_training import read_metrics, tiny_config
-
-
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory, minilm_dir):
-    root = tmp_path_factory.mktemp("recipe")
-    return write_tiny_checkpoint(root / "model", minilm_dir), write_dataset(root / "data")
 
 
 def tiny_model(pooling="cls", **kwargs) -> MultitaskBert:

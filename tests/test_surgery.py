@@ -7,7 +7,6 @@ from multitask import checkpoint, training
 from multitask.surgery import ConflictProjection
 
 from test_training import tiny_config
-from test_recipe import tiny_setup  # noqa: F401 (a fixture)
 
 TASKS = ("sst", "qqp", "sts")
 

@@ -7,7 +7,6 @@ import torch
 from multitask import checkpoint, training
 
 from test_training import tiny_config
-from test_recipe import tiny_setup  # noqa: F401 (a fixture)
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-6  # bert.AdamW's defaults, which the trainer keeps
 

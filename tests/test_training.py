@@ -16,16 +16,10 @@ from multitask.download import ensure_files
 from multitask.evaluation import evaluate, prediction_path
 from multitask.heads import TASKS
 
-from synthetic import NUMBERS, WORDS, write_dataset, write_tiny_checkpoint
+from synthetic import NUMBERS, WORDS
 
 METRIC_KEYS = {"epoch", "sst_acc", "qqp_acc", "sts_corr", "overall", "train_loss_sst",
                "train_loss_qqp", "train_loss_sts", "epoch_seconds", "train_seconds", "best"}
-
-
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory, minilm_dir):
-    root = tmp_path_factory.mktemp("tiny")
-    return write_tiny_checkpoint(root / "model", minilm_dir), write_dataset(root / "data")
 
 
 def tiny_config(tiny_setup, out_dir, **overrides) -> TrainConfig:
