@@ -36,11 +36,12 @@
 #                                 the tuned recipe with --task-schedules (each task's lr schedule over its
 #                                 own steps), alone and with --task-moments
 #   multi-tuned-concat-head10     the tuned recipe with --head-lr-mult 10
-#   multi-tuned-concat-bam, multi-tuned-cosine-bam
-#                                 born-again distillation (--teachers): the tuned recipe, each task's
-#                                 targets annealed from single-tuned's run of the same seed (the cosine
-#                                 row's STS teacher: its sts-cosine run) to the gold labels; needs
-#                                 single-tuned's runs of that seed first
+#   <row>-bam (multi-tuned-concat-bam, multi-tuned-cosine-bam, multi-tuned-concat-head10-bam)
+#                                 born-again distillation (--teachers): <row>, each task's targets
+#                                 annealed from the single-task run of the same seed and recipe
+#                                 (single-tuned, or single-tuned-head10 for a -head10 row; a cosine
+#                                 row's STS teacher is its sts-cosine run) to the gold labels; needs
+#                                 those single-task runs first
 #   multi-tuned-concat-qqp1.5, multi-tuned-concat-qqp2
 #                                 the tuned recipe with QQP's loss weighted 1.5 or 2 (--loss-weights)
 #   lever-sts-weight, lever-mean-pooling, lever-linear-warmup, lever-lr-1e-4, lever-uncertainty
@@ -73,7 +74,7 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-concat-schedules multi-tuned-concat-schedules-moments
           pair-sst-qqp pair-sst-sts pair-qqp-sts single-tuned-head10 multi-tuned-concat-head10
           multi-tuned-concat-private1-sst multi-tuned-concat-private2-sst multi-tuned-cosine-private1-qqp
-          multi-tuned-concat-bam multi-tuned-cosine-bam)
+          multi-tuned-concat-bam multi-tuned-cosine-bam multi-tuned-concat-head10-bam)
 rows=(${ROWS:-${all_rows[@]}})
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
         --device cpu --no-progress "$@")
@@ -101,8 +102,6 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat-schedules) echo "--recipe tuned --sts-head concat --task-schedules" ;;
         multi-tuned-concat-schedules-moments) echo "--recipe tuned --sts-head concat --task-schedules --task-moments" ;;
         multi-tuned-concat-head10) echo "--recipe tuned --sts-head concat --head-lr-mult 10" ;;
-        multi-tuned-concat-bam) echo "--recipe tuned --sts-head concat" ;;
-        multi-tuned-cosine-bam) echo "--recipe tuned --sts-head cosine" ;;
         multi-tuned-concat-qqp1.5) echo "--recipe tuned --sts-head concat --loss-weights qqp=1.5" ;;
         multi-tuned-concat-qqp2) echo "--recipe tuned --sts-head concat --loss-weights qqp=2" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
@@ -154,14 +153,16 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             train "$out/sts-cosine" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --batches-per-epoch "$n_sts" --seed "$seed"
         elif [[ "$row" == *-bam ]]; then
             # The teachers: this seed's single-task runs (the same per-task steps, the same recipe).
-            single="$runs_dir/single-tuned/seed$seed"; sts_teacher="$single/sts"
-            [[ "$row" == *cosine* ]] && sts_teacher="$single/sts-cosine"
+            base="${row%-bam}"; single_row=single-tuned
+            [[ "$base" == *-head10 ]] && single_row=single-tuned-head10
+            single="$runs_dir/$single_row/seed$seed"; sts_teacher="$single/sts"
+            [[ "$base" == *cosine* ]] && sts_teacher="$single/sts-cosine"
             for teacher in "$single/sst" "$single/qqp" "$sts_teacher"; do
                 [[ -f "$teacher/final_metrics.json" ]] || {
-                    echo "error: $row needs the finished run $teacher: run the single-tuned row first" >&2; exit 1; }
+                    echo "error: $row needs the finished run $teacher: run the $single_row row first" >&2; exit 1; }
             done
             # shellcheck disable=SC2046
-            train "$out" $(row_flags "$row") --batches-per-epoch "$batches" --seed "$seed" \
+            train "$out" $(row_flags "$base") --batches-per-epoch "$batches" --seed "$seed" \
                 --teachers "sst=$single/sst,qqp=$single/qqp,sts=$sts_teacher"
         else
             # shellcheck disable=SC2046
@@ -170,4 +171,6 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
     done
 done
 
-"$PYTHON" -m multitask.ablation "$runs_dir"
+# The -head10 rows changed the recipe: they are compared with the single-task runs of theirs.
+"$PYTHON" -m multitask.ablation "$runs_dir" --against multi-tuned-concat-head10=single-tuned-head10 \
+    --against multi-tuned-concat-head10-bam=single-tuned-head10

@@ -115,13 +115,15 @@ def sts_head_of(seed_dir: Path) -> str | None:
     return config.get("sts_head") if config else None
 
 
-def paired_differences(runs_dir: Path, baseline: str) -> dict[str, dict[str, list[float]]]:
+def paired_differences(runs_dir: Path, baseline: str,
+                       against: dict[str, str] | None = None) -> dict[str, dict[str, list[float]]]:
     """row -> metric -> (row - baseline) for each seed both have: a multitask row's scores
     against the single-task row's of the same seed, STS against the same kind of head. A row of
-    two tasks (pair-*) is compared on its two tasks only."""
-    base_dir = runs_dir / baseline
+    two tasks (pair-*) is compared on its two tasks only. `against` names another baseline for
+    some rows (a row trained with another recipe, against single-task runs of that recipe)."""
     differences: dict[str, dict[str, list[float]]] = {}
     for row_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and p.name != baseline):
+        base_dir = runs_dir / (against or {}).get(row_dir.name, baseline)
         for seed_dir in sorted(row_dir.glob("seed*")):
             ours, theirs = seed_scores(seed_dir), seed_scores(base_dir / seed_dir.name)
             if not (seed_dir / "final_metrics.json").is_file() or not theirs or "overall" not in theirs:
@@ -144,11 +146,13 @@ def signed(values: list[float]) -> str:
     return f"{statistics.mean(values):+.3f} ({each})"
 
 
-def difference_table(differences: dict[str, dict[str, list[float]]], baseline: str) -> str:
+def difference_table(differences: dict[str, dict[str, list[float]]], baseline: str,
+                     against: dict[str, str] | None = None) -> str:
     lines = [f"| row, minus {baseline} (paired by seed) | " + " | ".join(METRICS) + " |",
              "|---" * (len(METRICS) + 1) + "|"]
     for row, metrics in differences.items():
-        lines.append(f"| {row} | " + " | ".join(signed(metrics[m]) if m in metrics else "" for m in METRICS) + " |")
+        name = f"{row}, minus {against[row]}" if row in (against or {}) else row
+        lines.append(f"| {name} | " + " | ".join(signed(metrics[m]) if m in metrics else "" for m in METRICS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -217,19 +221,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="with --plan-counts: the run's --seed")
     parser.add_argument("--baseline", default="single-tuned",
                         help="the single-task row the multitask rows are compared with, seed by seed")
+    parser.add_argument("--against", action="append", default=[], metavar="ROW=BASELINE",
+                        help="compare ROW with BASELINE instead (a row of another recipe against the "
+                             "single-task runs of that recipe); may be repeated")
     args = parser.parse_args(argv)
     if args.plan_counts:
         print(*plan_counts(args.data_dir, args.batches, args.seed).values())
         return 0
     if args.runs_dir is None or not args.runs_dir.is_dir():
         parser.error(f"{args.runs_dir}: not a folder of ablation runs")
+    against = dict(item.split("=", 1) for item in args.against if "=" in item)
+    if len(against) != len(args.against):
+        parser.error(f"--against takes ROW=BASELINE; got {', '.join(a for a in args.against if '=' not in a)}")
     rows = collect(args.runs_dir)
     if not rows:
         print(f"error: {args.runs_dir}: no finished run (final_metrics.json) yet", file=sys.stderr)
         return 1
     text = table(rows)
     if (args.runs_dir / args.baseline).is_dir():
-        text += "\n" + difference_table(paired_differences(args.runs_dir, args.baseline), args.baseline)
+        text += "\n" + difference_table(paired_differences(args.runs_dir, args.baseline, against), args.baseline,
+                                        against)
     gradients = diagnostics(args.runs_dir)
     if gradients:
         text += "\n" + diagnostics_table(gradients)

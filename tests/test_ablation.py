@@ -94,10 +94,15 @@ def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head
     multi("concat", 1, "concat", 0.45, 0.82, 0.80)
     multi("cosine", 0, "cosine", 0.44, 0.80, 0.80)
     multi("cosine", 2, "cosine", 0.50, 0.90, 0.90)  # no single-task seed 2: left out
+    multi("concat-head10", 0, "concat", 0.47, 0.82, 0.83)  # another recipe, against its own single-task runs
+    for task, metric, value in (("sst", "sst_acc", 0.46), ("qqp", "qqp_acc", 0.83), ("sts", "sts_corr", 0.81)):
+        write_final(tmp_path / "single-head10" / "seed0" / task, **{metric: value, "overall": 0.0})
     pair = tmp_path / "pair-qqp-sts" / "seed0"  # two tasks: its "overall" is theirs alone
     write_final(pair, qqp_acc=0.81, sts_corr=0.83, overall=0.8)
     (pair / "train_config.json").write_text(json.dumps({"sts_head": "concat"}))
-    differences = ablation.paired_differences(tmp_path, "single-tuned")
+    differences = ablation.paired_differences(tmp_path, "single-tuned", {"concat-head10": "single-head10"})
+    assert differences["concat-head10"]["qqp_acc"] == [pytest.approx(-0.01)]  # 0.82 - 0.83, not - 0.80
+    assert differences["concat-head10"]["sts_corr"] == [pytest.approx(0.02)]
     assert differences["pair-qqp-sts"] == {"qqp_acc": [pytest.approx(0.01)], "sts_corr": [pytest.approx(0.01)]}
     assert "overall" not in ablation.collect(tmp_path)["pair-qqp-sts"]
     assert differences["concat"]["sst_acc"] == [pytest.approx(0.01), pytest.approx(0.02)]
@@ -106,11 +111,13 @@ def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head
     overall = differences["cosine"]["overall"][0]
     assert overall == pytest.approx(((0.44 - 0.45) + (0.80 - 0.80) + (0.80 - 0.84) / 2) / 3)
     assert "single-tuned" not in differences
-    text = ablation.difference_table(differences, "single-tuned")
+    text = ablation.difference_table(differences, "single-tuned", {"concat-head10": "single-head10"})
     assert "| concat | +0.015 (+0.010 / +0.020) |" in text
+    assert "| concat-head10, minus single-head10 | +0.010 (+0.010) | -0.010 (-0.010) |" in text
 
-    assert ablation.main([str(tmp_path)]) == 0
-    assert "minus single-tuned (paired by seed)" in (tmp_path / "ablation.md").read_text()
+    assert ablation.main([str(tmp_path), "--against", "concat-head10=single-head10"]) == 0
+    written = (tmp_path / "ablation.md").read_text()
+    assert "minus single-tuned (paired by seed)" in written and "| concat-head10, minus single-head10 |" in written
     pytest.importorskip("matplotlib")
     assert (tmp_path / "ablation.png").stat().st_size > 0
 
