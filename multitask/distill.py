@@ -75,4 +75,3 @@ class Teachers:
             return batch
         predicted = teacher.predict(batch)  # (B, 5) probabilities, (B,) probability or (B,) score
         return Batch(batch.task, batch.rows, batch.inputs, mix_targets(batch.labels, predicted, share), batch.ids)
-

@@ -274,7 +274,8 @@ class Trainer:
 
     def trained_share(self, progress: EpochProgress) -> float:
         """The part of the whole run's steps done before this step: 0 at the first, (N-1)/N at the last."""
-        return ((progress.epoch - 1) * self.batches_per_epoch + progress.step) / (self.config.epochs * self.batches_per_epoch)
+        done = (progress.epoch - 1) * self.batches_per_epoch + progress.step
+        return done / (self.config.epochs * self.batches_per_epoch)
 
     def task_steps_before(self, task: str, epoch: int) -> int:
         """How many steps of `task` the epochs before `epoch` plan (their plans are fixed by the seed)."""

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 import multitask_classifier
 from multitask import training
 from multitask.batching import collate
-from multitask.config import TrainConfig
 from multitask.distill import mix_targets
 
 from synthetic import write_tiny_checkpoint
@@ -129,7 +128,3 @@ def test_a_teacher_with_another_vocabulary_is_refused(tiny_setup, teacher_runs, 
     code = multitask_classifier.main(run_cli((other, data_dir), tmp_path, "--teachers", f"qqp={teacher_runs['concat']}"))
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and "its tokenizer differs from the student's" in err
-
-
-def test_teachers_are_recorded_with_the_run():
-    assert TrainConfig(teachers="sst=runs/a").to_dict()["teachers"] == "sst=runs/a"
