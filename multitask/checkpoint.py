@@ -62,6 +62,26 @@ def load_weights(folder: Path, model: MultitaskBert) -> None:
     model.load_state_dict(state)
 
 
+def find_checkpoint(folder: str | Path) -> Path:
+    """The checkpoint folder to load: `folder` itself, or the best/ checkpoint of a run folder.
+
+    A run folder (what --out-dir names) holds its best checkpoint in best/; accepting either saves
+    a confusing error for the most common slip.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise CheckpointError(f"{folder} does not exist; pass a run folder or its best/ checkpoint")
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is a file; pass a run folder or its best/ checkpoint folder")
+    if (folder / "multitask.json").is_file():
+        return folder
+    if (folder / "best" / "multitask.json").is_file():
+        return folder / "best"
+    raise CheckpointError(
+        f"{folder} is not a multitask checkpoint (no multitask.json in it or in {folder / 'best'}); "
+        f"pass the --out-dir of a training run, or its best/ folder")
+
+
 def load(folder: str | Path, device: str | torch.device = "cpu") -> tuple[MultitaskBert, BertTokenizer, TrainConfig, dict]:
     """Rebuild a trained model from its folder: (model in eval mode, tokenizer, config, metrics)."""
     folder = Path(folder)

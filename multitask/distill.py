@@ -23,6 +23,8 @@ on the 0-5 scale, which the dot head does not.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +32,6 @@ from bert import BertTokenizer, CheckpointError
 from multitask import checkpoint
 from multitask.batching import Batch
 from multitask.heads import NUM_SENTIMENTS, MultitaskBert, layouts
-from multitask.predict import find_checkpoint
 
 
 def mix_targets(gold: torch.Tensor, teacher: torch.Tensor, share: float) -> torch.Tensor:
@@ -49,7 +50,7 @@ class Teachers:
         self.models: dict[str, MultitaskBert] = {}
         student = layouts(student_sts_head)
         for task, folder in folders.items():
-            found = find_checkpoint(folder)  # a run folder or its best/ (CheckpointError names it)
+            found = checkpoint.find_checkpoint(folder)  # a run folder or its best/ (CheckpointError names it)
             model, tokenizer, config, _ = checkpoint.load(found, device)
             where = f"--teachers {task}={folder}"
             if task not in config.task_names:
@@ -74,4 +75,4 @@ class Teachers:
         if teacher is None:
             return batch
         predicted = teacher.predict(batch)  # (B, 5) probabilities, (B,) probability or (B,) score
-        return Batch(batch.task, batch.rows, batch.inputs, mix_targets(batch.labels, predicted, share), batch.ids)
+        return dataclasses.replace(batch, labels=mix_targets(batch.labels, predicted, share))

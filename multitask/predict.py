@@ -58,29 +58,9 @@ class TrainedModel:
     device: torch.device
 
 
-def find_checkpoint(folder: str | Path) -> Path:
-    """The checkpoint folder to load: `folder` itself, or the best/ checkpoint of a run folder.
-
-    A run folder (what --out-dir names) holds its best checkpoint in best/; accepting either saves
-    a confusing error for the most common slip.
-    """
-    folder = Path(folder)
-    if not folder.exists():
-        raise CheckpointError(f"{folder} does not exist; pass a run folder or its best/ checkpoint")
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder} is a file; pass a run folder or its best/ checkpoint folder")
-    if (folder / "multitask.json").is_file():
-        return folder
-    if (folder / "best" / "multitask.json").is_file():
-        return folder / "best"
-    raise CheckpointError(
-        f"{folder} is not a multitask checkpoint (no multitask.json in it or in {folder / 'best'}); "
-        f"pass the --out-dir of a training run, or its best/ folder")
-
-
 def open_checkpoint(folder: str | Path, device: str = "cpu") -> TrainedModel:
     """Load a trained model (multitask/checkpoint.py) for prediction or analysis."""
-    found = find_checkpoint(folder)
+    found = checkpoint.find_checkpoint(folder)
     resolved = resolve_device(device)
     model, tokenizer, config, _ = checkpoint.load(found, resolved)
     return TrainedModel(found, model, tokenizer, config, resolved)
