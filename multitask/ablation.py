@@ -5,15 +5,16 @@ single-task at the same per-task steps (run_ablation.sh trains the runs).
     python -m multitask.ablation --plan-counts --data-dir D --batches 600 --seed 0
 
 A row folder holds seed<k>/ folders. A multitask row's seed folder is a run (final_metrics.json);
-a single-task row's holds one run per task (sst/, qqp/, sts/, and sts-cosine/ for the cosine
-head), whose scores together make the row's line. `--plan-counts` prints how many of a multitask
+a single-task row's holds one run per task (sst/, qqp/, sts/, and sts-cosine/ and sts-cosent/
+for the cosine head with each of its losses), whose scores together make the row's line. `--plan-counts` prints how many of a multitask
 run's batches each task gets (sst qqp sts), so that the single-task runs train the same steps.
 
 Besides each row's mean and spread, the table gives each multitask row's difference from the
 single-task row (single-tuned by default) seed by seed: seed k of both trained the same per-task
 steps on the same data order, so the paired difference cancels most of what a seed changes. A
 row whose STS head encodes each sentence alone (cosine, mnr) is compared on STS with the
-single-task cosine run (sts-cosine/), the concat and dot heads with the single-task concat run.
+single-task cosine run of the same loss (sts-cosine/, or sts-cosent/ with --sts-loss cosent), the
+concat and dot heads with the single-task concat run.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from multitask.evaluation import overall_score
 
 METRICS = ("sst_acc", "qqp_acc", "sts_corr", "overall")
 SINGLE_TASK_RUNS = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_corr"}
+# The single-task cosine head's STS, one run per loss: its folder and its column.
+COSINE_RUNS = {"sts-cosine": "sts_corr_cosine", "sts-cosent": "sts_corr_cosent"}
 
 
 def plan_counts(data_dir: str, batches: int, seed: int) -> dict[str, int]:
@@ -61,9 +64,10 @@ def seed_scores(seed_dir: Path) -> dict[str, float] | None:
         single = read_json(seed_dir / run / "final_metrics.json")
         if single is not None:
             scores[metric] = single[metric]
-    cosine = read_json(seed_dir / "sts-cosine" / "final_metrics.json")
-    if cosine is not None:
-        scores["sts_corr_cosine"] = cosine["sts_corr"]
+    for run, column in COSINE_RUNS.items():
+        cosine = read_json(seed_dir / run / "final_metrics.json")
+        if cosine is not None:
+            scores[column] = cosine["sts_corr"]
     if all(m in scores for m in SINGLE_TASK_RUNS.values()):
         scores["overall"] = overall_score(scores["sst_acc"], scores["qqp_acc"], scores["sts_corr"])
     return scores or None
@@ -110,9 +114,13 @@ def diagnostics_table(rows: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sts_head_of(seed_dir: Path) -> str | None:
-    config = read_json(seed_dir / "train_config.json")
-    return config.get("sts_head") if config else None
+def cosine_column(seed_dir: Path) -> str | None:
+    """The single-task column a run's STS is compared with: its cosine head's, with the same loss
+    (sts_corr_cosine or sts_corr_cosent); None for the concat and dot heads (sts_corr)."""
+    config = read_json(seed_dir / "train_config.json") or {}
+    if config.get("sts_head") not in ("cosine", "mnr"):
+        return None
+    return "sts_corr_cosent" if config.get("sts_loss") == "cosent" else "sts_corr_cosine"
 
 
 def paired_differences(runs_dir: Path, baseline: str,
@@ -129,10 +137,11 @@ def paired_differences(runs_dir: Path, baseline: str,
             if not (seed_dir / "final_metrics.json").is_file() or not theirs or "overall" not in theirs:
                 continue  # a single-task row (its runs are one level down), or no complete baseline
             theirs = dict(theirs)
-            if sts_head_of(seed_dir) in ("cosine", "mnr"):  # compare like with like
-                if "sts_corr_cosine" not in theirs:
+            column = cosine_column(seed_dir)
+            if column is not None:  # compare like with like
+                if column not in theirs:
                     continue
-                theirs["sts_corr"] = theirs["sts_corr_cosine"]
+                theirs["sts_corr"] = theirs[column]
                 theirs["overall"] = overall_score(theirs["sst_acc"], theirs["qqp_acc"], theirs["sts_corr"])
             for metric in METRICS:
                 if metric in ours and metric in theirs:
@@ -158,7 +167,8 @@ def difference_table(differences: dict[str, dict[str, list[float]]], baseline: s
 
 def plot(rows: dict[str, dict[str, list[float]]], path: Path) -> bool:
     """Each row's seeds (dots) and mean (bar) per dev score, one panel per score, and the
-    single-task cosine head's STS (crosses); False when matplotlib is absent."""
+    single-task cosine head's STS (crosses: its squared error; pluses: CoSENT); False when
+    matplotlib is absent."""
     try:
         import matplotlib
 
@@ -172,10 +182,11 @@ def plot(rows: dict[str, dict[str, list[float]]], path: Path) -> bool:
         scored = []
         for y, name in enumerate(names):
             values = rows[name].get(metric, [])
-            if metric == "sts_corr" and rows[name].get("sts_corr_cosine"):
-                cosine = rows[name]["sts_corr_cosine"]
-                axis.plot(cosine, [y] * len(cosine), "x", color="tab:orange")
-                scored += cosine
+            for column, marker, color in (("sts_corr_cosine", "x", "tab:orange"), ("sts_corr_cosent", "+", "tab:green")):
+                if metric == "sts_corr" and rows[name].get(column):
+                    cosine = rows[name][column]
+                    axis.plot(cosine, [y] * len(cosine), marker, color=color)
+                    scored += cosine
             if values:
                 axis.barh(y, statistics.mean(values), color="tab:blue", alpha=0.3)
                 axis.plot(values, [y] * len(values), "o", color="tab:blue", markersize=4)
@@ -186,7 +197,8 @@ def plot(rows: dict[str, dict[str, list[float]]], path: Path) -> bool:
         axis.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(names)), names)
     axes[0].invert_yaxis()
-    figure.suptitle("dev scores: seeds (dots), mean (bar); x: the single-task cosine head's STS", fontsize=10)
+    figure.suptitle("dev scores: seeds (dots), mean (bar); the single-task cosine head's STS: x with its "
+                    "squared error, + with CoSENT", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -201,7 +213,7 @@ def summary(values: list[float]) -> str:
 
 
 def table(rows: dict[str, dict[str, list[float]]]) -> str:
-    columns = [*METRICS, "sts_corr_cosine"]
+    columns = [*METRICS, *COSINE_RUNS.values()]
     lines = ["| row | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for row, metrics in rows.items():
         lines.append(f"| {row} | " + " | ".join(summary(metrics[c]) if c in metrics else "" for c in columns) + " |")

@@ -24,6 +24,7 @@ POOLINGS = ("cls", "mean")
 LR_SCHEDULES = ("constant", "linear")
 BALANCES = ("fixed", "uncertainty", "equal-norm")
 STS_LOSS_SCALES = ("label", "unit")  # what the dot and concat heads' squared error is measured in
+STS_LOSSES = ("mse", "cosent")  # the cosine and mnr heads' loss on the cosines (multitask/losses.py)
 
 # Settings a recipe decides unless a flag gives them (the fields below that default to None).
 # "paper" is Multi-BERT's setup exactly. "tuned" is the usual fine-tuning practice the paper
@@ -113,6 +114,9 @@ class TrainConfig:
                                          "0-5 (label, the paper) or on the [-1, 1] range of the concat "
                                          "head's tanh (unit: divided by 2.5^2)", "recipe",
                                          choices=STS_LOSS_SCALES)
+    sts_loss: str = setting("mse", "the cosine and mnr heads' loss on the pairs' cosines: mse (against label / 5, "
+                            "Sentence-BERT) or cosent (a ranking loss: every two pairs' cosines in their labels' "
+                            "order, Su 2022)", "recipe", choices=STS_LOSSES)
     shared_layer: bool = setting(False, "a residual feed-forward layer between the encoder and every task "
                                  "head, trained by all tasks (the paper's proposed future work, section 7)",
                                  "recipe")
@@ -236,6 +240,9 @@ class TrainConfig:
             if self.sts_head == "dot" and "sts" in teachers:
                 raise ValueError("--teachers sts=... needs an STS score on the 0-5 scale to mix with the labels; "
                                  "the dot head's raw product is not one (use --sts-head concat or cosine)")
+        if self.sts_loss != "mse" and self.sts_head not in ("cosine", "mnr"):
+            raise ValueError(f"--sts-loss {self.sts_loss} ranks the cosines of sentence embeddings; the "
+                             f"{self.sts_head} head has none (use --sts-head cosine or mnr, or drop --sts-loss)")
         if not 0.0 <= self.warmup <= 1.0:  # also false for NaN
             raise ValueError(f"--warmup is a share of all steps, in [0, 1]; got {self.warmup}")
         if not (math.isfinite(self.head_lr_mult) and self.head_lr_mult > 0):

@@ -9,6 +9,8 @@
       concat  [CLS] a [SEP] b [SEP] -> Linear(H, 1) -> tanh, rescaled to [0, 5]; MSE against the label
       mnr     as cosine, but the first half of the epochs train the multiple negatives ranking
               loss on the pairs labelled >= 4 (Henderson et al. 2017), then the cosine loss
+    With sts_loss="cosent", the cosine and mnr heads' cosines are trained with CoSENT (Su 2022),
+    a ranking loss over the batch's pairs, instead of the squared error against label / 5.
 
 With shared_layer, every head reads the pooled embedding through one more layer that all tasks
 share and train (`SharedLayer`), the paper's proposed future work (section 7).
@@ -115,7 +117,8 @@ class MultitaskBert(nn.Module):
     def __init__(self, encoder: BertModel, sts_head: str = "concat", dropout: float = 0.3,
                  pooling: str = "cls", loss_weights: dict[str, float] | None = None,
                  balance: str = "fixed", sts_loss_scale: str = "label", shared_layer: bool = False,
-                 private_layers: int = 0, private_groups: list[tuple[str, ...]] | None = None):
+                 private_layers: int = 0, private_groups: list[tuple[str, ...]] | None = None,
+                 sts_loss: str = "mse"):
         super().__init__()
         if sts_head not in STS_HEADS:
             raise ValueError(f"unknown STS head {sts_head!r}; choose one of {', '.join(STS_HEADS)}")
@@ -124,6 +127,7 @@ class MultitaskBert(nn.Module):
         self.sts_head = sts_head
         self.pooling = pooling
         self.sts_unit_scale = sts_loss_scale == "unit"  # the dot and concat MSE on [-1, 1]: losses.py
+        self.sts_cosent = sts_loss == "cosent"  # the cosine and mnr heads' cosines ranked, not regressed
         if pooling == "mean":  # the pooler is not used: frozen, so that no step waits for its gradient
             encoder.pooler.requires_grad_(False)
         # Each task's loss weight (fixed, or learned with balance="uncertainty") and, with
@@ -229,6 +233,8 @@ class MultitaskBert(nn.Module):
                 if gather_rows is not None:
                     u, v = gather_rows(u), gather_rows(v)
                 return losses.multiple_negatives_ranking_loss(u, v)
+            if self.sts_cosent:
+                return losses.cosent_loss(u, v, batch.labels)
             return losses.cosine_similarity_loss(u, v, batch.labels)
         return losses.similarity_mse_loss(self.similarity_score(batch), batch.labels, self.sts_unit_scale)
 

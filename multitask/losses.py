@@ -5,7 +5,8 @@ training losses and into similarity scores on the STS label scale [0, 5]:
 
 - multiple negatives ranking loss (Henderson et al. 2017, "Efficient Natural Language Response
   Suggestion for Smart Reply"), as used by Multi-BERT (section 4.2) on STS pairs labelled >= 4;
-- the cosine-similarity regression loss of Sentence-BERT (Reimers & Gurevych 2019);
+- the cosine-similarity regression loss of Sentence-BERT (Reimers & Gurevych 2019), and CoSENT,
+  a ranking loss on the same cosines (Su 2022);
 - the dot-product score of the Multi-BERT baseline and the tanh rescaling of its concat head.
 
 Precision: under bf16 autocast the encoder's outputs arrive in bfloat16, whose 8-bit mantissa
@@ -25,6 +26,7 @@ from torch import Tensor
 STS_MAX_LABEL = 5.0
 MNR_POSITIVE_THRESHOLD = 4.0
 UNIT_SCALE_FACTOR = (2.0 / STS_MAX_LABEL) ** 2  # 0.16: a squared error on [0, 5] measured on [-1, 1]
+COSENT_SCALE = 20.0  # CoSENT's inverse temperature on cosines (Su 2022; sentence-transformers' default)
 
 
 def _check_pair(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
@@ -147,6 +149,37 @@ def cosine_similarity_loss(u: Tensor, v: Tensor, labels_0_5: Tensor) -> Tensor:
     """
     cosine = cosine_similarity(u, v)  # (B,) float32
     return similarity_mse_loss(cosine, rescale_similarity_to_cosine(labels_0_5))
+
+
+def cosent_loss(u: Tensor, v: Tensor, labels_0_5: Tensor, scale: float = COSENT_SCALE) -> Tensor:
+    """CoSENT (Su 2022, "CoSENT: a more efficient sentence vector scheme than Sentence-BERT"): a
+    ranking loss on the cosines of a batch of pairs. Every two pairs whose labels differ should
+    have their cosines in the labels' order:
+
+        s_i = scale * cos(u_i, v_i)                                       (B,)
+        L   = log(1 + sum over (i, j) with label_i > label_j of exp(s_j - s_i))
+
+    A pair scored below a pair labelled less similar adds a term that grows with the size of
+    the inversion; pairs in the right order by a wide margin add almost nothing. Unlike
+    `cosine_similarity_loss` it asks for no particular cosine, only the labels' order, which is
+    what the STS score (a correlation) measures; a sentence-embedding checkpoint keeps its own
+    cosine scale. Its gradient with respect to each cosine is a softmax over the inversions
+    times `scale`, so it does not fade as the cosines near their targets the way a squared
+    error does. An all-equal batch has no ordered pair: L = log 1 = 0, still attached to the
+    graph.
+
+    Args:
+        u, v: (B, H) embeddings of the two sentences of each pair.
+        labels_0_5: (B,) gold similarity in [0, 5] (only their order matters).
+        scale: the inverse temperature; 20 as in the paper's code.
+    """
+    scores = cosine_similarity(u, v) * scale  # (B,) float32
+    inversions = scores.unsqueeze(0) - scores.unsqueeze(1)  # (B, B): [i, j] = s_j - s_i
+    ordered = labels_0_5.unsqueeze(1) > labels_0_5.unsqueeze(0)  # (B, B): pair i above pair j
+    # The unordered entries become -inf (exp = 0) instead of being dropped, so that the shapes
+    # stay fixed (a captured CUDA graph needs that); the 0 is the "1 +" inside the log.
+    terms = inversions.masked_fill(~ordered, float("-inf")).flatten()  # (B * B,)
+    return torch.logsumexp(torch.cat([terms.new_zeros(1), terms]), dim=0)
 
 
 def mnr_positive_mask(labels_0_5: Tensor, threshold: float = MNR_POSITIVE_THRESHOLD) -> Tensor:

@@ -74,6 +74,8 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     single = runs / "single-tuned" / "seed0"  # its teachers: that seed's single-task runs, the cosine one for STS
     teachers = json.loads((distilled / "train_config.json").read_text())["teachers"]
     assert teachers == f"sst={single / 'sst'},qqp={single / 'qqp'},sts={single / 'sts-cosine'}"
+    cosent = json.loads((single / "sts-cosent" / "train_config.json").read_text())  # the CoSENT baseline
+    assert (cosent["tasks"], cosent["sts_head"], cosent["sts_loss"]) == ("sts", "cosine", "cosent")
     (pair,) = [json.loads(line) for line in (runs / "pair-qqp-sts" / "seed0" / "metrics.jsonl").open()]
     assert pair["batches_sst"] == 0 and pair["batches_qqp"] + pair["batches_sts"] == counts["qqp"] + counts["sts"]
     table = (runs / "ablation.md").read_text()
@@ -81,19 +83,21 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
 
 
 def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head(tmp_path):
-    def multi(row, seed, head, sst, qqp, sts):
+    def multi(row, seed, head, sst, qqp, sts, sts_loss="mse"):
         folder = tmp_path / row / f"seed{seed}"
         write_final(folder, sst_acc=sst, qqp_acc=qqp, sts_corr=sts, overall=(sst + qqp + (sts + 1) / 2) / 3)
-        (folder / "train_config.json").write_text(json.dumps({"sts_head": head}))
+        (folder / "train_config.json").write_text(json.dumps({"sts_head": head, "sts_loss": sts_loss}))
 
-    for seed, (sst, qqp, sts, cosine) in enumerate([(0.45, 0.80, 0.82, 0.84), (0.43, 0.82, 0.80, 0.83)]):
+    for seed, (sst, qqp, sts, cosine, cosent) in enumerate([(0.45, 0.80, 0.82, 0.84, 0.85),
+                                                            (0.43, 0.82, 0.80, 0.83, 0.86)]):
         for task, metric, value in (("sst", "sst_acc", sst), ("qqp", "qqp_acc", qqp), ("sts", "sts_corr", sts),
-                                    ("sts-cosine", "sts_corr", cosine)):
+                                    ("sts-cosine", "sts_corr", cosine), ("sts-cosent", "sts_corr", cosent)):
             write_final(tmp_path / "single-tuned" / f"seed{seed}" / task, **{metric: value, "overall": 0.0})
     multi("concat", 0, "concat", 0.46, 0.79, 0.83)
     multi("concat", 1, "concat", 0.45, 0.82, 0.80)
     multi("cosine", 0, "cosine", 0.44, 0.80, 0.80)
     multi("cosine", 2, "cosine", 0.50, 0.90, 0.90)  # no single-task seed 2: left out
+    multi("cosent", 1, "cosine", 0.44, 0.80, 0.84, sts_loss="cosent")  # against the CoSENT single-task run
     multi("concat-head10", 0, "concat", 0.47, 0.82, 0.83)  # another recipe, against its own single-task runs
     for task, metric, value in (("sst", "sst_acc", 0.46), ("qqp", "qqp_acc", 0.83), ("sts", "sts_corr", 0.81)):
         write_final(tmp_path / "single-head10" / "seed0" / task, **{metric: value, "overall": 0.0})
@@ -108,6 +112,8 @@ def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head
     assert differences["concat"]["sst_acc"] == [pytest.approx(0.01), pytest.approx(0.02)]
     assert differences["concat"]["qqp_acc"] == [pytest.approx(-0.01), pytest.approx(0.0, abs=1e-12)]
     assert differences["cosine"]["sts_corr"] == [pytest.approx(0.80 - 0.84)]  # the cosine single-task run
+    assert differences["cosent"]["sts_corr"] == [pytest.approx(0.84 - 0.86)]
+    assert ablation.collect(tmp_path)["single-tuned"]["sts_corr_cosent"] == [0.85, 0.86]
     overall = differences["cosine"]["overall"][0]
     assert overall == pytest.approx(((0.44 - 0.45) + (0.80 - 0.80) + (0.80 - 0.84) / 2) / 3)
     assert "single-tuned" not in differences

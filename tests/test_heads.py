@@ -323,6 +323,21 @@ def test_sts_cosine_loss(deterministic, head):
     assert loss.item() != pytest.approx(((cos - batch.labels) ** 2).mean().item(), rel=1e-2)
 
 
+@pytest.mark.parametrize("head", ["cosine", "mnr"])
+def test_sts_cosent_loss_ranks_the_projected_cosines(head):
+    torch.manual_seed(0)
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.5)
+    model = MultitaskBert(BertModel(config), sts_head=head, dropout=0.0, sts_loss="cosent").eval()
+    batch = sts_batch(head, size=6)
+    loss = model.loss(batch)  # mnr without use_mnr: its second phase, here with CoSENT
+    with torch.no_grad():
+        u, v = projected_halves(model, batch)
+        cos = (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1))
+        ordered = batch.labels[:, None] > batch.labels[None, :]
+        expected = torch.log(1 + torch.exp(20 * (cos[None, :] - cos[:, None]))[ordered].sum())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def manual_mnr(u: torch.Tensor, v: torch.Tensor) -> float:
     """-1/K sum_i log(exp(u_i.v_i) / sum_j exp(u_i.v_j)), written out with Python loops."""
     k = u.shape[0]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from multitask.losses import (
+    cosent_loss,
     cosine_similarity,
     cosine_similarity_loss,
     dot_similarity,
@@ -222,6 +223,89 @@ def test_cosine_loss_gradient_reaches_both_inputs_and_is_float32_for_bf16():
     loss.backward()
     for grad in (u.grad, v.grad):
         assert grad is not None and torch.isfinite(grad.float()).all() and grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------- CoSENT
+
+
+def loop_cosent(u: torch.Tensor, v: torch.Tensor, labels: torch.Tensor, scale: float = 20.0) -> float:
+    """log(1 + sum over label_i > label_j of exp(scale * (cos_j - cos_i))), written out with loops."""
+    cos = [float(torch.dot(a, b) / (a.norm() * b.norm())) for a, b in zip(u.double(), v.double())]
+    total = 1.0
+    for i in range(len(cos)):
+        for j in range(len(cos)):
+            if labels[i] > labels[j]:
+                total += math.exp(scale * (cos[j] - cos[i]))
+    return math.log(total)
+
+
+def test_cosent_by_hand():
+    # Pair 0: cos 0, label 4; pair 1: cos 1/2, label 1: pair 1 outranks pair 0 by 1/2 although its
+    # label is lower, so L = log(1 + exp(20 * (1/2 - 0))) = log(1 + e^10).
+    u = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    v = torch.tensor([[0.0, 1.0], [1.0, 1.7320508]])
+    labels = torch.tensor([4.0, 1.0])
+    assert cosent_loss(u, v, labels).item() == pytest.approx(math.log(1 + math.exp(10.0)), rel=1e-6)
+    # The same pairs with the labels swapped are in order: L = log(1 + exp(20 * (0 - 1/2))), about
+    # 4.5e-5 (computed in float32 as log(1.0000454): good to about 1e-7).
+    assert cosent_loss(u, v, labels.flip(0)).item() == pytest.approx(math.log(1 + math.exp(-10.0)), abs=1e-7)
+
+
+@pytest.mark.parametrize("scale", [20.0, 1.0])
+def test_cosent_matches_the_loop_over_every_two_pairs(scale):
+    u, v = random_pairs(12, 8, seed=11)
+    labels = torch.tensor([0.0, 1.0, 1.0, 2.5, 3.0, 3.0, 3.0, 4.0, 4.2, 5.0, 0.4, 2.5], dtype=torch.float64)  # ties
+    assert cosent_loss(u, v, labels, scale).item() == pytest.approx(loop_cosent(u, v, labels, scale), rel=1e-6)
+
+
+def test_cosent_matches_sentence_transformers(st_reference):
+    losses, _ = st_reference
+    reference = losses.CoSENTLoss(nn.Identity())  # its default scale is 20, as ours
+    u, v = random_pairs(16, 8, seed=12)
+    labels = torch.randint(0, 6, (16,), generator=torch.Generator().manual_seed(12)).double()  # with ties
+    theirs = reference.compute_loss_from_embeddings([u, v], labels)
+    assert cosent_loss(u, v, labels).item() == pytest.approx(theirs.item(), rel=1e-6)
+
+
+def test_cosent_depends_on_the_labels_order_only():
+    u, v = random_pairs(10, 8, seed=13)
+    labels = torch.rand(10, generator=torch.Generator().manual_seed(13), dtype=torch.float64) * 5
+    same_order = labels ** 2 + 7.0  # another scale, the same order
+    assert cosent_loss(u, v, same_order).item() == pytest.approx(cosent_loss(u, v, labels).item(), rel=1e-12)
+    reversed_order = 5.0 - labels
+    assert cosent_loss(u, v, reversed_order).item() != pytest.approx(cosent_loss(u, v, labels).item(), rel=1e-3)
+
+
+def test_cosent_of_equal_labels_is_zero_and_still_differentiable():
+    u, v = random_pairs(4, 8, seed=14, dtype=torch.float32)
+    u.requires_grad_()
+    loss = cosent_loss(u, v, torch.full((4,), 3.0))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert u.grad is not None and torch.count_nonzero(u.grad) == 0
+
+
+def test_cosent_gradient_raises_the_more_similar_pair_and_lowers_the_other():
+    u, v = random_pairs(2, 8, seed=15)
+    cos = cosine_similarity(u, v).detach().requires_grad_()  # the loss through its cosines
+    labels = torch.tensor([5.0, 0.0])
+    scores = cos * 20.0
+    torch.logsumexp(torch.stack([scores.new_zeros(()), scores[1] - scores[0]]), dim=0).backward()
+    expected = cos.grad.clone()
+    u.requires_grad_()
+    cosent_loss(u, v, labels).backward()
+    assert expected[0] < 0 < expected[1]  # gradient descent raises cos_0 (label 5), lowers cos_1 (label 0)
+    # and the loss's gradient on u_0 moves cos_0 the same way: a small step along -grad raises it
+    step = u.detach() - 1e-3 * u.grad
+    assert cosine_similarity(step, v)[0] > cosine_similarity(u.detach(), v)[0]
+
+
+def test_cosent_bf16_inputs_give_a_float32_loss():
+    u, v = random_pairs(6, 8, seed=16, dtype=torch.float32)
+    labels = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    loss = cosent_loss(u.bfloat16(), v.bfloat16(), labels)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(cosent_loss(u, v, labels).item(), rel=5e-2)
 
 
 # ---------------------------------------------------------------------------- scores and helpers

@@ -11,6 +11,7 @@ import multitask_classifier
 from bert import BertConfig, BertModel
 from multitask import training
 from multitask.batching import Batch
+from multitask.checkpoint import build_heads
 from multitask.config import RECIPES, TrainConfig
 from multitask.diagnostics import encoder_gradient_norm, task_gradient_cosines
 from multitask.heads import MultitaskBert
@@ -357,6 +358,15 @@ def test_recipes_fill_what_no_flag_gives(tmp_path):
     assert TrainConfig.from_dict(tuned.to_dict()) == tuned
 
 
+def test_the_sts_loss_reaches_the_model():
+    for sts_loss, cosent in (("mse", False), ("cosent", True)):
+        config = TrainConfig(sts_head="cosine", sts_loss=sts_loss)
+        config.validate()
+        encoder = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32, max_position_embeddings=32))
+        assert build_heads(encoder, config).sts_cosent is cosent
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--tasks", "sst,foo"], "--tasks"),
     (["--tasks", "sst,sst"], "--tasks"),
@@ -367,6 +377,9 @@ def test_recipes_fill_what_no_flag_gives(tmp_path):
     (["--head-lr-mult", "0"], "--head-lr-mult"),
     (["--pooling", "max"], "--pooling"),
     (["--recipe", "best"], "--recipe"),
+    (["--sts-loss", "cosent"], "the concat head has none"),  # the default head is concat
+    (["--sts-loss", "cosent", "--sts-head", "dot"], "the dot head has none"),
+    (["--sts-loss", "rank", "--sts-head", "cosine"], "--sts-loss"),
 ])
 def test_bad_recipe_settings_are_usage_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as info:
