@@ -7,8 +7,10 @@
 #   SEEDS="0" ROWS="multi-tuned-concat single-tuned" bash run_ablation.sh     # a part of it
 #
 # Rows (ROWS picks some; all by default, in this order):
-#   single-tuned / single-paper   three single-task runs, each with the number of batches its task
-#                                 gets in the multitask run's plan (the same per-task steps)
+#   single-tuned / single-paper   the single-task runs (SST, QQP, and STS with the concat head, the
+#                                 cosine head, and the cosine head with CoSENT), each with the
+#                                 number of batches its task gets in the multitask run's plan (the
+#                                 same per-task steps)
 #   single-tuned-head10           the same with the heads' learning rate 10 times the encoder's
 #                                 (--head-lr-mult 10), the baseline of multi-tuned-concat-head10
 #   pair-sst-qqp, pair-sst-sts, pair-qqp-sts   two tasks of three (tuned, concat), as many batches
@@ -40,8 +42,15 @@
 #                                 born-again distillation (--teachers): <row>, each task's targets
 #                                 annealed from the single-task run of the same seed and recipe
 #                                 (single-tuned, or single-tuned-head10 for a -head10 row; a cosine
-#                                 row's STS teacher is its sts-cosine run) to the gold labels; needs
-#                                 those single-task runs first
+#                                 row's STS teacher is its sts-cosine run, a cosent row's its
+#                                 sts-cosent run) to the gold labels; needs those single-task runs
+#                                 first
+#   multi-tuned-cosent, multi-tuned-cosent-equal-norm
+#                                 the cosine head trained with CoSENT (--sts-loss cosent, a ranking
+#                                 loss), alone and with --balance equal-norm; compared with the
+#                                 single-task sts-cosent run
+#   multi-tuned-concat-lr2e-4, multi-tuned-concat-lr5e-5
+#                                 the tuned recipe (concat) at twice and half its learning rate
 #   multi-tuned-concat-qqp1.5, multi-tuned-concat-qqp2
 #                                 the tuned recipe with QQP's loss weighted 1.5 or 2 (--loss-weights)
 #   lever-sts-weight, lever-mean-pooling, lever-linear-warmup, lever-lr-1e-4, lever-uncertainty
@@ -74,7 +83,9 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-concat-schedules multi-tuned-concat-schedules-moments
           pair-sst-qqp pair-sst-sts pair-qqp-sts single-tuned-head10 multi-tuned-concat-head10
           multi-tuned-concat-private1-sst multi-tuned-concat-private2-sst multi-tuned-cosine-private1-qqp
-          multi-tuned-concat-bam multi-tuned-cosine-bam multi-tuned-concat-head10-bam)
+          multi-tuned-concat-bam multi-tuned-cosine-bam multi-tuned-concat-head10-bam
+          multi-tuned-cosent multi-tuned-cosent-equal-norm
+          multi-tuned-concat-lr2e-4 multi-tuned-concat-lr5e-5)
 rows=(${ROWS:-${all_rows[@]}})
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
         --device cpu --no-progress "$@")
@@ -99,8 +110,12 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat-project) echo "--recipe tuned --sts-head concat --project-conflicts" ;;
         multi-tuned-concat-moments) echo "--recipe tuned --sts-head concat --task-moments" ;;
         multi-tuned-cosine-moments) echo "--recipe tuned --sts-head cosine --task-moments" ;;
+        multi-tuned-cosent) echo "--recipe tuned --sts-head cosine --sts-loss cosent" ;;
+        multi-tuned-cosent-equal-norm) echo "--recipe tuned --sts-head cosine --sts-loss cosent --balance equal-norm" ;;
         multi-tuned-concat-schedules) echo "--recipe tuned --sts-head concat --task-schedules" ;;
         multi-tuned-concat-schedules-moments) echo "--recipe tuned --sts-head concat --task-schedules --task-moments" ;;
+        multi-tuned-concat-lr2e-4) echo "--recipe tuned --sts-head concat --lr 2e-4" ;;
+        multi-tuned-concat-lr5e-5) echo "--recipe tuned --sts-head concat --lr 5e-5" ;;
         multi-tuned-concat-head10) echo "--recipe tuned --sts-head concat --head-lr-mult 10" ;;
         multi-tuned-concat-qqp1.5) echo "--recipe tuned --sts-head concat --loss-weights qqp=1.5" ;;
         multi-tuned-concat-qqp2) echo "--recipe tuned --sts-head concat --loss-weights qqp=2" ;;
@@ -151,12 +166,15 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             train "$out/qqp" --recipe "$recipe" "${extra[@]}" --tasks qqp --batches-per-epoch "$n_qqp" --seed "$seed"
             train "$out/sts" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head concat --batches-per-epoch "$n_sts" --seed "$seed"
             train "$out/sts-cosine" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --batches-per-epoch "$n_sts" --seed "$seed"
+            train "$out/sts-cosent" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --sts-loss cosent \
+                --batches-per-epoch "$n_sts" --seed "$seed"
         elif [[ "$row" == *-bam ]]; then
             # The teachers: this seed's single-task runs (the same per-task steps, the same recipe).
             base="${row%-bam}"; single_row=single-tuned
             [[ "$base" == *-head10 ]] && single_row=single-tuned-head10
             single="$runs_dir/$single_row/seed$seed"; sts_teacher="$single/sts"
             [[ "$base" == *cosine* ]] && sts_teacher="$single/sts-cosine"
+            [[ "$base" == *cosent* ]] && sts_teacher="$single/sts-cosent"
             for teacher in "$single/sst" "$single/qqp" "$sts_teacher"; do
                 [[ -f "$teacher/final_metrics.json" ]] || {
                     echo "error: $row needs the finished run $teacher: run the $single_row row first" >&2; exit 1; }
