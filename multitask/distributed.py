@@ -28,9 +28,10 @@ ranks split between them. How the pieces fit:
 - **Gradient accumulation.** With --grad-accum, a rank's share is cut into micro-batches
   (`pieces`); all but the last run without DDP's gradient sync (`sync_gradients`), so the
   gradients are all-reduced once per step.
-- **MNR.** The ranking loss takes the other rows of the batch as negatives, so the ranks gather
-  each other's sentence embeddings (`gather_rows`, differentiable): each computes the loss of the
-  whole batch, as one process would. Its backward pass sums the W identical copies into each
+- **MNR and CoSENT.** The ranking losses are not sums over rows: MNR takes the other rows of the
+  batch as negatives, CoSENT ranks every two pairs of the batch. So the ranks gather each other's
+  sentence embeddings (`gather_rows`, differentiable; CoSENT also the labels): each computes the
+  loss of the whole batch, as one process would. Its backward pass sums the W identical copies into each
   rank's rows, which DDP's average turns back into one.
 - **Input/output.** Rank 0 alone writes logs, metrics, checkpoints and predictions. Evaluation is
   sharded batch by batch and the predictions gathered, so the metrics are computed once over the
@@ -70,7 +71,7 @@ class Piece:
     real: bool  # False for the stand-in row: it runs only so that this rank joins the all-reduce
     weight: float  # the piece's part of the batch's mean loss: the pieces of all ranks add up to 1
     last: bool  # the step's last piece: its backward pass all-reduces the encoder's gradients
-    gather_rows: Callable | None = None  # MNR under torchrun: every rank's rows of this micro-step
+    gather_rows: Callable | None = None  # MNR or CoSENT under torchrun: every rank's rows of this micro-step
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,10 @@ class Distributed:
         """How this process runs the step whose global batch is `rows` (see `Piece`).
 
         Each micro-batch's mean loss is weighted by its share of the batch's rows, so the
-        weighted losses of all pieces on all ranks add up to the batch's mean loss. The MNR loss
-        (`ranking`), whose negatives are the other rows, is computed by every rank over all
-        ranks' rows of the micro-step instead, and weighted 1 / world size.
+        weighted losses of all pieces on all ranks add up to the batch's mean loss. A ranking loss
+        (`ranking`: MNR, whose negatives are the other rows, or CoSENT, which ranks every two
+        rows) is computed by every rank over all ranks' rows of the micro-step instead, and
+        weighted 1 / world size.
         """
         shares = [shard_rows(rows, r, self.world_size, micro_steps) for r in range(self.world_size)]
         pieces = []
@@ -190,7 +192,8 @@ class Distributed:
 
     def gather_rows(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """Every rank's rows of `x`, stacked in rank order, with gradients flowing back to each
-        rank's own rows (the MNR loss uses this for in-batch negatives from all ranks).
+        rank's own rows (the MNR loss uses this for in-batch negatives from all ranks, CoSENT for
+        its pairs).
 
         counts[r] is how many rows rank r holds; x may carry more (a stand-in row on a rank with
         none), which are left out. All ranks must call this with the same counts.

@@ -219,7 +219,8 @@ class MultitaskBert(nn.Module):
         """The training loss of one batch of task `batch.task` (float32 scalar).
 
         `gather_rows`, in a distributed run, stacks every process's rows of a tensor, so that the
-        MNR loss takes its in-batch negatives from the whole global batch.
+        MNR loss takes its in-batch negatives, and CoSENT its pairs to rank, from the whole global
+        batch.
         """
         if batch.task == "sst":
             return F.cross_entropy(self.sentiment_logits(batch).float(), batch.labels)
@@ -233,8 +234,11 @@ class MultitaskBert(nn.Module):
                 if gather_rows is not None:
                     u, v = gather_rows(u), gather_rows(v)
                 return losses.multiple_negatives_ranking_loss(u, v)
-            if self.sts_cosent:
-                return losses.cosent_loss(u, v, batch.labels)
+            if self.sts_cosent:  # ranks every two pairs of the batch: under torchrun, of all ranks' rows
+                labels = batch.labels
+                if gather_rows is not None:
+                    u, v, labels = gather_rows(u), gather_rows(v), gather_rows(labels.unsqueeze(1)).squeeze(1)
+                return losses.cosent_loss(u, v, labels)
             return losses.cosine_similarity_loss(u, v, batch.labels)
         return losses.similarity_mse_loss(self.similarity_score(batch), batch.labels, self.sts_unit_scale)
 

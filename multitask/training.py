@@ -213,7 +213,10 @@ class Trainer:
         step_loss = torch.zeros((), device=self.device)
         # One piece, the whole batch, in one process; under torchrun or with --grad-accum, this
         # rank's share cut into micro-batches whose gradients add up (multitask/distributed.py).
-        for piece in self.distributed.pieces(rows, self.config.grad_accum, ranking=mnr):
+        # A loss over the whole batch's rows (MNR's negatives, CoSENT's pairs) is computed by every
+        # rank over all ranks' rows.
+        ranking = task == "sts" and (mnr or self.model.sts_cosent)
+        for piece in self.distributed.pieces(rows, self.config.grad_accum, ranking=ranking):
             batch = collate(stream.split, piece.rows, self.tokenizer.pad_token_id)  # pad and stack
             progress.count_tokens(batch, piece.real)
             self.distributed.sync_gradients(self.model, now=piece.last)

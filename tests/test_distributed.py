@@ -175,11 +175,12 @@ def test_sharded_evaluation_gives_exactly_the_single_process_metrics(ddp_runs):
         assert torch.equal(rank0["predictions"][task], single_on_same_weights["predictions"][task]), task
 
 
-def test_mnr_takes_its_negatives_from_every_rank(tiny_setup, tmp_path):
-    """Two processes compute the ranking loss of the whole batch, as one process does: the same
-    loss and, at the MNR step, the same gradients (compared there, for the reason given in
-    test_accumulated_gradients_of_the_stacked_pair_layout_match)."""
-    values = config_values(tiny_setup, tmp_path / "unused", sts_head="mnr")
+@pytest.mark.parametrize("head, sts_loss", [("mnr", "mse"), ("cosine", "cosent")])
+def test_ranking_losses_take_their_rows_from_every_rank(tiny_setup, tmp_path, head, sts_loss):
+    """Two processes compute the ranking loss of the whole batch (MNR's negatives, CoSENT's pairs),
+    as one process does: the same loss and, at the first STS step, the same gradients (compared
+    there, for the reason given in test_accumulated_gradients_of_the_stacked_pair_layout_match)."""
+    values = config_values(tiny_setup, tmp_path / "unused", sts_head=head, sts_loss=sts_loss)
     plan = training.Trainer(TrainConfig(**values), log=lambda m: None).epoch_plan(1)
     steps = plan.index("sts") + 1
     for processes in (2, 1):
