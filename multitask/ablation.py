@@ -6,8 +6,9 @@ single-task at the same per-task steps (run_ablation.sh trains the runs).
 
 A row folder holds seed<k>/ folders. A multitask row's seed folder is a run (final_metrics.json);
 a single-task row's holds one run per task (sst/, qqp/, sts/, and sts-cosine/ and sts-cosent/
-for the cosine head with each of its losses), whose scores together make the row's line. `--plan-counts` prints how many of a multitask
-run's batches each task gets (sst qqp sts), so that the single-task runs train the same steps.
+for the cosine head with each of its losses), whose scores together make the row's line.
+`--plan-counts` prints how many of a multitask run's batches each task gets (sst qqp sts), so
+that the single-task runs train the same steps.
 
 Besides each row's mean and spread, the table gives each multitask row's difference from the
 single-task row (single-tuned by default) seed by seed: seed k of both trained the same per-task
@@ -182,7 +183,8 @@ def plot(rows: dict[str, dict[str, list[float]]], path: Path) -> bool:
         scored = []
         for y, name in enumerate(names):
             values = rows[name].get(metric, [])
-            for column, marker, color in (("sts_corr_cosine", "x", "tab:orange"), ("sts_corr_cosent", "+", "tab:green")):
+            markers = (("sts_corr_cosine", "x", "tab:orange"), ("sts_corr_cosent", "+", "tab:green"))
+            for column, marker, color in markers:
                 if metric == "sts_corr" and rows[name].get(column):
                     cosine = rows[name][column]
                     axis.plot(cosine, [y] * len(cosine), marker, color=color)

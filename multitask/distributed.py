@@ -31,8 +31,8 @@ ranks split between them. How the pieces fit:
 - **MNR and CoSENT.** The ranking losses are not sums over rows: MNR takes the other rows of the
   batch as negatives, CoSENT ranks every two pairs of the batch. So the ranks gather each other's
   sentence embeddings (`gather_rows`, differentiable; CoSENT also the labels): each computes the
-  loss of the whole batch, as one process would. Its backward pass sums the W identical copies into each
-  rank's rows, which DDP's average turns back into one.
+  loss of the whole batch, as one process would. Its backward pass sums the W identical copies
+  into each rank's rows, which DDP's average turns back into one.
 - **Input/output.** Rank 0 alone writes logs, metrics, checkpoints and predictions. Evaluation is
   sharded batch by batch and the predictions gathered, so the metrics are computed once over the
   whole dev set: exactly the single-process numbers, not an average of per-rank scores.
@@ -71,7 +71,7 @@ class Piece:
     real: bool  # False for the stand-in row: it runs only so that this rank joins the all-reduce
     weight: float  # the piece's part of the batch's mean loss: the pieces of all ranks add up to 1
     last: bool  # the step's last piece: its backward pass all-reduces the encoder's gradients
-    gather_rows: Callable | None = None  # MNR or CoSENT under torchrun: every rank's rows of this micro-step
+    gather_rows: Callable | None = None  # MNR, CoSENT under torchrun: every rank's rows of this micro-step
 
 
 @dataclass(frozen=True)
