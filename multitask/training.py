@@ -23,6 +23,7 @@ Everything a run produces lands in its output folder:
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -65,6 +66,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: str |
     (see multitask/distributed.py) and leaves it at the end.
     """
     distributed = from_environment(config.device)
+    trainer = None
     try:
         trainer = Trainer(config, log, distributed=distributed)
         if resume is not None:
@@ -72,6 +74,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: str |
             trainer.resume(path / "checkpoint.pt" if path.is_dir() else path)
         return trainer.run()
     finally:
+        # DDP's wrapper holds the process group, and gloo's worker threads with it: free them
+        # now, while Python is whole. Left to the interpreter's exit, their teardown could abort
+        # the process after a finished run ("terminate called without an active exception").
+        del trainer
+        gc.collect()
         distributed.shutdown()
 
 

@@ -7,6 +7,7 @@ CONFIG_JSON holds TrainConfig's fields. With WEIGHTS (a saved state dict), the e
 on those weights instead of the trained ones.
 """
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -53,6 +54,8 @@ def main(config_json: str, steps: int, out: Path, weights: Path | None) -> None:
                 "grads": grads, "synced_backward_passes": hook_state["synced_backward_passes"],
                 "real_tokens": progress.real_tokens},
                out / f"rank{distributed.rank}.pt")
+    del trainer  # its DDP wrapper holds the process group: freed before the group, as training.train does
+    gc.collect()
     distributed.shutdown()
 
 
