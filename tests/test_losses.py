@@ -255,7 +255,8 @@ def test_cosent_by_hand():
 def test_cosent_matches_the_loop_over_every_two_pairs(scale):
     u, v = random_pairs(12, 8, seed=11)
     labels = torch.tensor([0.0, 1.0, 1.0, 2.5, 3.0, 3.0, 3.0, 4.0, 4.2, 5.0, 0.4, 2.5], dtype=torch.float64)  # ties
-    assert cosent_loss(u, v, labels, scale).item() == pytest.approx(loop_cosent(u, v, labels, scale), rel=1e-6)
+    # (ours is float32, the loop float64; at scale 20 a cosine's rounding moves the loss by about 1e-6)
+    assert cosent_loss(u, v, labels, scale).item() == pytest.approx(loop_cosent(u, v, labels, scale), rel=1e-5)
 
 
 def test_cosent_matches_sentence_transformers(st_reference):
@@ -264,7 +265,7 @@ def test_cosent_matches_sentence_transformers(st_reference):
     u, v = random_pairs(16, 8, seed=12)
     labels = torch.randint(0, 6, (16,), generator=torch.Generator().manual_seed(12)).double()  # with ties
     theirs = reference.compute_loss_from_embeddings([u, v], labels)
-    assert cosent_loss(u, v, labels).item() == pytest.approx(theirs.item(), rel=1e-6)
+    assert cosent_loss(u, v, labels).item() == pytest.approx(theirs.item(), rel=1e-5)  # float32 against float64
 
 
 def test_cosent_depends_on_the_labels_order_only():
