@@ -28,7 +28,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from multitask.config import TASKS
+from multitask.config import COSINE_HEADS, TASKS
 from multitask.evaluation import overall_score
 
 METRICS = ("sst_acc", "qqp_acc", "sts_corr", "overall")
@@ -119,7 +119,7 @@ def cosine_column(seed_dir: Path) -> str | None:
     """The single-task column a run's STS is compared with: its cosine head's, with the same loss
     (sts_corr_cosine or sts_corr_cosent); None for the concat and dot heads (sts_corr)."""
     config = read_json(seed_dir / "train_config.json") or {}
-    if config.get("sts_head") not in ("cosine", "mnr"):
+    if config.get("sts_head") not in COSINE_HEADS:
         return None
     return "sts_corr_cosent" if config.get("sts_loss") == "cosent" else "sts_corr_cosine"
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from multitask.samplers import SAMPLERS
 
 STS_HEADS = ("dot", "cosine", "concat", "mnr")  # multitask/heads.py builds each
+COSINE_HEADS = ("cosine", "mnr")  # the STS heads that score a pair by its sentence embeddings' cosine
 TASKS = ("sst", "qqp", "sts")
 POOLINGS = ("cls", "mean")
 LR_SCHEDULES = ("constant", "linear")
@@ -240,7 +241,7 @@ class TrainConfig:
             if self.sts_head == "dot" and "sts" in teachers:
                 raise ValueError("--teachers sts=... needs an STS score on the 0-5 scale to mix with the labels; "
                                  "the dot head's raw product is not one (use --sts-head concat or cosine)")
-        if self.sts_loss != "mse" and self.sts_head not in ("cosine", "mnr"):
+        if self.sts_loss != "mse" and self.sts_head not in COSINE_HEADS:
             raise ValueError(f"--sts-loss {self.sts_loss} ranks the cosines of sentence embeddings; the "
                              f"{self.sts_head} head has none (use --sts-head cosine or mnr, or drop --sts-loss)")
         if not 0.0 <= self.warmup <= 1.0:  # also false for NaN

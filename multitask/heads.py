@@ -42,7 +42,7 @@ from bert import BertModel
 from bert.model import attention_bias
 from multitask import losses
 from multitask.batching import Batch
-from multitask.config import STS_HEADS, TASKS
+from multitask.config import COSINE_HEADS, STS_HEADS, TASKS
 
 NUM_SENTIMENTS = 5
 
@@ -147,7 +147,7 @@ class MultitaskBert(nn.Module):
         self.similarity_dropout = nn.Dropout(dropout)
         if sts_head == "concat":
             self.similarity = nn.Linear(hidden, 1)
-        elif sts_head in ("cosine", "mnr"):
+        elif sts_head in COSINE_HEADS:
             self.similarity = nn.Linear(hidden, hidden)  # projects each sentence's embedding
             # Identity and zero bias: training starts from the encoder's own embeddings and
             # cosines (for a sentence-embedding checkpoint with mean pooling, its zero-shot STS
@@ -228,16 +228,14 @@ class MultitaskBert(nn.Module):
             return F.binary_cross_entropy_with_logits(self.paraphrase_logit(batch).float(), batch.labels)
         if batch.task != "sts":
             raise ValueError(f"unknown task {batch.task!r}")
-        if self.sts_head in ("cosine", "mnr"):
+        if self.sts_head in COSINE_HEADS:
             u, v = self.sentence_embeddings(batch)
+            if gather_rows is not None:  # a ranking loss (MNR, CoSENT) under torchrun: every rank's rows
+                u, v = gather_rows(u), gather_rows(v)
             if use_mnr:
-                if gather_rows is not None:
-                    u, v = gather_rows(u), gather_rows(v)
                 return losses.multiple_negatives_ranking_loss(u, v)
-            if self.sts_cosent:  # ranks every two pairs of the batch: under torchrun, of all ranks' rows
-                labels = batch.labels
-                if gather_rows is not None:
-                    u, v, labels = gather_rows(u), gather_rows(v), gather_rows(labels.unsqueeze(1)).squeeze(1)
+            if self.sts_cosent:  # ranks every two pairs of the (global) batch
+                labels = batch.labels if gather_rows is None else gather_rows(batch.labels.unsqueeze(1)).squeeze(1)
                 return losses.cosent_loss(u, v, labels)
             return losses.cosine_similarity_loss(u, v, batch.labels)
         return losses.similarity_mse_loss(self.similarity_score(batch), batch.labels, self.sts_unit_scale)
