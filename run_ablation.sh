@@ -7,8 +7,9 @@
 #   SEEDS="0" ROWS="multi-tuned-concat single-tuned" bash run_ablation.sh     # a part of it
 #
 # Rows (ROWS picks some; all by default, in this order):
-#   single-tuned / single-paper   the single-task runs (SST, QQP, and STS with the concat head, the
-#                                 cosine head, and the cosine head with CoSENT), each with the
+#   single-tuned / single-paper   the single-task runs (SST; QQP with the joint and the siamese
+#                                 paraphrase head; STS with the concat head, the cosine head (with and
+#                                 without --paired-dropout), and the cosine head with CoSENT), each with the
 #                                 number of batches its task gets in the multitask run's plan (the
 #                                 same per-task steps)
 #   single-tuned-head10           the same with the heads' learning rate 10 times the encoder's
@@ -49,6 +50,16 @@
 #                                 the cosine head trained with CoSENT (--sts-loss cosent, a ranking
 #                                 loss), alone and with --balance equal-norm; compared with the
 #                                 single-task sts-cosent run
+#   multi-tuned-cosine-paired, multi-tuned-cosine-paired-equal-norm,
+#   multi-tuned-cosine-paired-private1-equal-norm
+#                                 the cosine head with --paired-dropout (both sentences of a pair lose
+#                                 the same units to the head's dropout), alone and with the best cosine
+#                                 row's levers; compared on STS with the single-task sts-cosine-paired run
+#   multi-tuned-cosine-siamese, multi-tuned-cosine-siamese-equal-norm, multi-tuned-concat-siamese
+#                                 the siamese paraphrase head (--paraphrase-head siamese: each question
+#                                 encoded alone), with the cosine head (alone and with --balance
+#                                 equal-norm) or the concat head; compared on QQP with the single-task
+#                                 qqp-siamese run
 #   multi-tuned-concat-lr2e-4, multi-tuned-concat-lr5e-5
 #                                 the tuned recipe (concat) at twice and half its learning rate
 #   multi-tuned-concat-qqp1.5, multi-tuned-concat-qqp2
@@ -85,33 +96,44 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-concat-private1-sst multi-tuned-concat-private2-sst multi-tuned-cosine-private1-qqp
           multi-tuned-concat-bam multi-tuned-cosine-bam multi-tuned-concat-head10-bam
           multi-tuned-cosent multi-tuned-cosent-equal-norm
-          multi-tuned-concat-lr2e-4 multi-tuned-concat-lr5e-5)
+          multi-tuned-concat-lr2e-4 multi-tuned-concat-lr5e-5
+          multi-tuned-cosine-siamese multi-tuned-cosine-siamese-equal-norm multi-tuned-concat-siamese
+          multi-tuned-cosine-paired multi-tuned-cosine-paired-equal-norm multi-tuned-cosine-paired-private1-equal-norm)
 rows=(${ROWS:-${all_rows[@]}})
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
         --device cpu --no-progress "$@")
 
 row_flags() {  # the flags of a multitask row
+    # The rows with a head that reads the two sentences of a pair alone (cosine, mnr, siamese) that
+    # ran before paired dropout joined the tuned recipe say --no-paired-dropout: they keep meaning
+    # what they measured.
     case "$1" in
         multi-paper-concat) echo "--recipe paper --sts-head concat" ;;
         multi-tuned-concat) echo "--recipe tuned --sts-head concat" ;;
-        multi-tuned-cosine) echo "--recipe tuned --sts-head cosine" ;;
-        multi-tuned-mnr) echo "--recipe tuned --sts-head mnr" ;;
+        multi-tuned-cosine) echo "--recipe tuned --sts-head cosine --no-paired-dropout" ;;
+        multi-tuned-mnr) echo "--recipe tuned --sts-head mnr --no-paired-dropout" ;;
         multi-tuned-shared) echo "--recipe tuned --sts-head concat --shared-layer" ;;
         multi-tuned-concat-equal-norm) echo "--recipe tuned --sts-head concat --balance equal-norm" ;;
-        multi-tuned-cosine-equal-norm) echo "--recipe tuned --sts-head cosine --balance equal-norm" ;;
+        multi-tuned-cosine-equal-norm) echo "--recipe tuned --sts-head cosine --balance equal-norm --no-paired-dropout" ;;
         multi-tuned-concat-private1) echo "--recipe tuned --sts-head concat --private-layers 1" ;;
-        multi-tuned-cosine-private1) echo "--recipe tuned --sts-head cosine --private-layers 1" ;;
+        multi-tuned-cosine-private1) echo "--recipe tuned --sts-head cosine --private-layers 1 --no-paired-dropout" ;;
         multi-tuned-concat-private1-sst) echo "--recipe tuned --sts-head concat --private-layers 1 --private-tasks sst" ;;
         multi-tuned-concat-private2-sst) echo "--recipe tuned --sts-head concat --private-layers 2 --private-tasks sst" ;;
-        multi-tuned-cosine-private1-qqp) echo "--recipe tuned --sts-head cosine --private-layers 1 --private-tasks qqp" ;;
-        multi-tuned-cosine-private2) echo "--recipe tuned --sts-head cosine --private-layers 2" ;;
-        multi-tuned-cosine-private1-equal-norm) echo "--recipe tuned --sts-head cosine --private-layers 1 --balance equal-norm" ;;
-        multi-tuned-cosine-project) echo "--recipe tuned --sts-head cosine --project-conflicts" ;;
+        multi-tuned-cosine-private1-qqp) echo "--recipe tuned --sts-head cosine --private-layers 1 --private-tasks qqp --no-paired-dropout" ;;
+        multi-tuned-cosine-private2) echo "--recipe tuned --sts-head cosine --private-layers 2 --no-paired-dropout" ;;
+        multi-tuned-cosine-private1-equal-norm) echo "--recipe tuned --sts-head cosine --private-layers 1 --balance equal-norm --no-paired-dropout" ;;
+        multi-tuned-cosine-paired) echo "--recipe tuned --sts-head cosine --paired-dropout" ;;
+        multi-tuned-cosine-paired-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --balance equal-norm" ;;
+        multi-tuned-cosine-paired-private1-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 1 --balance equal-norm" ;;
+        multi-tuned-cosine-siamese) echo "--recipe tuned --sts-head cosine --paraphrase-head siamese --no-paired-dropout" ;;
+        multi-tuned-cosine-siamese-equal-norm) echo "--recipe tuned --sts-head cosine --paraphrase-head siamese --balance equal-norm --no-paired-dropout" ;;
+        multi-tuned-concat-siamese) echo "--recipe tuned --sts-head concat --paraphrase-head siamese --no-paired-dropout" ;;
+        multi-tuned-cosine-project) echo "--recipe tuned --sts-head cosine --project-conflicts --no-paired-dropout" ;;
         multi-tuned-concat-project) echo "--recipe tuned --sts-head concat --project-conflicts" ;;
         multi-tuned-concat-moments) echo "--recipe tuned --sts-head concat --task-moments" ;;
-        multi-tuned-cosine-moments) echo "--recipe tuned --sts-head cosine --task-moments" ;;
-        multi-tuned-cosent) echo "--recipe tuned --sts-head cosine --sts-loss cosent" ;;
-        multi-tuned-cosent-equal-norm) echo "--recipe tuned --sts-head cosine --sts-loss cosent --balance equal-norm" ;;
+        multi-tuned-cosine-moments) echo "--recipe tuned --sts-head cosine --task-moments --no-paired-dropout" ;;
+        multi-tuned-cosent) echo "--recipe tuned --sts-head cosine --sts-loss cosent --no-paired-dropout" ;;
+        multi-tuned-cosent-equal-norm) echo "--recipe tuned --sts-head cosine --sts-loss cosent --balance equal-norm --no-paired-dropout" ;;
         multi-tuned-concat-schedules) echo "--recipe tuned --sts-head concat --task-schedules" ;;
         multi-tuned-concat-schedules-moments) echo "--recipe tuned --sts-head concat --task-schedules --task-moments" ;;
         multi-tuned-concat-lr2e-4) echo "--recipe tuned --sts-head concat --lr 2e-4" ;;
@@ -164,24 +186,32 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             [[ "$recipe" == *-head10 ]] && { recipe="${recipe%-head10}"; extra=(--head-lr-mult 10); }
             train "$out/sst" --recipe "$recipe" "${extra[@]}" --tasks sst --batches-per-epoch "$n_sst" --seed "$seed"
             train "$out/qqp" --recipe "$recipe" "${extra[@]}" --tasks qqp --batches-per-epoch "$n_qqp" --seed "$seed"
+            # (--no-paired-dropout: these ran before paired dropout joined the tuned recipe; kept as they ran)
+            train "$out/qqp-siamese" --recipe "$recipe" "${extra[@]}" --tasks qqp --paraphrase-head siamese --no-paired-dropout \
+                --batches-per-epoch "$n_qqp" --seed "$seed"
             train "$out/sts" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head concat --batches-per-epoch "$n_sts" --seed "$seed"
-            train "$out/sts-cosine" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --batches-per-epoch "$n_sts" --seed "$seed"
-            train "$out/sts-cosent" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --sts-loss cosent \
+            train "$out/sts-cosine" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --no-paired-dropout \
+                --batches-per-epoch "$n_sts" --seed "$seed"
+            train "$out/sts-cosine-paired" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --paired-dropout \
+                --batches-per-epoch "$n_sts" --seed "$seed"
+            train "$out/sts-cosent" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --sts-loss cosent --no-paired-dropout \
                 --batches-per-epoch "$n_sts" --seed "$seed"
         elif [[ "$row" == *-bam ]]; then
             # The teachers: this seed's single-task runs (the same per-task steps, the same recipe).
             base="${row%-bam}"; single_row=single-tuned
             [[ "$base" == *-head10 ]] && single_row=single-tuned-head10
-            single="$runs_dir/$single_row/seed$seed"; sts_teacher="$single/sts"
+            single="$runs_dir/$single_row/seed$seed"; sts_teacher="$single/sts"; qqp_teacher="$single/qqp"
             [[ "$base" == *cosine* ]] && sts_teacher="$single/sts-cosine"
+            [[ "$base" == *cosine-paired* ]] && sts_teacher="$single/sts-cosine-paired"
             [[ "$base" == *cosent* ]] && sts_teacher="$single/sts-cosent"
-            for teacher in "$single/sst" "$single/qqp" "$sts_teacher"; do
+            [[ "$base" == *siamese* ]] && qqp_teacher="$single/qqp-siamese"
+            for teacher in "$single/sst" "$qqp_teacher" "$sts_teacher"; do
                 [[ -f "$teacher/final_metrics.json" ]] || {
                     echo "error: $row needs the finished run $teacher: run the $single_row row first" >&2; exit 1; }
             done
             # shellcheck disable=SC2046
             train "$out" $(row_flags "$base") --batches-per-epoch "$batches" --seed "$seed" \
-                --teachers "sst=$single/sst,qqp=$single/qqp,sts=$sts_teacher"
+                --teachers "sst=$single/sst,qqp=$qqp_teacher,sts=$sts_teacher"
         else
             # shellcheck disable=SC2046
             train "$out" $(row_flags "$row") --batches-per-epoch "$batches" --seed "$seed"

@@ -5,17 +5,21 @@ single-task at the same per-task steps (run_ablation.sh trains the runs).
     python -m multitask.ablation --plan-counts --data-dir D --batches 600 --seed 0
 
 A row folder holds seed<k>/ folders. A multitask row's seed folder is a run (final_metrics.json);
-a single-task row's holds one run per task (sst/, qqp/, sts/, and sts-cosine/ and sts-cosent/
-for the cosine head with each of its losses), whose scores together make the row's line.
+a single-task row's holds one run per task (sst/, qqp/, sts/; and the other heads' runs:
+qqp-siamese/ for the siamese paraphrase head; sts-cosine/, sts-cosine-paired/ and sts-cosent/
+for the cosine head with each of its losses and --paired-dropout), whose scores together make
+the row's line.
 `--plan-counts` prints how many of a multitask run's batches each task gets (sst qqp sts), so
 that the single-task runs train the same steps.
 
 Besides each row's mean and spread, the table gives each multitask row's difference from the
 single-task row (single-tuned by default) seed by seed: seed k of both trained the same per-task
-steps on the same data order, so the paired difference cancels most of what a seed changes. A
-row whose STS head encodes each sentence alone (cosine, mnr) is compared on STS with the
-single-task cosine run of the same loss (sts-cosine/, or sts-cosent/ with --sts-loss cosent), the
-concat and dot heads with the single-task concat run.
+steps on the same data order, so the paired difference cancels most of what a seed changes. Each
+task is compared with the single-task run of the same head: a row whose STS head encodes each
+sentence alone (cosine, mnr) on STS with the single-task cosine run of the same loss and dropout
+(sts-cosine/, sts-cosine-paired/ with --paired-dropout, sts-cosent/ with --sts-loss cosent), the
+concat and dot heads with the single-task concat run;
+a row with the siamese paraphrase head on QQP with the qqp-siamese/ run.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ from multitask.evaluation import overall_score
 
 METRICS = ("sst_acc", "qqp_acc", "sts_corr", "overall")
 SINGLE_TASK_RUNS = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_corr"}
-# The single-task cosine head's STS, one run per loss: its folder and its column.
-COSINE_RUNS = {"sts-cosine": "sts_corr_cosine", "sts-cosent": "sts_corr_cosent"}
+# The single-task runs of the other heads: folder -> (the score it gives, its column).
+OTHER_HEAD_RUNS = {"qqp-siamese": ("qqp_acc", "qqp_acc_siamese"),  # the siamese paraphrase head
+                   "sts-cosine": ("sts_corr", "sts_corr_cosine"),  # the cosine head, squared error
+                   "sts-cosine-paired": ("sts_corr", "sts_corr_cosine_paired"),  # the same, --paired-dropout
+                   "sts-cosent": ("sts_corr", "sts_corr_cosent")}  # the cosine head, CoSENT
 
 
 def plan_counts(data_dir: str, batches: int, seed: int) -> dict[str, int]:
@@ -65,10 +72,10 @@ def seed_scores(seed_dir: Path) -> dict[str, float] | None:
         single = read_json(seed_dir / run / "final_metrics.json")
         if single is not None:
             scores[metric] = single[metric]
-    for run, column in COSINE_RUNS.items():
-        cosine = read_json(seed_dir / run / "final_metrics.json")
-        if cosine is not None:
-            scores[column] = cosine["sts_corr"]
+    for run, (metric, column) in OTHER_HEAD_RUNS.items():
+        other = read_json(seed_dir / run / "final_metrics.json")
+        if other is not None:
+            scores[column] = other[metric]
     if all(m in scores for m in SINGLE_TASK_RUNS.values()):
         scores["overall"] = overall_score(scores["sst_acc"], scores["qqp_acc"], scores["sts_corr"])
     return scores or None
@@ -115,13 +122,19 @@ def diagnostics_table(rows: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cosine_column(seed_dir: Path) -> str | None:
-    """The single-task column a run's STS is compared with: its cosine head's, with the same loss
-    (sts_corr_cosine or sts_corr_cosent); None for the concat and dot heads (sts_corr)."""
+def baseline_columns(seed_dir: Path) -> dict[str, str]:
+    """The scores of a run compared with another head's single-task column than the plain one:
+    {"sts_corr": "sts_corr_cosine", "sts_corr_cosine_paired" or "sts_corr_cosent"} for a cosine
+    or mnr head (by its loss and --paired-dropout), {"qqp_acc": "qqp_acc_siamese"} for the
+    siamese paraphrase head; empty for the joint paraphrase head with the concat or dot head."""
     config = read_json(seed_dir / "train_config.json") or {}
-    if config.get("sts_head") not in COSINE_HEADS:
-        return None
-    return "sts_corr_cosent" if config.get("sts_loss") == "cosent" else "sts_corr_cosine"
+    columns = {}
+    if config.get("sts_head") in COSINE_HEADS:
+        columns["sts_corr"] = ("sts_corr_cosent" if config.get("sts_loss") == "cosent" else
+                               "sts_corr_cosine_paired" if config.get("paired_dropout") else "sts_corr_cosine")
+    if config.get("paraphrase_head") == "siamese":
+        columns["qqp_acc"] = "qqp_acc_siamese"
+    return columns
 
 
 def paired_differences(runs_dir: Path, baseline: str,
@@ -137,13 +150,11 @@ def paired_differences(runs_dir: Path, baseline: str,
             ours, theirs = seed_scores(seed_dir), seed_scores(base_dir / seed_dir.name)
             if not (seed_dir / "final_metrics.json").is_file() or not theirs or "overall" not in theirs:
                 continue  # a single-task row (its runs are one level down), or no complete baseline
-            theirs = dict(theirs)
-            column = cosine_column(seed_dir)
-            if column is not None:  # compare like with like
-                if column not in theirs:
-                    continue
-                theirs["sts_corr"] = theirs[column]
-                theirs["overall"] = overall_score(theirs["sst_acc"], theirs["qqp_acc"], theirs["sts_corr"])
+            columns = baseline_columns(seed_dir)  # compare like with like
+            if any(column not in theirs for column in columns.values()):
+                continue
+            theirs = {**theirs, **{metric: theirs[column] for metric, column in columns.items()}}
+            theirs["overall"] = overall_score(theirs["sst_acc"], theirs["qqp_acc"], theirs["sts_corr"])
             for metric in METRICS:
                 if metric in ours and metric in theirs:
                     differences.setdefault(row_dir.name, {}).setdefault(metric, []).append(ours[metric] - theirs[metric])
@@ -166,10 +177,14 @@ def difference_table(differences: dict[str, dict[str, list[float]]], baseline: s
     return "\n".join(lines) + "\n"
 
 
+MARKERS, COLORS = ("^", "x", "*", "+"), ("tab:purple", "tab:orange", "tab:red", "tab:green")  # OTHER_HEAD_RUNS' order
+
+
 def plot(rows: dict[str, dict[str, list[float]]], path: Path) -> bool:
-    """Each row's seeds (dots) and mean (bar) per dev score, one panel per score, and the
-    single-task cosine head's STS (crosses: its squared error; pluses: CoSENT); False when
-    matplotlib is absent."""
+    """Each row's seeds (dots) and mean (bar) per dev score, one panel per score, and the other
+    heads' single-task scores: the cosine head's STS (crosses: its squared error; stars: the
+    same with --paired-dropout; pluses: CoSENT), the siamese paraphrase head's QQP (triangles);
+    False when matplotlib is absent."""
     try:
         import matplotlib
 
@@ -183,9 +198,8 @@ def plot(rows: dict[str, dict[str, list[float]]], path: Path) -> bool:
         scored = []
         for y, name in enumerate(names):
             values = rows[name].get(metric, [])
-            markers = (("sts_corr_cosine", "x", "tab:orange"), ("sts_corr_cosent", "+", "tab:green"))
-            for column, marker, color in markers:
-                if metric == "sts_corr" and rows[name].get(column):
+            for (scored_metric, column), marker, color in zip(OTHER_HEAD_RUNS.values(), MARKERS, COLORS):
+                if metric == scored_metric and rows[name].get(column):
                     cosine = rows[name][column]
                     axis.plot(cosine, [y] * len(cosine), marker, color=color)
                     scored += cosine
@@ -199,8 +213,8 @@ def plot(rows: dict[str, dict[str, list[float]]], path: Path) -> bool:
         axis.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(names)), names)
     axes[0].invert_yaxis()
-    figure.suptitle("dev scores: seeds (dots), mean (bar); the single-task cosine head's STS: x with its "
-                    "squared error, + with CoSENT", fontsize=10)
+    figure.suptitle("dev scores: seeds (dots), mean (bar); single-task, other heads: siamese paraphrase (^), "
+                    "cosine STS with its squared error (x), with paired dropout (*), with CoSENT (+)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -215,7 +229,7 @@ def summary(values: list[float]) -> str:
 
 
 def table(rows: dict[str, dict[str, list[float]]]) -> str:
-    columns = [*METRICS, *COSINE_RUNS.values()]
+    columns = [*METRICS, *(column for _, column in OTHER_HEAD_RUNS.values())]
     lines = ["| row | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for row, metrics in rows.items():
         lines.append(f"| {row} | " + " | ".join(summary(metrics[c]) if c in metrics else "" for c in columns) + " |")

@@ -107,7 +107,7 @@ def analyse(trained: TrainedModel, sts_dev: Split, sst_dev: Split, top: int = 10
     for split in (sts_dev, sst_dev):  # a correlation or confusion matrix of nothing means nothing
         require_examples(split)
     config, tokenizer = trained.config, trained.tokenizer
-    task_layouts = layouts(config.sts_head)
+    task_layouts = layouts(config.sts_head, config.paraphrase_head)
 
     def predictions(split: Split, task: str) -> np.ndarray:
         tokenized = tokenize_split(split, task, tokenizer, task_layouts[task], config.max_length)

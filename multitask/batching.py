@@ -5,7 +5,8 @@ stored token ids. Three input layouts, chosen by the task head:
 
 - "single":   one sentence,  [CLS] a [SEP]                  (SST)
 - "joint":    a pair as one, [CLS] a [SEP] b [SEP], token types 0 then 1   (paraphrase, STS concat)
-- "separate": each sentence of a pair alone, both in one stacked batch     (STS dot, cosine, MNR)
+- "separate": each sentence of a pair alone, both in one stacked batch     (STS dot, cosine, MNR;
+              the siamese paraphrase head)
 
 Padding is the main waste on a CPU: a random batch of 32 sentences is padded to its longest
 member, and on this data about half of its tokens are padding. `plan_batches` therefore groups

@@ -48,7 +48,8 @@ def build_heads(encoder: BertModel, config: TrainConfig) -> MultitaskBert:
     """The multitask model around `encoder`, with the heads, pooling and loss weighting of `config`."""
     return MultitaskBert(encoder, config.sts_head, config.dropout, config.pooling, config.task_weights,
                          config.balance, config.sts_loss_scale, config.shared_layer, config.private_layers,
-                         config.private_groups, config.sts_loss)
+                         config.private_groups, config.sts_loss, config.paraphrase_head,
+                         config.paired_dropout)
 
 
 def load_weights(folder: Path, model: MultitaskBert) -> None:

@@ -25,6 +25,7 @@ POOLINGS = ("cls", "mean")
 LR_SCHEDULES = ("constant", "linear")
 BALANCES = ("fixed", "uncertainty", "equal-norm")
 STS_LOSS_SCALES = ("label", "unit")  # what the dot and concat heads' squared error is measured in
+PARAPHRASE_HEADS = ("joint", "siamese")  # the pair read as one input, or each question alone
 STS_LOSSES = ("mse", "cosent")  # the cosine and mnr heads' loss on the cosines (multitask/losses.py)
 
 # Settings a recipe decides unless a flag gives them (the fields below that default to None).
@@ -32,13 +33,14 @@ STS_LOSSES = ("mse", "cosent")  # the cosine and mnr heads' loss on the cosines 
 # lacked (warmup and linear decay, Devlin et al. 2019; mean pooling, Reimers & Gurevych 2019; a
 # higher learning rate for the short schedule) with the concat head's STS loss measured on the
 # [-1, 1] range of its tanh (its MSE on the 0-5 scale times (2/5)^2 = 0.16), so that its
-# gradients do not swamp the other tasks'. "tuned" is the default: in the ablation (README) it
-# is ahead of "paper" on every task.
+# gradients do not swamp the other tasks', and one dropout mask per pair for the heads that read
+# two sentence embeddings (heads.py, MultitaskBert.drop_pairs). "tuned" is the default: in the
+# ablation (README) it is ahead of "paper" on every task.
 RECIPES = {
     "paper": dict(lr=1e-5, lr_schedule="constant", warmup=0.0, head_lr_mult=1.0, pooling="cls",
-                  loss_weights="sst=1,qqp=1,sts=1", balance="fixed", sts_loss_scale="label"),
+                  loss_weights="sst=1,qqp=1,sts=1", balance="fixed", sts_loss_scale="label", paired_dropout=False),
     "tuned": dict(lr=1e-4, lr_schedule="linear", warmup=0.1, head_lr_mult=1.0, pooling="mean",
-                  loss_weights="sst=1,qqp=1,sts=1", balance="fixed", sts_loss_scale="unit"),
+                  loss_weights="sst=1,qqp=1,sts=1", balance="fixed", sts_loss_scale="unit", paired_dropout=True),
 }
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -67,6 +69,10 @@ class TrainConfig:
     sts_head: str = setting("concat", "similarity head: dot (pooled outputs' dot product, the baseline), "
                             "cosine, concat (pair encoded jointly) or mnr (ranking loss, then cosine)",
                             "what to train", choices=STS_HEADS)
+    paraphrase_head: str = setting("joint", "paraphrase head: joint (the pair read as one input, a cross-encoder: "
+                                   "the paper) or siamese (each question encoded alone and scored from "
+                                   "[|u - v|, u * v] of the two embeddings, as the cosine heads read STS pairs)",
+                                   "what to train", choices=PARAPHRASE_HEADS)
     data_dir: str = setting("data", "folder with the CS224N csv files; missing ones are downloaded when "
                             "online", "files")
     out_dir: str = setting("runs/latest", "where metrics.jsonl, the best checkpoint and predictions are "
@@ -86,7 +92,7 @@ class TrainConfig:
                         "optimisation (paper defaults)", minimum=0)
     # The recipe and what it sets (None: the recipe's value; a flag overrides it)
     recipe: str = setting("tuned", "tuned (the default, ahead of paper on every task in the ablation): warmup "
-                          "and linear decay, mean pooling, lr 1e-4, the STS loss on the [-1, 1] scale; "
+                          "and linear decay, mean pooling, lr 1e-4, the STS loss on the [-1, 1] scale, paired dropout; "
                           "paper: Multi-BERT's settings exactly (see README)", "recipe",
                           choices=tuple(RECIPES))
     tasks: str = setting(",".join(TASKS), "the tasks to train, comma-separated: all three (multitask), or "
@@ -118,6 +124,9 @@ class TrainConfig:
     sts_loss: str = setting("mse", "the cosine and mnr heads' loss on the pairs' cosines: mse (against label / 5, "
                             "Sentence-BERT) or cosent (a ranking loss: every two pairs' cosines in their labels' "
                             "order, Su 2022)", "recipe", choices=STS_LOSSES)
+    paired_dropout: bool | None = setting(None, "the heads that read two separately encoded sentences (dot, cosine, "
+                                          "mnr, the siamese paraphrase head) drop the same units of both sentences "
+                                          "of a pair (tuned), instead of one mask per sentence (paper)", "recipe")
     shared_layer: bool = setting(False, "a residual feed-forward layer between the encoder and every task "
                                  "head, trained by all tasks (the paper's proposed future work, section 7)",
                                  "recipe")
@@ -259,8 +268,9 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         # A config written before a setting existed meant what the code did then: no recipe was
-        # the paper's (the default until the ablation), no STS loss scale the label scale.
-        before = {"recipe": "paper", "sts_loss_scale": "label"}
+        # the paper's (the default until the ablation), no STS loss scale the label scale, no
+        # paired_dropout one mask per sentence.
+        before = {"recipe": "paper", "sts_loss_scale": "label", "paired_dropout": False}
         return cls(**{**before, **{k: v for k, v in values.items() if k in known}})
 
 
@@ -298,8 +308,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kind = hints[field.name]
         if isinstance(kind, types.UnionType):  # `int | None`: the value's type is the int
             kind = next(t for t in typing.get_args(kind) if t is not type(None))
-        if kind is bool:  # a switch that turns the default around (absent: the field's default)
-            action = "store_false" if field.default else "store_true"
+        if kind is bool:  # a switch that turns the default around (absent: the field's default);
+            # a recipe's switch (default None) both ways: --paired-dropout, --no-paired-dropout
+            action = (argparse.BooleanOptionalAction if field.default is None else
+                      "store_false" if field.default else "store_true")
             group.add_argument(flag_name(field), dest=field.name, action=action, default=argparse.SUPPRESS,
                                help=meta["help"])
         else:

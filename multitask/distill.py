@@ -17,8 +17,9 @@ student's own losses take the mixed targets unchanged:
 
 A teacher is a trained run (its best/ checkpoint), evaluated without dropout; each step costs
 one more forward pass, the teacher's, of the step's batch. The teachers must read the batch as
-the student lays it out (multitask/heads.py, `layouts`) with the same vocabulary, and score STS
-on the 0-5 scale, which the dot head does not.
+the student lays it out (multitask/heads.py, `layouts`: the same kind of STS head and the same
+paraphrase head) with the same vocabulary, and score STS on the 0-5 scale, which the dot head
+does not.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from bert import BertTokenizer, CheckpointError
 from multitask import checkpoint
 from multitask.batching import Batch
+from multitask.config import TrainConfig
 from multitask.heads import NUM_SENTIMENTS, MultitaskBert, layouts
 
 
@@ -42,13 +44,21 @@ def mix_targets(gold: torch.Tensor, teacher: torch.Tensor, share: float) -> torc
     return share * gold.float() + (1.0 - share) * teacher.float()
 
 
+READS = {"joint": "a pair as one input", "separate": "each sentence of a pair alone"}  # for messages
+
+
+def head_of(config: TrainConfig, task: str) -> str:
+    """A pair task's head in words, for messages: "STS head is concat"."""
+    return f"STS head is {config.sts_head}" if task == "sts" else f"paraphrase head is {config.paraphrase_head}"
+
+
 class Teachers:
     """Each distilled task's teacher model, and the targets it gives a batch."""
 
-    def __init__(self, folders: dict[str, str], student_sts_head: str, student_tokenizer: BertTokenizer,
+    def __init__(self, folders: dict[str, str], student: TrainConfig, student_tokenizer: BertTokenizer,
                  device: torch.device):
         self.models: dict[str, MultitaskBert] = {}
-        student = layouts(student_sts_head)
+        student_layouts = layouts(student.sts_head, student.paraphrase_head)
         for task, folder in folders.items():
             found = checkpoint.find_checkpoint(folder)  # a run folder or its best/ (CheckpointError names it)
             model, tokenizer, config, _ = checkpoint.load(found, device)
@@ -60,11 +70,16 @@ class Teachers:
                                                                        student_tokenizer.settings):
                 raise CheckpointError(f"{where}: its tokenizer differs from the student's, so it would read "
                                       f"the batches as other words; give a teacher trained from the same checkpoint")
-            if task == "sts" and (config.sts_head == "dot" or layouts(config.sts_head)["sts"] != student["sts"]):
+            if task == "sts" and config.sts_head == "dot":
+                raise CheckpointError(f"{where}: its STS head is dot; a teacher's STS score must be on the "
+                                      f"0-5 scale, which the dot head's raw product is not")
+            layout = layouts(config.sts_head, config.paraphrase_head)[task]
+            if layout != student_layouts[task]:
                 raise CheckpointError(
-                    f"{where}: its STS head is {config.sts_head}; a teacher's STS score must be on the 0-5 "
-                    f"scale (not dot) and its pairs laid out as the student's {student_sts_head} head "
-                    f"lays them out (concat with concat; cosine or mnr with cosine or mnr)")
+                    f"{where}: its {head_of(config, task)}, which reads {READS[layout]}, but the student's "
+                    f"{head_of(student, task)}, which reads {READS[student_layouts[task]]}; "
+                    f"a teacher must read the batches as the student lays them out (STS: concat with concat, "
+                    f"cosine or mnr with cosine or mnr; paraphrase: the same --paraphrase-head)")
             self.models[task] = model.eval().requires_grad_(False)  # targets only: no dropout, no gradient
 
     @torch.no_grad()

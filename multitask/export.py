@@ -176,6 +176,11 @@ def why_not(trained: TrainedModel) -> dict[str, str]:
         reasons["encoder"] = (f"the tasks have their own top {trained.config.private_layers} encoder layer(s) "
                               f"(--private-layers), so no one encoder serves every head; each head's "
                               f"folder holds the whole encoder of its task")
+    if getattr(trained.config, "paraphrase_head", "joint") == "siamese":
+        reasons.setdefault("paraphrase", "the run's paraphrase head is siamese (--paraphrase-head): it scores "
+                                         "[|u - v|, u * v] of the two questions' embeddings, which no standard "
+                                         "transformers or sentence-transformers class computes; the encoder "
+                                         "folder holds the embeddings it reads")
     pooling = pooling_of(trained)
     if pooling == "mean":
         # transformers' BertForSequenceClassification (which CrossEncoder loads too) classifies

@@ -1,7 +1,13 @@
 """MultitaskBert: one shared BERT encoder with a small head per task (Multi-BERT, section 4).
 
     SST-5 sentiment   [CLS] s [SEP]            -> pooled -> dropout -> Linear(H, 5)  -> cross-entropy
-    Paraphrase (QQP)  [CLS] a [SEP] b [SEP]    -> pooled -> dropout -> Linear(H, 1)  -> binary cross-entropy
+    Paraphrase (QQP), one of two heads:
+      joint    [CLS] a [SEP] b [SEP] -> pooled -> dropout -> Linear(H, 1)      -> binary cross-entropy
+               (a cross-encoder, as in the paper)
+      siamese  a and b encoded alone -> pooled -> dropout -> u, v;
+               [|u - v|, u * v] -> Linear(2H, 1)                           -> binary cross-entropy
+               (a bi-encoder: the questions read as the cosine heads read STS pairs, as sentence
+               embeddings; the features are symmetric, so swapping the questions keeps the logit)
     Similarity (STS), one of four heads:
       dot     a and b encoded alone; score = pooled_a . pooled_b;                 MSE against the label
       cosine  a and b alone; projected pooled outputs; score = 5 cos(u, v);       MSE of cos against label / 5
@@ -42,14 +48,25 @@ from bert import BertModel
 from bert.model import attention_bias
 from multitask import losses
 from multitask.batching import Batch
-from multitask.config import COSINE_HEADS, STS_HEADS, TASKS
+from multitask.config import COSINE_HEADS, PARAPHRASE_HEADS, STS_HEADS, TASKS
 
 NUM_SENTIMENTS = 5
 
 
-def layouts(sts_head: str) -> dict[str, str]:
-    """How each task's inputs are laid out for this STS head (see multitask/batching.py)."""
-    return {"sst": "single", "qqp": "joint", "sts": "joint" if sts_head == "concat" else "separate"}
+def layouts(sts_head: str, paraphrase_head: str = "joint") -> dict[str, str]:
+    """How each task's inputs are laid out for these heads (see multitask/batching.py)."""
+    return {"sst": "single", "qqp": "separate" if paraphrase_head == "siamese" else "joint",
+            "sts": "joint" if sts_head == "concat" else "separate"}
+
+
+def pair_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The siamese paraphrase head's input from two sentence embeddings (B, H) each: (B, 2H).
+
+    |u - v| says where the two differ and u * v where they agree (summed, it is their dot
+    product); both are symmetric in u and v, as being a paraphrase is. (Sentence-BERT's
+    classification objective concatenates (u, v, |u - v|), which depends on the order.)
+    """
+    return torch.cat([(u - v).abs(), u * v], dim=-1)
 
 
 class SharedLayer(nn.Module):
@@ -118,13 +135,17 @@ class MultitaskBert(nn.Module):
                  pooling: str = "cls", loss_weights: dict[str, float] | None = None,
                  balance: str = "fixed", sts_loss_scale: str = "label", shared_layer: bool = False,
                  private_layers: int = 0, private_groups: list[tuple[str, ...]] | None = None,
-                 sts_loss: str = "mse"):
+                 sts_loss: str = "mse", paraphrase_head: str = "joint", paired_dropout: bool = False):
         super().__init__()
         if sts_head not in STS_HEADS:
             raise ValueError(f"unknown STS head {sts_head!r}; choose one of {', '.join(STS_HEADS)}")
+        if paraphrase_head not in PARAPHRASE_HEADS:
+            raise ValueError(f"unknown paraphrase head {paraphrase_head!r}; choose one of {', '.join(PARAPHRASE_HEADS)}")
         hidden = encoder.config.hidden_size
         self.bert = encoder
         self.sts_head = sts_head
+        self.paraphrase_siamese = paraphrase_head == "siamese"  # each question encoded alone
+        self.paired_dropout = paired_dropout  # one dropout mask per pair of separately encoded sentences
         self.pooling = pooling
         self.sts_unit_scale = sts_loss_scale == "unit"  # the dot and concat MSE on [-1, 1]: losses.py
         self.sts_cosent = sts_loss == "cosent"  # the cosine and mnr heads' cosines ranked, not regressed
@@ -143,7 +164,7 @@ class MultitaskBert(nn.Module):
         self.sentiment_dropout = nn.Dropout(dropout)
         self.sentiment = nn.Linear(hidden, NUM_SENTIMENTS)
         self.paraphrase_dropout = nn.Dropout(dropout)
-        self.paraphrase = nn.Linear(hidden, 1)
+        self.paraphrase = nn.Linear(2 * hidden if self.paraphrase_siamese else hidden, 1)
         self.similarity_dropout = nn.Dropout(dropout)
         if sts_head == "concat":
             self.similarity = nn.Linear(hidden, 1)
@@ -194,11 +215,30 @@ class MultitaskBert(nn.Module):
         return self.sentiment(self.sentiment_dropout(self.pooled(batch)))  # (B, 5)
 
     def paraphrase_logit(self, batch: Batch) -> torch.Tensor:
-        return self.paraphrase(self.paraphrase_dropout(self.pooled(batch))).squeeze(-1)  # (B,)
+        if not self.paraphrase_siamese:
+            return self.paraphrase(self.paraphrase_dropout(self.pooled(batch))).squeeze(-1)  # (B,)
+        u, v = self.drop_pairs(self.paraphrase_dropout, self.pooled(batch)).chunk(2)  # first, second questions: (B, H)
+        return self.paraphrase(pair_features(u, v)).squeeze(-1)  # (B,)
+
+    def drop_pairs(self, dropout: nn.Dropout, pooled: torch.Tensor) -> torch.Tensor:
+        """A head's dropout on separately encoded pairs: pooled (2B, H), the B first sentences then
+        the B second ones, in the same layout.
+
+        By default each of the 2B embeddings draws its own mask, as in the paper. With
+        paired_dropout both sentences of a pair lose the same units. Independent masks make two
+        identical sentences look different (at p = 0.3 their expected cosine falls to about 0.7,
+        with noise), so a head trained to read similarity from the pair's agreement learns
+        from that noise; a shared mask drops the same coordinates of both, and a pair's cosine
+        only sees the units both kept.
+        """
+        if not self.paired_dropout:
+            return dropout(pooled)  # (2B, H)
+        keep = dropout(torch.ones_like(pooled[:pooled.shape[0] // 2]))  # (B, H): 0 or 1 / (1 - p); ones in eval
+        return pooled * keep.repeat(2, 1)  # (2B, H): row i and row B + i share their mask
 
     def sentence_embeddings(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The two sentences' embeddings, u and v (B, H), from one stacked forward pass."""
-        embedded = self.similarity_dropout(self.pooled(batch))  # (2B, H)
+        embedded = self.drop_pairs(self.similarity_dropout, self.pooled(batch))  # (2B, H)
         if self.sts_head != "dot":
             embedded = self.similarity(embedded)  # (2B, H)
         u, v = embedded.chunk(2)  # first sentences, then second ones: (B, H) each

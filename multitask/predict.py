@@ -97,13 +97,13 @@ def _predict(trained: TrainedModel, split: Split, task: str, layout: str) -> tor
 
 def predict_sentiment(trained: TrainedModel, sentence: str) -> SentimentPrediction:
     split = Split("input", "command line", [SentenceExample("input", sentence, None)])
-    probabilities = _predict(trained, split, "sst", layouts(trained.config.sts_head)["sst"])  # (5,)
+    probabilities = _predict(trained, split, "sst", model_layouts(trained)["sst"])  # (5,)
     return SentimentPrediction(int(probabilities.argmax()), probabilities.tolist())
 
 
 def predict_pair(trained: TrainedModel, first: str, second: str) -> PairPrediction:
     split = Split("input", "command line", [PairExample("input", first, second, None)])
-    task_layouts = layouts(trained.config.sts_head)
+    task_layouts = model_layouts(trained)
     paraphrase = _predict(trained, split, "qqp", task_layouts["qqp"])
     similarity = _predict(trained, split, "sts", task_layouts["sts"])
     return PairPrediction(float(paraphrase), float(similarity), trained.config.sts_head)
@@ -114,6 +114,17 @@ def input_limit(trained: TrainedModel) -> tuple[int, str]:
     if trained.config.max_length is not None:
         return trained.config.max_length, "the --max-length it was trained with"
     return trained.tokenizer.model_max_length, "the checkpoint's maximum"
+
+
+def model_layouts(trained: TrainedModel) -> dict[str, str]:
+    """How the trained model's heads read their inputs (multitask/heads.py, `layouts`)."""
+    return layouts(trained.config.sts_head, trained.config.paraphrase_head)
+
+
+def pair_layouts(trained: TrainedModel) -> set[str]:
+    """How the model's two pair heads (paraphrase, similarity) read a pair: "joint", "separate"."""
+    task_layouts = model_layouts(trained)
+    return {task_layouts["qqp"], task_layouts["sts"]}
 
 
 def truncation_warnings(trained: TrainedModel, first: str, second: str | None = None) -> list[str]:
@@ -129,10 +140,12 @@ def truncation_warnings(trained: TrainedModel, first: str, second: str | None = 
     if second is None:
         measured.append(("the sentence", tokenizer.untruncated_lengths([first])[0]))
     else:
-        # The paraphrase head always reads the pair jointly; the similarity head does too for
-        # "concat", and otherwise reads each sentence on its own.
-        measured.append(("the pair (read together)", tokenizer.untruncated_lengths([first], [second])[0]))
-        if layouts(trained.config.sts_head)["sts"] == "separate":
+        # Each pair head reads the pair together (the joint paraphrase head, the concat STS head)
+        # or each sentence on its own (the siamese paraphrase head, the other STS heads).
+        read = pair_layouts(trained)
+        if "joint" in read:
+            measured.append(("the pair (read together)", tokenizer.untruncated_lengths([first], [second])[0]))
+        if "separate" in read:
             measured.append(("the first sentence", tokenizer.untruncated_lengths([first])[0]))
             measured.append(("the second sentence", tokenizer.untruncated_lengths([second])[0]))
     return [
@@ -303,13 +316,13 @@ def check_output(output: str | Path, input_path: str | Path) -> Path:
 def predict_sentiments(trained: TrainedModel, sentences: list[str]) -> torch.Tensor:
     """SST-5 class probabilities of a batch of sentences: (B, 5)."""
     split = Split("input", "input file", [SentenceExample(str(i), s, None) for i, s in enumerate(sentences)])
-    return _predict_all(trained, split, "sst", layouts(trained.config.sts_head)["sst"])
+    return _predict_all(trained, split, "sst", model_layouts(trained)["sst"])
 
 
 def predict_pairs(trained: TrainedModel, pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Paraphrase probabilities and similarity scores of a batch of pairs: (B,), (B,)."""
     split = Split("input", "input file", [PairExample(str(i), a, b, None) for i, (a, b) in enumerate(pairs)])
-    task_layouts = layouts(trained.config.sts_head)
+    task_layouts = model_layouts(trained)
     return (_predict_all(trained, split, "qqp", task_layouts["qqp"]),
             _predict_all(trained, split, "sts", task_layouts["sts"]))
 
@@ -335,8 +348,9 @@ def truncated_inputs(trained: TrainedModel, texts: list[tuple[str, ...]]) -> lis
         lengths = [tokenizer.untruncated_lengths([t[0] for t in texts])]
     else:
         firsts, seconds = [t[0] for t in texts], [t[1] for t in texts]
-        lengths = [tokenizer.untruncated_lengths(firsts, seconds)]
-        if layouts(trained.config.sts_head)["sts"] == "separate":
+        read = pair_layouts(trained)
+        lengths = [tokenizer.untruncated_lengths(firsts, seconds)] if "joint" in read else []
+        if "separate" in read:
             lengths += [tokenizer.untruncated_lengths(firsts), tokenizer.untruncated_lengths(seconds)]
     return [any(length[i] > limit for length in lengths) for i in range(len(texts))]
 

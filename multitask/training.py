@@ -120,7 +120,7 @@ class Trainer:
         self.surgery = (ConflictProjection(config.task_names, self.model.bert.parameters())  # --project-conflicts
                         if config.project_conflicts else None)
         self.graphs = GraphedSteps(self) if config.cuda_graphs else None  # --cuda-graphs: multitask/graphs.py
-        self.teachers = (Teachers(config.teacher_folders, config.sts_head, tokenizer, self.device)  # --teachers
+        self.teachers = (Teachers(config.teacher_folders, config, tokenizer, self.device)  # --teachers
                          if config.teachers else None)
         self.probes = config.probe_every and probe_batches(  # --probe-every: fixed batches, one a task
             {task: self.data[task].train for task in config.task_names}, config.batch_size, tokenizer.pad_token_id)
@@ -533,9 +533,9 @@ def cap_examples(split: Split, limit: int | None, seed: int) -> Split:
 
 
 def prepare_data(config: TrainConfig, tokenizer: BertTokenizer, log: Callable[[str], None]) -> dict[str, TaskData]:
-    """Load and tokenize every split once, in the layout the chosen STS head needs."""
+    """Load and tokenize every split once, in the layouts the chosen heads need."""
     splits = load_splits(config, log)
-    task_layouts = layouts(config.sts_head)
+    task_layouts = layouts(config.sts_head, config.paraphrase_head)
     data = {}
     for task in config.task_names:
         train = cap_examples(splits[task]["train"], config.max_train_examples, config.seed)

@@ -54,50 +54,56 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     runs = tmp_path / "runs"
     env = {**os.environ, "MODEL": str(model_dir), "DATA_DIR": str(data_dir), "RUNS_DIR": str(runs),
            "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "SEEDS": "0", "BATCHES": "6",
-           "ROWS": "single-tuned multi-tuned-cosine-bam pair-qqp-sts"}
+           "ROWS": "single-tuned multi-tuned-cosine-siamese-bam pair-qqp-sts"}
     command = ["bash", str(REPO_ROOT / "run_experiments.sh"), "ablation", "--precision", "fp32", "--batch-size", "8",
                "--eval-batch-size", "64"]
     # A distilled row without its teachers stops at once, saying which run to make first.
-    early = subprocess.run(command, env={**env, "ROWS": "multi-tuned-cosine-bam"}, cwd=REPO_ROOT,
+    early = subprocess.run(command, env={**env, "ROWS": "multi-tuned-cosine-siamese-bam"}, cwd=REPO_ROOT,
                            capture_output=True, text=True, timeout=600)
     assert early.returncode == 1 and "run the single-tuned row first" in early.stderr
-    assert not (runs / "multi-tuned-cosine-bam" / "seed0").exists()
+    assert not (runs / "multi-tuned-cosine-siamese-bam" / "seed0").exists()
     process = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     counts = ablation.plan_counts(str(data_dir), 6, seed=0)
     for task in TASKS:
         (record,) = [json.loads(line) for line in (runs / "single-tuned" / "seed0" / task / "metrics.jsonl").open()]
         assert record[f"batches_{task}"] == counts[task]  # the multitask run's steps of that task
-    distilled = runs / "multi-tuned-cosine-bam" / "seed0"
+    distilled = runs / "multi-tuned-cosine-siamese-bam" / "seed0"
     (multi,) = [json.loads(line) for line in (distilled / "metrics.jsonl").open()]
     assert [multi[f"batches_{t}"] for t in TASKS] == [counts[t] for t in TASKS]
-    single = runs / "single-tuned" / "seed0"  # its teachers: that seed's single-task runs, the cosine one for STS
+    # its teachers: that seed's single-task runs of the same heads (siamese paraphrase, cosine STS)
+    single = runs / "single-tuned" / "seed0"
     teachers = json.loads((distilled / "train_config.json").read_text())["teachers"]
-    assert teachers == f"sst={single / 'sst'},qqp={single / 'qqp'},sts={single / 'sts-cosine'}"
+    assert teachers == f"sst={single / 'sst'},qqp={single / 'qqp-siamese'},sts={single / 'sts-cosine'}"
     cosent = json.loads((single / "sts-cosent" / "train_config.json").read_text())  # the CoSENT baseline
     assert (cosent["tasks"], cosent["sts_head"], cosent["sts_loss"]) == ("sts", "cosine", "cosent")
     (pair,) = [json.loads(line) for line in (runs / "pair-qqp-sts" / "seed0" / "metrics.jsonl").open()]
     assert pair["batches_sst"] == 0 and pair["batches_qqp"] + pair["batches_sts"] == counts["qqp"] + counts["sts"]
     table = (runs / "ablation.md").read_text()
-    assert "| multi-tuned-cosine-bam |" in table and "| single-tuned |" in table
+    assert "| multi-tuned-cosine-siamese-bam |" in table and "| single-tuned |" in table
 
 
 def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head(tmp_path):
-    def multi(row, seed, head, sst, qqp, sts, sts_loss="mse"):
+    def multi(row, seed, head, sst, qqp, sts, sts_loss="mse", paraphrase_head="joint", paired=False):
         folder = tmp_path / row / f"seed{seed}"
         write_final(folder, sst_acc=sst, qqp_acc=qqp, sts_corr=sts, overall=(sst + qqp + (sts + 1) / 2) / 3)
-        (folder / "train_config.json").write_text(json.dumps({"sts_head": head, "sts_loss": sts_loss}))
+        (folder / "train_config.json").write_text(json.dumps({"sts_head": head, "sts_loss": sts_loss,
+                                                              "paraphrase_head": paraphrase_head,
+                                                              "paired_dropout": paired}))
 
-    for seed, (sst, qqp, sts, cosine, cosent) in enumerate([(0.45, 0.80, 0.82, 0.84, 0.85),
-                                                            (0.43, 0.82, 0.80, 0.83, 0.86)]):
+    for seed, (sst, qqp, sts, cosine, cosent, siamese, paired) in enumerate([
+            (0.45, 0.80, 0.82, 0.84, 0.85, 0.77, 0.87), (0.43, 0.82, 0.80, 0.83, 0.86, 0.78, 0.88)]):
         for task, metric, value in (("sst", "sst_acc", sst), ("qqp", "qqp_acc", qqp), ("sts", "sts_corr", sts),
-                                    ("sts-cosine", "sts_corr", cosine), ("sts-cosent", "sts_corr", cosent)):
+                                    ("sts-cosine", "sts_corr", cosine), ("sts-cosent", "sts_corr", cosent),
+                                    ("qqp-siamese", "qqp_acc", siamese), ("sts-cosine-paired", "sts_corr", paired)):
             write_final(tmp_path / "single-tuned" / f"seed{seed}" / task, **{metric: value, "overall": 0.0})
     multi("concat", 0, "concat", 0.46, 0.79, 0.83)
     multi("concat", 1, "concat", 0.45, 0.82, 0.80)
     multi("cosine", 0, "cosine", 0.44, 0.80, 0.80)
     multi("cosine", 2, "cosine", 0.50, 0.90, 0.90)  # no single-task seed 2: left out
     multi("cosent", 1, "cosine", 0.44, 0.80, 0.84, sts_loss="cosent")  # against the CoSENT single-task run
+    multi("siamese", 1, "cosine", 0.44, 0.79, 0.84, paraphrase_head="siamese")  # QQP against qqp-siamese
+    multi("paired", 0, "mnr", 0.44, 0.80, 0.86, paired=True)  # STS against sts-cosine-paired
     multi("concat-head10", 0, "concat", 0.47, 0.82, 0.83)  # another recipe, against its own single-task runs
     for task, metric, value in (("sst", "sst_acc", 0.46), ("qqp", "qqp_acc", 0.83), ("sts", "sts_corr", 0.81)):
         write_final(tmp_path / "single-head10" / "seed0" / task, **{metric: value, "overall": 0.0})
@@ -114,6 +120,11 @@ def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head
     assert differences["cosine"]["sts_corr"] == [pytest.approx(0.80 - 0.84)]  # the cosine single-task run
     assert differences["cosent"]["sts_corr"] == [pytest.approx(0.84 - 0.86)]
     assert ablation.collect(tmp_path)["single-tuned"]["sts_corr_cosent"] == [0.85, 0.86]
+    assert differences["siamese"]["qqp_acc"] == [pytest.approx(0.79 - 0.78)]  # not - 0.82 (the joint head)
+    assert differences["siamese"]["sts_corr"] == [pytest.approx(0.84 - 0.83)]
+    assert differences["siamese"]["overall"] == [pytest.approx(((0.44 - 0.43) + (0.79 - 0.78) + (0.84 - 0.83) / 2) / 3)]
+    assert ablation.collect(tmp_path)["single-tuned"]["qqp_acc_siamese"] == [0.77, 0.78]
+    assert differences["paired"]["sts_corr"] == [pytest.approx(0.86 - 0.87)]
     overall = differences["cosine"]["overall"][0]
     assert overall == pytest.approx(((0.44 - 0.45) + (0.80 - 0.80) + (0.80 - 0.84) / 2) / 3)
     assert "single-tuned" not in differences

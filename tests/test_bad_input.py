@@ -364,8 +364,9 @@ def test_bad_input(world, outcomes, case):
         case.check(world, tmp, result)
 
 
-def test_truncation_warnings_follow_the_similarity_heads_layout(world):
-    """For a head that reads each sentence of a pair on its own, each one too long is named."""
+def test_truncation_warnings_follow_the_pair_heads_layouts(world):
+    """For a head that reads each sentence of a pair on its own, each one too long is named; the
+    pair read together only where a head reads it so."""
     trained = open_checkpoint(world.run)
     assert truncation_warnings(trained, "a short one") == []
     assert len(truncation_warnings(trained, LONG_SENTENCE, "a short one")) == 1  # concat: joint only
@@ -374,6 +375,9 @@ def test_truncation_warnings_follow_the_similarity_heads_layout(world):
     assert [w.split(" is ")[0] for w in warnings] == ["warning: the pair (read together)",
                                                        "warning: the first sentence"]
     assert "20,002 tokens long" in warnings[1] and f"at most {LIMIT}" in warnings[1]
+    trained.config.paraphrase_head = "siamese"  # now no head reads the pair as one input
+    assert [w.split(" is ")[0] for w in truncation_warnings(trained, "a short one", LONG_SENTENCE)] == [
+        "warning: the second sentence"]
     trained.config.max_length = 16
     assert "at most 16 (the --max-length it was trained with): 19,986 tokens were cut off" in \
         truncation_warnings(trained, LONG_SENTENCE)[0]

@@ -18,10 +18,11 @@ from test_training import tiny_config
 
 @pytest.fixture(scope="module")
 def teacher_runs(tiny_setup, tmp_path_factory):
-    """Two short runs to serve as teachers: all three tasks with the concat head, and STS alone
-    with the cosine head."""
+    """Three short runs to serve as teachers: all three tasks with the concat head, STS alone with
+    the cosine head, and QQP alone with the siamese paraphrase head."""
     runs = {}
-    for name, overrides in {"concat": {}, "cosine": {"tasks": "sts", "sts_head": "cosine"}}.items():
+    for name, overrides in {"concat": {}, "cosine": {"tasks": "sts", "sts_head": "cosine"},
+                            "siamese": {"tasks": "qqp", "paraphrase_head": "siamese"}}.items():
         out_dir = tmp_path_factory.mktemp(f"teacher-{name}")
         training.train(tiny_config(tiny_setup, out_dir, epochs=1, batches_per_epoch=12, **overrides),
                        log=lambda message: None)
@@ -77,6 +78,22 @@ def test_the_first_step_trains_on_the_teacher_s_predictions(tiny_setup, teacher_
     assert abs(loss.item() - gold.item()) > 1e-3  # (the teacher's targets are not the labels)
 
 
+def test_a_siamese_student_trains_on_its_siamese_teacher_s_probabilities(tiny_setup, teacher_runs, tmp_path):
+    config = tiny_config(tiny_setup, tmp_path, sts_head="cosine", paraphrase_head="siamese",
+                         teachers=f"qqp={teacher_runs['siamese']}")
+    trainer = training.Trainer(config, log=lambda m: None)
+    trainer.model.eval()
+    before = copy.deepcopy(trainer.model)
+    loss, ids = trainer.train_step("qqp", False, training.EpochProgress(1))
+    split = trainer.data["qqp"].train
+    assert split.layout == "separate"
+    batch = collate(split, [split.ids.index(i) for i in ids], trainer.tokenizer.pad_token_id)
+    with torch.no_grad():
+        predicted = trainer.teachers.models["qqp"].predict(batch)  # (B,) from the questions read alone
+        expected = F.binary_cross_entropy_with_logits(before.paraphrase_logit(batch), predicted)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_a_distilled_run_trains_the_cosine_head_from_a_cosine_teacher(tiny_setup, teacher_runs, tmp_path):
     config = tiny_config(tiny_setup, tmp_path, epochs=1, batches_per_epoch=6, sts_head="cosine",
                          teachers=f"sts={teacher_runs['cosine']}")
@@ -110,12 +127,17 @@ def test_bad_teacher_flags_are_usage_errors(tiny_setup, tmp_path, capsys, flags,
 @pytest.mark.parametrize("teacher, flags, message", [
     ("missing", [], "does not exist"),
     ("cosine", [], "did not train sst"),  # an STS-only run cannot teach SST
-    ("concat", ["--sts-head", "cosine"], "its STS head is concat"),  # pairs laid out otherwise
+    ("concat", ["--sts-head", "cosine"], "its STS head is concat, which reads a pair as one input, but the "
+                                         "student's STS head is cosine"),  # pairs laid out otherwise
+    ("concat", ["--paraphrase-head", "siamese"], "its paraphrase head is joint, which reads a pair as one input, "
+                                                 "but the student's paraphrase head is siamese"),
+    ("siamese", [], "its paraphrase head is siamese, which reads each sentence of a pair alone, but the "
+                    "student's paraphrase head is joint"),
 ])
 def test_unusable_teachers_stop_the_run_before_training(tiny_setup, teacher_runs, tmp_path, capsys, teacher,
                                                          flags, message):
     folder = teacher_runs.get(teacher, tmp_path / "nowhere")
-    task = "sts" if "--sts-head" in flags else "sst"
+    task = "sts" if "--sts-head" in flags else "qqp" if "--paraphrase-head" in flags or teacher == "siamese" else "sst"
     code = multitask_classifier.main(run_cli(tiny_setup, tmp_path, "--teachers", f"{task}={folder}", *flags))
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and message in err and str(folder) in err

@@ -254,3 +254,15 @@ def test_a_shared_layer_run_exports_the_encoder_and_refuses_every_head(runs, tmp
         assert f"note: {part} not exported: the run's heads read the encoder through --shared-layer" in err
     assert sorted(p.name for p in out_dir.iterdir() if p.is_dir()) == []
     assert (out_dir / "model.safetensors").is_file()  # the encoder itself is still exported
+
+
+def test_a_siamese_paraphrase_run_exports_the_rest_and_refuses_the_paraphrase_head(runs, tmp_path, capsys):
+    needs_setting("paraphrase_head")
+    run = write_random_run(tmp_path / "siamese", runs["cosine"] / "best", "cosine", MAX_LENGTH,
+                           paraphrase_head="siamese")
+    out_dir = tmp_path / "out"
+    assert export.main([str(run), str(out_dir)]) == 0
+    assert "note: paraphrase not exported: the run's paraphrase head is siamese" in capsys.readouterr().err
+    assert sorted(p.name for p in out_dir.iterdir() if p.is_dir()) == ["sst", "sts"]
+    assert export.main([str(run), str(out_dir), "--only", "paraphrase"]) == 1
+    assert "[|u - v|, u * v]" in capsys.readouterr().err

@@ -8,6 +8,7 @@ with std 0.5 instead of BERT's 0.02: at 0.02 a random encoder's pooled outputs b
 input (their spread across a batch is ~4e-4), too little to tell one row from another.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -37,11 +38,12 @@ def one_thread():
 
 
 def make_model(sts_head: str = "concat", dropout: float = 0.3, encoder_dropout: float = 0.1,
-               seed: int = 0) -> MultitaskBert:
+               seed: int = 0, paraphrase_head: str = "joint") -> MultitaskBert:
     torch.manual_seed(seed)
     config = tiny_config(hidden_dropout_prob=encoder_dropout, attention_probs_dropout_prob=encoder_dropout,
                          initializer_range=0.5)
-    return MultitaskBert(BertModel(config), sts_head=sts_head, dropout=dropout).eval()
+    return MultitaskBert(BertModel(config), sts_head=sts_head, dropout=dropout,
+                         paraphrase_head=paraphrase_head).eval()
 
 
 def make_batch(task: str, layout: str, size: int = 4, seed: int = 0) -> Batch:
@@ -106,6 +108,12 @@ def test_layouts():
         assert layouts(head) == {"sst": "single", "qqp": "joint", "sts": "separate"}
 
 
+def test_layouts_of_the_siamese_paraphrase_head():
+    assert layouts("concat", "siamese") == {"sst": "single", "qqp": "separate", "sts": "joint"}
+    assert layouts("cosine", "siamese") == {"sst": "single", "qqp": "separate", "sts": "separate"}
+    assert layouts("cosine", "joint") == layouts("cosine")
+
+
 def test_head_shapes():
     concat, cosine, mnr, dot = (make_model(h) for h in ("concat", "cosine", "mnr", "dot"))
     for model in (concat, cosine, mnr, dot):
@@ -133,6 +141,8 @@ def test_unknown_head_lists_the_choices():
     assert "bilinear" in message
     for head in STS_HEADS:
         assert head in message
+    with pytest.raises(ValueError, match="unknown paraphrase head 'bilinear'; choose one of joint, siamese"):
+        make_model("cosine", paraphrase_head="bilinear")
 
 
 def test_unknown_task_in_loss():
@@ -255,10 +265,10 @@ def test_dot_score_is_the_pooled_outputs_product():
 @pytest.fixture(params=["eval", "no-dropout-train"])
 def deterministic(request):
     """Either eval mode, or train mode with every dropout probability 0: the same numbers."""
-    def build(head: str = "concat") -> MultitaskBert:
+    def build(head: str = "concat", paraphrase_head: str = "joint") -> MultitaskBert:
         if request.param == "eval":
-            return make_model(head)
-        return make_model(head, dropout=0.0, encoder_dropout=0.0).train()
+            return make_model(head, paraphrase_head=paraphrase_head)
+        return make_model(head, dropout=0.0, encoder_dropout=0.0, paraphrase_head=paraphrase_head).train()
     return build
 
 
@@ -286,6 +296,45 @@ def test_qqp_loss_is_binary_cross_entropy(deterministic):
         p = torch.sigmoid(x.double())
         expected = -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def siamese_logit(model: MultitaskBert, batch: Batch) -> torch.Tensor:
+    """The siamese paraphrase head by hand: w . [|u - v|, u * v] + b on the pooled questions."""
+    p = pooled(model, batch)
+    u, v = p[:p.shape[0] // 2], p[p.shape[0] // 2:]
+    w, b = model.paraphrase.weight[0], model.paraphrase.bias[0]
+    return (u - v).abs() @ w[:HIDDEN] + (u * v) @ w[HIDDEN:] + b
+
+
+def swapped(batch: Batch) -> Batch:
+    """A separately laid out pair batch with each pair's two sentences exchanged."""
+    half = batch.inputs["input_ids"].shape[0] // 2
+    order = torch.cat([torch.arange(half, 2 * half), torch.arange(half)])
+    return dataclasses.replace(batch, inputs={k: t[order] for k, t in batch.inputs.items()})
+
+
+def test_siamese_paraphrase_loss_reads_both_questions_alone(deterministic):
+    model = deterministic("cosine", paraphrase_head="siamese")
+    batch = make_batch("qqp", "separate", size=6)
+    assert batch.inputs["input_ids"].shape[0] == 12  # the six first questions, then the six second ones
+    assert model.paraphrase.weight.shape == (1, 2 * HIDDEN)
+    loss = model.loss(batch)
+    with torch.no_grad():
+        x = siamese_logit(model, batch).double()
+        y = batch.labels
+        p = torch.sigmoid(x)
+        expected = -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+        torch.testing.assert_close(model.predict(batch), torch.sigmoid(x).float(), rtol=1e-5, atol=1e-6)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_siamese_paraphrase_logit_does_not_depend_on_the_questions_order():
+    model = make_model("cosine", paraphrase_head="siamese")
+    batch = make_batch("qqp", "separate", size=5)
+    with torch.no_grad():
+        logit, logit_swapped = model.paraphrase_logit(batch), model.paraphrase_logit(swapped(batch))
+    torch.testing.assert_close(logit, logit_swapped, rtol=1e-5, atol=1e-6)
+    assert logit.std() > 1e-3  # and it is not a constant
 
 
 def test_sts_concat_loss_is_mse_of_rescaled_tanh(deterministic):
@@ -382,6 +431,46 @@ def test_head_dropout_is_active_in_training():
     assert all(t != pytest.approx(eval_loss, rel=1e-4) for t in train_losses)
 
 
+def test_paired_dropout_drops_the_same_units_of_both_sentences_of_a_pair():
+    model = make_model("cosine", dropout=0.3).train()
+    pooled = torch.rand(2 * 64, HIDDEN) + 0.5  # 64 pairs: first sentences, then second ones; no zeros
+    torch.manual_seed(0)
+    independent = model.drop_pairs(model.similarity_dropout, pooled)  # the paper's: a mask per sentence
+    model.paired_dropout = True
+    paired = model.drop_pairs(model.similarity_dropout, pooled)
+    for out in (independent, paired):
+        kept = out != 0
+        assert 0.6 < kept.float().mean() < 0.8  # p = 0.3
+        torch.testing.assert_close(out[kept], pooled[kept] / 0.7)  # kept units rescaled by 1 / (1 - p)
+    assert torch.equal(paired[:64] != 0, paired[64:] != 0)  # sentence i and its partner B + i: one mask
+    assert not torch.equal(paired[0] != 0, paired[1] != 0)  # but each pair its own
+    assert not torch.equal(independent[:64] != 0, independent[64:] != 0)
+    model.eval()
+    assert torch.equal(model.drop_pairs(model.similarity_dropout, pooled), pooled)  # no dropout in eval
+
+
+@pytest.mark.parametrize("head, task, paraphrase_head", [("cosine", "sts", "joint"), ("mnr", "sts", "joint"),
+                                                         ("cosine", "qqp", "siamese")])
+def test_with_paired_dropout_a_sentence_paired_with_itself_stays_identical_in_training(head, task, paraphrase_head):
+    model = make_model(head, dropout=0.3, encoder_dropout=0.0, paraphrase_head=paraphrase_head).train()
+    batch = make_batch(task, "separate", size=8)
+    half = batch.inputs["input_ids"].shape[0] // 2
+    same = dataclasses.replace(batch, inputs={k: torch.cat([t[:half], t[:half]]) for k, t in batch.inputs.items()})
+    if task == "sts":
+        u, v = model.sentence_embeddings(same)
+        assert not torch.allclose(u, v)  # independent masks: two copies of a sentence differ
+        model.paired_dropout = True
+        u, v = model.sentence_embeddings(same)
+        torch.testing.assert_close(u, v)  # one mask per pair: still the same sentence
+    else:  # the siamese paraphrase head: |u - v| is 0 for a question paired with itself
+        features = lambda: model.drop_pairs(model.paraphrase_dropout, model.pooled(same)).chunk(2)  # noqa: E731
+        u, v = features()
+        assert (u - v).abs().sum() > 0
+        model.paired_dropout = True
+        u, v = features()
+        assert torch.equal(u, v)
+
+
 # ------------------------------------------------------------------------------------------
 # Gradients reach the encoder and the task's own head only
 # ------------------------------------------------------------------------------------------
@@ -399,10 +488,14 @@ GRADIENT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("head,task,use_mnr,own", GRADIENT_CASES)
-def test_gradients_reach_encoder_and_own_head_only(head, task, use_mnr, own):
-    model = make_model(head).train()
-    batch = make_batch(task, layouts(head)[task], size=4)
+@pytest.mark.parametrize("head,task,use_mnr,own,paraphrase_head", [
+    *(case + ("joint",) for case in GRADIENT_CASES),
+    ("cosine", "qqp", False, "paraphrase", "siamese"),
+    ("cosine", "sts", False, "similarity", "siamese"),
+])
+def test_gradients_reach_encoder_and_own_head_only(head, task, use_mnr, own, paraphrase_head):
+    model = make_model(head, paraphrase_head=paraphrase_head).train()
+    batch = make_batch(task, layouts(head, paraphrase_head)[task], size=4)
     model.zero_grad(set_to_none=True)
     model.loss(batch, use_mnr=use_mnr).backward()
     encoder_grads = {name: p.grad for name, p in model.bert.named_parameters()}

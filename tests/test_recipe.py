@@ -349,6 +349,9 @@ def test_recipes_fill_what_no_flag_gives(tmp_path):
     paper = multitask_classifier.config_from_args(parser.parse_args(["--recipe", "paper"]))
     assert {k: getattr(paper, k) for k in RECIPES["paper"]} == RECIPES["paper"]
     assert (paper.lr, paper.lr_schedule, paper.pooling, paper.warmup) == (1e-5, "constant", "cls", 0.0)
+    assert (default.paired_dropout, paper.paired_dropout) == (True, False)
+    for flags, paired in ((["--no-paired-dropout"], False), (["--recipe", "paper", "--paired-dropout"], True)):
+        assert multitask_classifier.config_from_args(parser.parse_args(flags)).paired_dropout is paired  # a switch both ways
     tuned = multitask_classifier.config_from_args(parser.parse_args(["--recipe", "tuned", "--lr", "3e-5"]))
     assert tuned.lr == 3e-5  # the flag wins
     assert {k: getattr(tuned, k) for k in RECIPES["tuned"] if k != "lr"} == {
@@ -367,7 +370,23 @@ def test_the_sts_loss_reaches_the_model():
         assert build_heads(encoder, config).sts_cosent is cosent
 
 
+def test_the_paraphrase_head_and_paired_dropout_reach_the_model_and_an_old_run_reads_as_before():
+    encoder = lambda: BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,  # noqa: E731
+                                           num_attention_heads=2, intermediate_size=32, max_position_embeddings=32))
+    for head, siamese, inputs in (("joint", False, 16), ("siamese", True, 32)):
+        config = TrainConfig(sts_head="cosine", paraphrase_head=head)
+        config.validate()
+        model = build_heads(encoder(), config)
+        assert (model.paraphrase_siamese, model.paraphrase.in_features) == (siamese, inputs)
+    old = TrainConfig().to_dict()
+    del old["paraphrase_head"], old["paired_dropout"]  # a run folder written before the settings existed
+    assert (TrainConfig.from_dict(old).paraphrase_head, TrainConfig.from_dict(old).paired_dropout) == ("joint", False)
+    for paired in (False, True):
+        assert build_heads(encoder(), TrainConfig(sts_head="cosine", paired_dropout=paired)).paired_dropout is paired
+
+
 @pytest.mark.parametrize("flags, message", [
+    (["--paraphrase-head", "cross"], "--paraphrase-head"),
     (["--tasks", "sst,foo"], "--tasks"),
     (["--tasks", "sst,sst"], "--tasks"),
     (["--loss-weights", "sts=x"], "--loss-weights"),

@@ -118,16 +118,18 @@ HEAD_EPOCHS = 3  # MNR trains its ranking loss in epochs 1-2 (mnr_epochs(3) = 2)
 HEAD_LOSS_RATIO = 0.85  # the STS loss must fall by at least 15% from its first epoch to its last
 
 
-@pytest.mark.parametrize("sampler,sts_head", [("round-robin", "dot"), ("equitable", "cosine"),
-                                              ("annealed", "mnr"), ("round-robin", "concat")])
-def test_other_samplers_and_heads_train(paired_sts_setup, tmp_path, sampler, sts_head):
+@pytest.mark.parametrize("sampler,sts_head,paraphrase_head", [
+    ("round-robin", "dot", "joint"), ("equitable", "cosine", "siamese"), ("annealed", "mnr", "joint"),
+    ("round-robin", "concat", "joint")])
+def test_other_samplers_and_heads_train(paired_sts_setup, tmp_path, sampler, sts_head, paraphrase_head):
     """Each STS head, under each sampler, learns: its mean training loss falls by a clear margin
     from the first epoch to the last (for MNR: over its ranking epochs, whose loss is not
     comparable with the cosine loss that follows), and the SST and QQP losses fall below their
     first epoch's. (Switching from MNR to the cosine loss can lift the other tasks' losses for
-    an epoch, so theirs are compared with the best later epoch.)"""
+    an epoch, so theirs are compared with the best later epoch.) The cosine head's run reads the
+    paraphrase pairs with the siamese head."""
     config = tiny_config(paired_sts_setup, tmp_path, sampler=sampler, sts_head=sts_head,
-                         epochs=HEAD_EPOCHS, batches_per_epoch=24)
+                         paraphrase_head=paraphrase_head, epochs=HEAD_EPOCHS, batches_per_epoch=24)
     final = training.train(config, log=lambda message: None)
     records = read_metrics(tmp_path)
     assert [r["epoch"] for r in records] == list(range(1, HEAD_EPOCHS + 1))
@@ -142,7 +144,7 @@ def test_other_samplers_and_heads_train(paired_sts_setup, tmp_path, sampler, sts
     else:
         assert objectives == [sts_head] * HEAD_EPOCHS
     first = records[0]
-    for task in ("sst", "qqp"):  # their heads are the same in every run: falling at all is enough
+    for task in ("sst", "qqp"):  # falling at all is enough for these
         later = min(r[f"train_loss_{task}"] for r in records[1:])
         assert later < first[f"train_loss_{task}"], (task, [r[f"train_loss_{task}"] for r in records])
     sts_losses = [r["train_loss_sts"] for r in records if r["sts_objective"] == objectives[0]]
