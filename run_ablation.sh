@@ -51,7 +51,7 @@
 #                                 loss), alone and with --balance equal-norm; compared with the
 #                                 single-task sts-cosent run
 #   multi-tuned-cosine-paired, multi-tuned-cosine-paired-equal-norm,
-#   multi-tuned-cosine-paired-private1-equal-norm
+#   multi-tuned-cosine-paired-private1-equal-norm, multi-tuned-cosine-paired-private2-equal-norm
 #                                 the cosine head with --paired-dropout (both sentences of a pair lose
 #                                 the same units to the head's dropout), alone and with the best cosine
 #                                 row's levers; compared on STS with the single-task sts-cosine-paired run
@@ -98,7 +98,8 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-cosent multi-tuned-cosent-equal-norm
           multi-tuned-concat-lr2e-4 multi-tuned-concat-lr5e-5
           multi-tuned-cosine-siamese multi-tuned-cosine-siamese-equal-norm multi-tuned-concat-siamese
-          multi-tuned-cosine-paired multi-tuned-cosine-paired-equal-norm multi-tuned-cosine-paired-private1-equal-norm)
+          multi-tuned-cosine-paired multi-tuned-cosine-paired-equal-norm multi-tuned-cosine-paired-private1-equal-norm
+          multi-tuned-cosine-paired-private2-equal-norm)
 rows=(${ROWS:-${all_rows[@]}})
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
         --device cpu --no-progress "$@")
@@ -125,6 +126,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-cosine-paired) echo "--recipe tuned --sts-head cosine --paired-dropout" ;;
         multi-tuned-cosine-paired-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --balance equal-norm" ;;
         multi-tuned-cosine-paired-private1-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 1 --balance equal-norm" ;;
+        multi-tuned-cosine-paired-private2-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 2 --balance equal-norm" ;;
         multi-tuned-cosine-siamese) echo "--recipe tuned --sts-head cosine --paraphrase-head siamese --no-paired-dropout" ;;
         multi-tuned-cosine-siamese-equal-norm) echo "--recipe tuned --sts-head cosine --paraphrase-head siamese --balance equal-norm --no-paired-dropout" ;;
         multi-tuned-concat-siamese) echo "--recipe tuned --sts-head concat --paraphrase-head siamese --no-paired-dropout" ;;
