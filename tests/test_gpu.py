@@ -182,8 +182,16 @@ def test_capturable_adamw_replayed_from_a_graph_follows_the_loop():
         torch.testing.assert_close(graphed.detach(), reference.detach(), atol=bound, rtol=0)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_graphed_training_follows_eager_training(tiny_setup, tmp_path, precision):
+# The heads that encode the two sentences of a pair alone (a stacked batch of 2B rows), with
+# CoSENT's fixed-shape ranking loss, private top layers and equal-norm balancing: the sentence-
+# embedding row of the ablation, which the first GPU session did not have yet.
+PAIR_HEADS = dict(sts_head="cosine", sts_loss="cosent", paraphrase_head="siamese", paired_dropout=True,
+                  private_layers=1, balance="equal-norm")
+
+
+@pytest.mark.parametrize("precision, heads", [("fp32", {}), ("bf16", {}), ("fp32", PAIR_HEADS)],
+                         ids=["fp32", "bf16", "fp32-pair-heads"])
+def test_graphed_training_follows_eager_training(tiny_setup, tmp_path, precision, heads):
     """Dropout off, the same seed and batches, a warmup-and-decay lr: the graphed run's losses are
     the eager run's (bucket padding is masked; fp32 to rounding, bf16 to its precision)."""
     model_dir = write_tiny_checkpoint(tmp_path / "no-dropout", None, dropout=0.0)
@@ -192,7 +200,7 @@ def test_graphed_training_follows_eager_training(tiny_setup, tmp_path, precision
         out = tmp_path / f"graphs-{graphs}"
         config = gpu_config(tiny_setup, out, model=str(model_dir), epochs=1, batches_per_epoch=24,
                             precision=precision, lr_schedule="linear", warmup=0.25, dropout=0.0,
-                            cuda_graphs=graphs)
+                            cuda_graphs=graphs, **heads)
         messages = []
         training.train(config, log=messages.append)
         record = json.loads((out / "metrics.jsonl").read_text())
@@ -204,19 +212,22 @@ def test_graphed_training_follows_eager_training(tiny_setup, tmp_path, precision
     assert losses[True] == pytest.approx(losses[False], abs=tolerance)
 
 
-def test_graph_replays_draw_new_dropout_masks(tiny_setup, tmp_path):
+@pytest.mark.parametrize("task, heads", [("sst", {}), ("sts", dict(sts_head="cosine", paired_dropout=True))],
+                         ids=["sst", "sts-paired-dropout"])
+def test_graph_replays_draw_new_dropout_masks(tiny_setup, tmp_path, task, heads):
     """The same inputs replayed three times give three losses: with lr 0 the weights stay put, so
-    only dropout differs, and it must draw new masks at every replay."""
-    config = gpu_config(tiny_setup, tmp_path, precision="fp32", dropout=0.3, cuda_graphs=True, lr=0.0)
+    only dropout differs, and it must draw new masks at every replay (also the one mask per pair
+    of --paired-dropout)."""
+    config = gpu_config(tiny_setup, tmp_path, precision="fp32", dropout=0.3, cuda_graphs=True, lr=0.0, **heads)
     trainer = training.Trainer(config, log=lambda message: None)
     progress = training.EpochProgress(1)
     for _ in range(12):
-        trainer.train_step("sst", False, progress)
-    assert trainer.graphs.captured, "no graph was captured in 12 SST steps"
+        trainer.train_step(task, False, progress)
+    assert trainer.graphs.captured, f"no graph was captured in 12 {task} steps"
     captured = next(iter(trainer.graphs.captured.values()))
     values = []
     for _ in range(3):
-        trainer.optimizers["sst"].write_learning_rates()
+        trainer.optimizers[task].write_learning_rates()
         captured.graph.replay()
         values.append(captured.loss.item())
     assert len(set(values)) == 3, values
