@@ -201,13 +201,18 @@ class TrainConfig:
     @property
     def task_weights(self) -> dict[str, float]:
         """--loss-weights as numbers; a task it does not name weighs 1."""
-        pairs = [item.split("=") for item in self.loss_weights.split(",") if item.strip()]
-        return {**dict.fromkeys(TASKS, 1.0), **{k.strip(): float(v) for k, v in pairs}}
+        weights = dict.fromkeys(TASKS, 1.0)
+        for task, value in task_values(self.loss_weights).items():
+            try:
+                weights[task] = float(value)
+            except ValueError:
+                raise ValueError(f"{task}={value}") from None  # (the item, for validate's message)
+        return weights
 
     @property
     def teacher_folders(self) -> dict[str, str]:
         """--teachers as {task: run folder}; empty without it."""
-        return parse_teachers(self.teachers) if self.teachers else {}
+        return task_values(self.teachers) if self.teachers else {}
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting (the CLI shows it as a usage error)."""
@@ -233,8 +238,9 @@ class TrainConfig:
                              f"--private-layers is 0; add --private-layers N (for example 1)")
         try:
             weights = self.task_weights
-        except ValueError:
-            raise ValueError(f"--loss-weights must look like sst=1,qqp=1,sts=0.16; got {self.loss_weights!r}") from None
+        except ValueError as err:
+            raise ValueError(f"--loss-weights must look like sst=1,qqp=1,sts=0.16 (each task once); got "
+                             f"{self.loss_weights!r}, where {str(err)!r} is not task=number") from None
         if set(weights) != set(TASKS) or not all(math.isfinite(w) and w >= 0 for w in weights.values()):
             raise ValueError(f"--loss-weights takes non-negative numbers for {', '.join(TASKS)}; "
                              f"got {self.loss_weights!r}")
@@ -279,15 +285,19 @@ def task_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",")]
 
 
-def parse_teachers(text: str) -> dict[str, str]:
-    """--teachers sst=RUN,qqp=RUN,... as {task: folder}; ValueError(the bad item) where an item is
-    not task=folder or names a task twice (which tasks are known, `validate` checks)."""
+def task_values(text: str) -> dict[str, str]:
+    """A comma-separated task=value option (--loss-weights sst=1,sts=0.16; --teachers sst=RUN) as
+    {task: value}; empty items (a trailing comma) are skipped. ValueError(the bad item) where an
+    item is not task=value or names a task a second time, which would otherwise silently replace
+    the first (which tasks are known, `validate` checks)."""
     pairs = {}
     for item in (part.strip() for part in text.split(",")):
-        task, sep, folder = (piece.strip() for piece in item.partition("="))
-        if not (sep and task and folder) or task in pairs:
+        if not item:
+            continue
+        task, sep, value = (piece.strip() for piece in item.partition("="))
+        if not (sep and task and value) or task in pairs:
             raise ValueError(item)
-        pairs[task] = folder
+        pairs[task] = value
     return pairs
 
 

@@ -12,7 +12,7 @@ from bert import BertConfig, BertModel
 from multitask import training
 from multitask.batching import Batch
 from multitask.checkpoint import build_heads
-from multitask.config import RECIPES, TrainConfig
+from multitask.config import RECIPES, TrainConfig, task_values
 from multitask.diagnostics import encoder_gradient_norm, task_gradient_cosines
 from multitask.heads import MultitaskBert
 from multitask.losses import TaskWeighting
@@ -227,6 +227,16 @@ def test_fixed_task_weights_multiply_the_loss():
     assert list(weighting.parameters()) == []
 
 
+def test_task_value_options_read_each_task_once():
+    # --loss-weights and --teachers share one parser: unnamed tasks weigh 1, spaces and a trailing
+    # comma are forgiven, and a folder may hold "=" (only the first one splits).
+    assert TrainConfig(loss_weights=" qqp = 1.5 ,").task_weights == {"sst": 1.0, "qqp": 1.5, "sts": 1.0}
+    assert TrainConfig(teachers="sst=runs/lr=1e-4,qqp=q").teacher_folders == {"sst": "runs/lr=1e-4", "qqp": "q"}
+    for text in ("sts=1,sts=2", "sts", "=1", "sts="):
+        with pytest.raises(ValueError, match=text.split(",")[-1]):
+            task_values(text)
+
+
 def test_unit_scale_measures_the_sts_error_on_the_tanh_range():
     # The concat head's score is 2.5 (tanh z + 1); on the unit scale its squared error is that of
     # tanh z against label / 2.5 - 1, i.e. the 0-5 scale's divided by 2.5^2.
@@ -392,6 +402,9 @@ def test_the_paraphrase_head_and_paired_dropout_reach_the_model_and_an_old_run_r
     (["--loss-weights", "sts=x"], "--loss-weights"),
     (["--loss-weights", "sts=-1"], "--loss-weights"),
     (["--loss-weights", "bogus=1"], "--loss-weights"),
+    (["--loss-weights", "sts=0.16,sts=1"], "'sts=1' is not task=number"),  # not silently the last one
+    (["--loss-weights", "sts=1=2"], "'sts=1=2' is not task=number"),
+    (["--loss-weights", "sts"], "'sts' is not task=number"),
     (["--warmup", "1.5"], "--warmup"),
     (["--head-lr-mult", "0"], "--head-lr-mult"),
     (["--pooling", "max"], "--pooling"),
