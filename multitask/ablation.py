@@ -2,6 +2,7 @@
 single-task at the same per-task steps (run_ablation.sh trains the runs).
 
     python -m multitask.ablation runs/ablation          # writes ablation.md, .csv and .png there
+    python -m multitask.ablation runs/ablation --update README.md --update docs/ablation.md
     python -m multitask.ablation --plan-counts --data-dir D --batches 600 --seed 0
 
 A row folder holds seed<k>/ folders. A multitask row's seed folder is a run (final_metrics.json);
@@ -236,6 +237,32 @@ def table(rows: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def table_key(header: str) -> tuple[str, str]:
+    """A Markdown table's identity: its header's first two cells."""
+    cells = [cell.strip() for cell in header.strip().strip("|").split("|")]
+    return cells[0], cells[1] if len(cells) > 1 else ""
+
+
+def update_tables(markdown: str, tables: str) -> tuple[str, int]:
+    """`markdown` with each table whose header starts like one of `tables` (blank-line separated,
+    as ablation.md writes them) replaced by that table; also how many were replaced. So README.md
+    and docs/ablation.md show the numbers of the runs, with the prose around them left alone."""
+    generated = {table_key(block.splitlines()[0]): block.strip().splitlines()
+                 for block in tables.strip().split("\n\n")}
+    lines, out, replaced, i = markdown.split("\n"), [], 0, 0
+    while i < len(lines):
+        is_header = lines[i].startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---")
+        if is_header and table_key(lines[i]) in generated:
+            out.extend(generated[table_key(lines[i])])
+            while i < len(lines) and lines[i].startswith("|"):  # skip the old table
+                i += 1
+            replaced += 1
+            continue
+        out.append(lines[i])
+        i += 1
+    return "\n".join(out), replaced
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m multitask.ablation",
@@ -252,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", action="append", default=[], metavar="ROW=BASELINE",
                         help="compare ROW with BASELINE instead (a row of another recipe against the "
                              "single-task runs of that recipe); may be repeated")
+    parser.add_argument("--update", action="append", default=[], type=Path, metavar="MARKDOWN",
+                        help="also replace the tables of this Markdown file (README.md, docs/ablation.md) "
+                             "whose header matches one written here; may be repeated")
     args = parser.parse_args(argv)
     if args.plan_counts:
         print(*plan_counts(args.data_dir, args.batches, args.seed).values())
@@ -261,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     against = dict(item.split("=", 1) for item in args.against if "=" in item)
     if len(against) != len(args.against):
         parser.error(f"--against takes ROW=BASELINE; got {', '.join(a for a in args.against if '=' not in a)}")
+    for path in args.update:
+        if not path.is_file():
+            parser.error(f"--update {path}: no such file")
     rows = collect(args.runs_dir)
     if not rows:
         print(f"error: {args.runs_dir}: no finished run (final_metrics.json) yet", file=sys.stderr)
@@ -282,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             writer.writerow([row, metric, " ".join(f"{v:.4f}" for v in values)])
     (args.runs_dir / "ablation.csv").write_text(out.getvalue())
     print(text, end="")
+    for path in args.update:
+        updated, replaced = update_tables(path.read_text(), text)
+        path.write_text(updated)
+        print(f"{path}: {replaced} table(s) replaced", file=sys.stderr)
     return 0
 
 

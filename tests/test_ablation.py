@@ -149,3 +149,25 @@ def test_gradient_diagnostics_are_the_last_epochs_averaged_over_seeds(tmp_path):
     rows = ablation.diagnostics(tmp_path)
     assert rows == {"multi": {"grad_norm_sts": [2.0, 4.0], "grad_cosine_qqp_sts": [0.1, -0.3]}}
     assert "| multi |  |  | 3.00 |  |  | -0.100 |" in ablation.diagnostics_table(rows)
+
+
+def test_update_replaces_only_the_generated_tables_of_a_markdown_file(tmp_path):
+    generated = ("| row | sst_acc | overall |\n|---|---|---|\n| a | 0.500 (n=1) | 0.7 (n=1) |\n\n"
+                 "| row, minus b (paired by seed) | sst_acc |\n|---|---|\n| a | +0.010 (+0.010) |\n")
+    readme = ("# Results\n\nProse before.\n\n"
+              "| row | sst_acc | overall |\n|---|---|---|\n| a | 0.400 (n=1) | 0.6 (n=1) |\n| gone | 1 | 1 |\n\n"
+              "Between.\n\n| row | what it is |\n|---|---|\n| a | kept |\n\n"
+              "| row, minus b (paired by seed) | sst_acc |\n|---|---|\n| a | -0.1 |\nAfter.\n")
+    updated, replaced = ablation.update_tables(readme, generated)
+    assert replaced == 2
+    assert updated == ("# Results\n\nProse before.\n\n"
+                       "| row | sst_acc | overall |\n|---|---|---|\n| a | 0.500 (n=1) | 0.7 (n=1) |\n\n"
+                       "Between.\n\n| row | what it is |\n|---|---|\n| a | kept |\n\n"
+                       "| row, minus b (paired by seed) | sst_acc |\n|---|---|\n| a | +0.010 (+0.010) |\nAfter.\n")
+    write_final(tmp_path / "runs" / "a" / "seed0", sst_acc=0.5, qqp_acc=0.8, sts_corr=0.8, overall=0.7)
+    page = tmp_path / "page.md"
+    page.write_text("text\n\n| row | sst_acc |\n|---|---|\n| old | 0 |\n")
+    assert ablation.main([str(tmp_path / "runs"), "--update", str(page)]) == 0
+    assert "| a | 0.500 (n=1) |" in page.read_text() and "| old |" not in page.read_text()
+    with pytest.raises(SystemExit):
+        ablation.main([str(tmp_path / "runs"), "--update", str(tmp_path / "missing.md")])
