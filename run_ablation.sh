@@ -46,6 +46,9 @@
 #                                 row's STS teacher is its sts-cosine run, a cosent row's its
 #                                 sts-cosent run) to the gold labels; needs those single-task runs
 #                                 first
+#   single-tuned-bam              born-again single-task runs: single-tuned's SST, QQP, STS (concat) and
+#                                 STS (cosine, paired dropout) runs trained again, each with that run as its
+#                                 teacher; the fair baseline of a -bam row (--against ROW=single-tuned-bam)
 #   multi-tuned-cosent, multi-tuned-cosent-equal-norm
 #                                 the cosine head trained with CoSENT (--sts-loss cosent, a ranking
 #                                 loss), alone and with --balance equal-norm; compared with the
@@ -99,7 +102,7 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-concat-lr2e-4 multi-tuned-concat-lr5e-5
           multi-tuned-cosine-siamese multi-tuned-cosine-siamese-equal-norm multi-tuned-concat-siamese
           multi-tuned-cosine-paired multi-tuned-cosine-paired-equal-norm multi-tuned-cosine-paired-private1-equal-norm
-          multi-tuned-cosine-paired-private2-equal-norm)
+          multi-tuned-cosine-paired-private2-equal-norm single-tuned-bam)
 rows=(${ROWS:-${all_rows[@]}})
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
         --device cpu --no-progress "$@")
@@ -183,6 +186,25 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             declare -A n=([sst]="$n_sst" [qqp]="$n_qqp" [sts]="$n_sts")
             train "$out" --recipe tuned --sts-head concat --tasks "$a,$b" \
                 --batches-per-epoch "$(( n[$a] + n[$b] ))" --seed "$seed"
+        elif [[ "$row" == single-*-bam ]]; then
+            # Born-again single-task runs (Furlanello et al. 2018): each single-task run of the
+            # row without -bam trained again, the same way, with itself as its teacher. A -bam
+            # multitask row compared with these is measured against the same distillation.
+            base="${row%-bam}"; recipe="${base#single-}"; extra=()
+            [[ "$recipe" == *-head10 ]] && { recipe="${recipe%-head10}"; extra=(--head-lr-mult 10); }
+            single="$runs_dir/$base/seed$seed"
+            for run in sst qqp sts sts-cosine-paired; do
+                [[ -f "$single/$run/final_metrics.json" ]] || {
+                    echo "error: $row needs the finished run $single/$run: run the $base row first" >&2; exit 1; }
+            done
+            train "$out/sst" --recipe "$recipe" "${extra[@]}" --tasks sst --batches-per-epoch "$n_sst" --seed "$seed" \
+                --teachers "sst=$single/sst"
+            train "$out/qqp" --recipe "$recipe" "${extra[@]}" --tasks qqp --batches-per-epoch "$n_qqp" --seed "$seed" \
+                --teachers "qqp=$single/qqp"
+            train "$out/sts" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head concat --batches-per-epoch "$n_sts" \
+                --seed "$seed" --teachers "sts=$single/sts"
+            train "$out/sts-cosine-paired" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --paired-dropout \
+                --batches-per-epoch "$n_sts" --seed "$seed" --teachers "sts=$single/sts-cosine-paired"
         elif [[ "$row" == single-* ]]; then
             recipe="${row#single-}"; extra=()
             [[ "$recipe" == *-head10 ]] && { recipe="${recipe%-head10}"; extra=(--head-lr-mult 10); }
