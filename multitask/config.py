@@ -250,6 +250,9 @@ class TrainConfig:
             except ValueError as err:
                 raise ValueError(f"--teachers must look like sst=RUN,qqp=RUN,sts=RUN (each task once); got "
                                  f"{self.teachers!r}, where {str(err)!r} is not task=folder") from None
+            if not teachers:
+                raise ValueError(f"--teachers names no teacher (got {self.teachers!r}); give task=RUN for "
+                                 f"some of {', '.join(self.task_names)}, or leave the flag out")
             if any(t not in self.task_names for t in teachers):
                 raise ValueError(f"--teachers names {', '.join(t for t in teachers if t not in self.task_names)}, "
                                  f"which this run does not train (--tasks {self.tasks})")

@@ -114,6 +114,8 @@ def run_cli(tiny_setup, tmp_path, *flags) -> list[str]:
 @pytest.mark.parametrize("flags, message", [
     (["--teachers", "sst"], "'sst' is not task=folder"),
     (["--teachers", "sst=a,sst=b"], "'sst=b' is not task=folder"),
+    (["--teachers", ","], "--teachers names no teacher"),
+    (["--teachers", ""], "--teachers names no teacher"),
     (["--tasks", "sst,sts", "--teachers", "qqp=a"], "names qqp, which this run does not train"),
     (["--sts-head", "dot", "--teachers", "sts=a"], "the dot head's raw product"),
 ])
