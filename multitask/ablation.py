@@ -2,7 +2,7 @@
 single-task at the same per-task steps (run_ablation.sh trains the runs).
 
     python -m multitask.ablation runs/ablation          # writes ablation.md, .csv and .png there
-    python -m multitask.ablation runs/ablation --update README.md --update docs/ablation.md
+    python -m multitask.ablation runs/ablation --update docs/ablation.md   # the tables there too
     python -m multitask.ablation --plan-counts --data-dir D --batches 600 --seed 0
 
 A row folder holds seed<k>/ folders. A multitask row's seed folder is a run (final_metrics.json);
@@ -245,8 +245,8 @@ def table_key(header: str) -> tuple[str, str]:
 
 def update_tables(markdown: str, tables: str) -> tuple[str, int]:
     """`markdown` with each table whose header starts like one of `tables` (blank-line separated,
-    as ablation.md writes them) replaced by that table; also how many were replaced. So README.md
-    and docs/ablation.md show the numbers of the runs, with the prose around them left alone."""
+    as ablation.md writes them) replaced by that table; also how many were replaced. So
+    docs/ablation.md shows the numbers of the runs, with the prose around them left alone."""
     generated = {table_key(block.splitlines()[0]): block.strip().splitlines()
                  for block in tables.strip().split("\n\n")}
     lines, out, replaced, i = markdown.split("\n"), [], 0, 0
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="compare ROW with BASELINE instead (a row of another recipe against the "
                              "single-task runs of that recipe); may be repeated")
     parser.add_argument("--update", action="append", default=[], type=Path, metavar="MARKDOWN",
-                        help="also replace the tables of this Markdown file (README.md, docs/ablation.md) "
+                        help="also replace the tables of this Markdown file (docs/ablation.md) "
                              "whose header matches one written here; may be repeated")
     args = parser.parse_args(argv)
     if args.plan_counts:
