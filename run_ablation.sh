@@ -243,6 +243,7 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
     done
 done
 
-# The -head10 rows changed the recipe: they are compared with the single-task runs of theirs.
+# The -head10 rows and the paper's row changed the recipe: they are compared with the single-task
+# runs of theirs.
 "$PYTHON" -m multitask.ablation "$runs_dir" --against multi-tuned-concat-head10=single-tuned-head10 \
-    --against multi-tuned-concat-head10-bam=single-tuned-head10
+    --against multi-tuned-concat-head10-bam=single-tuned-head10 --against multi-paper-concat=single-paper
