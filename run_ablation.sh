@@ -48,7 +48,8 @@
 #                                 first
 #   single-tuned-bam              born-again single-task runs: single-tuned's SST, QQP, STS (concat) and
 #                                 STS (cosine, paired dropout) runs trained again, each with that run as its
-#                                 teacher; the fair baseline of a -bam row (--against ROW=single-tuned-bam)
+#                                 teacher: single-task with the same distillation as a -bam row, to tell a
+#                                 multitask effect of the teachers from what distillation gives any run
 #   multi-tuned-cosent, multi-tuned-cosent-equal-norm
 #                                 the cosine head trained with CoSENT (--sts-loss cosent, a ranking
 #                                 loss), alone and with --balance equal-norm; compared with the
