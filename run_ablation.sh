@@ -181,6 +181,10 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             read -r n_sst n_qqp n_sts < <("$PYTHON" -m multitask.ablation --plan-counts \
                 --data-dir "$data_dir" --batches "$batches" --seed "$seed")
         fi
+        if [[ "$row" == single-* ]]; then  # single-<recipe>[-head10][-bam]: its recipe and head lr
+            base="${row%-bam}"; recipe="${base#single-}"; extra=()
+            [[ "$recipe" == *-head10 ]] && { recipe="${recipe%-head10}"; extra=(--head-lr-mult 10); }
+        fi
         if [[ "$row" == pair-* ]]; then
             # Two tasks, drawn by the same sampler: each gets about its three-task share.
             a="${row#pair-}"; b="${a#*-}"; a="${a%-*}"
@@ -191,8 +195,6 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             # Born-again single-task runs (Furlanello et al. 2018): each single-task run of the
             # row without -bam trained again, the same way, with itself as its teacher. A -bam
             # multitask row compared with these is measured against the same distillation.
-            base="${row%-bam}"; recipe="${base#single-}"; extra=()
-            [[ "$recipe" == *-head10 ]] && { recipe="${recipe%-head10}"; extra=(--head-lr-mult 10); }
             single="$runs_dir/$base/seed$seed"
             for run in sst qqp sts sts-cosine-paired; do
                 [[ -f "$single/$run/final_metrics.json" ]] || {
@@ -207,8 +209,6 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             train "$out/sts-cosine-paired" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --paired-dropout \
                 --batches-per-epoch "$n_sts" --seed "$seed" --teachers "sts=$single/sts-cosine-paired"
         elif [[ "$row" == single-* ]]; then
-            recipe="${row#single-}"; extra=()
-            [[ "$recipe" == *-head10 ]] && { recipe="${recipe%-head10}"; extra=(--head-lr-mult 10); }
             train "$out/sst" --recipe "$recipe" "${extra[@]}" --tasks sst --batches-per-epoch "$n_sst" --seed "$seed"
             train "$out/qqp" --recipe "$recipe" "${extra[@]}" --tasks qqp --batches-per-epoch "$n_qqp" --seed "$seed"
             # (--no-paired-dropout: these ran before paired dropout joined the tuned recipe; kept as they ran)

@@ -252,8 +252,8 @@ def update_tables(markdown: str, tables: str) -> tuple[str, int]:
     lines, out, replaced, i = markdown.split("\n"), [], 0, 0
     while i < len(lines):
         is_header = lines[i].startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---")
-        if is_header and table_key(lines[i]) in generated:
-            out.extend(generated[table_key(lines[i])])
+        if is_header and (new := generated.get(table_key(lines[i]))):
+            out.extend(new)
             while i < len(lines) and lines[i].startswith("|"):  # skip the old table
                 i += 1
             replaced += 1
