@@ -76,7 +76,8 @@
 # finished run (final_metrics.json) is skipped, so the same command carries on after a stop. At
 # the end `python -m multitask.ablation RUNS_DIR` writes the table (mean and spread per task).
 # Arguments go to every multitask_classifier.py call. Environment: MODEL, DATA_DIR, RUNS_DIR,
-# SEEDS, ROWS, PYTHON.
+# SEEDS, ROWS, PYTHON, and SINGLE_RUNS: which runs a single-* row trains (all seven by default:
+# sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent), e.g. "sst qqp sts".
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -105,6 +106,7 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-cosine-paired multi-tuned-cosine-paired-equal-norm multi-tuned-cosine-paired-private1-equal-norm
           multi-tuned-cosine-paired-private2-equal-norm single-tuned-bam)
 rows=(${ROWS:-${all_rows[@]}})
+single_runs=" ${SINGLE_RUNS:-sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent} "
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
         --device cpu --no-progress "$@")
 
@@ -158,6 +160,9 @@ row_flags() {  # the flags of a multitask row
 
 train() {  # train OUT_DIR FLAGS...: one run, skipped when finished, resumed when interrupted
     local out="$1"; shift
+    if [[ "$row" == single-* && "$single_runs" != *" ${out##*/} "* ]]; then
+        return 0  # a single-task run that SINGLE_RUNS leaves out
+    fi
     if [[ " $* " == *" --batches-per-epoch 0 "* ]]; then
         echo "skip $out (its task has no batch in the multitask plan)"; return 0
     fi
