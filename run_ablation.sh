@@ -14,6 +14,7 @@
 #                                 same per-task steps)
 #   single-tuned-head10           the same with the heads' learning rate 10 times the encoder's
 #                                 (--head-lr-mult 10), the baseline of multi-tuned-concat-head10
+#   single-tuned-ls               the same with --label-smoothing 0.1, the baseline of multi-tuned-concat-ls
 #   pair-sst-qqp, pair-sst-sts, pair-qqp-sts   two tasks of three (tuned, concat), as many batches
 #                                 as the two get in the three-task plan: which task hurts which
 #   multi-paper-concat            the paper's recipe (annealed + concat)
@@ -39,6 +40,8 @@
 #                                 the tuned recipe with --task-schedules (each task's lr schedule over its
 #                                 own steps), alone and with --task-moments
 #   multi-tuned-concat-head10     the tuned recipe with --head-lr-mult 10
+#   multi-tuned-concat-ls         the tuned recipe with --label-smoothing 0.1 (SST's and QQP's targets
+#                                 smoothed: the teachers' soft targets without the teachers)
 #   <row>-bam (multi-tuned-concat-bam, multi-tuned-cosine-bam, multi-tuned-concat-head10-bam)
 #                                 born-again distillation (--teachers): <row>, each task's targets
 #                                 annealed from the single-task run of the same seed and recipe
@@ -104,7 +107,7 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-concat-lr2e-4 multi-tuned-concat-lr5e-5
           multi-tuned-cosine-siamese multi-tuned-cosine-siamese-equal-norm multi-tuned-concat-siamese
           multi-tuned-cosine-paired multi-tuned-cosine-paired-equal-norm multi-tuned-cosine-paired-private1-equal-norm
-          multi-tuned-cosine-paired-private2-equal-norm single-tuned-bam)
+          multi-tuned-cosine-paired-private2-equal-norm single-tuned-bam single-tuned-ls multi-tuned-concat-ls)
 rows=(${ROWS:-${all_rows[@]}})
 single_runs=" ${SINGLE_RUNS:-sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent} "
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
@@ -147,6 +150,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat-lr2e-4) echo "--recipe tuned --sts-head concat --lr 2e-4" ;;
         multi-tuned-concat-lr5e-5) echo "--recipe tuned --sts-head concat --lr 5e-5" ;;
         multi-tuned-concat-head10) echo "--recipe tuned --sts-head concat --head-lr-mult 10" ;;
+        multi-tuned-concat-ls) echo "--recipe tuned --sts-head concat --label-smoothing 0.1" ;;
         multi-tuned-concat-qqp1.5) echo "--recipe tuned --sts-head concat --loss-weights qqp=1.5" ;;
         multi-tuned-concat-qqp2) echo "--recipe tuned --sts-head concat --loss-weights qqp=2" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
@@ -186,9 +190,10 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             read -r n_sst n_qqp n_sts < <("$PYTHON" -m multitask.ablation --plan-counts \
                 --data-dir "$data_dir" --batches "$batches" --seed "$seed")
         fi
-        if [[ "$row" == single-* ]]; then  # single-<recipe>[-head10][-bam]: its recipe and head lr
+        if [[ "$row" == single-* ]]; then  # single-<recipe>[-head10|-ls][-bam]: its recipe and lever
             base="${row%-bam}"; recipe="${base#single-}"; extra=()
             [[ "$recipe" == *-head10 ]] && { recipe="${recipe%-head10}"; extra=(--head-lr-mult 10); }
+            [[ "$recipe" == *-ls ]] && { recipe="${recipe%-ls}"; extra=(--label-smoothing 0.1); }
         fi
         if [[ "$row" == pair-* ]]; then
             # Two tasks, drawn by the same sampler: each gets about its three-task share.
@@ -249,7 +254,8 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
     done
 done
 
-# The -head10 rows and the paper's row changed the recipe: they are compared with the single-task
-# runs of theirs.
+# The -head10 and -ls rows and the paper's row changed the recipe: they are compared with the
+# single-task runs of theirs.
 "$PYTHON" -m multitask.ablation "$runs_dir" --against multi-tuned-concat-head10=single-tuned-head10 \
-    --against multi-tuned-concat-head10-bam=single-tuned-head10 --against multi-paper-concat=single-paper
+    --against multi-tuned-concat-head10-bam=single-tuned-head10 --against multi-paper-concat=single-paper \
+    --against multi-tuned-concat-ls=single-tuned-ls

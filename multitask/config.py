@@ -124,6 +124,9 @@ class TrainConfig:
     sts_loss: str = setting("mse", "the cosine and mnr heads' loss on the pairs' cosines: mse (against label / 5, "
                             "Sentence-BERT) or cosent (a ranking loss: every two pairs' cosines in their labels' "
                             "order, Su 2022)", "recipe", choices=STS_LOSSES)
+    label_smoothing: float = setting(0.0, "the classification targets (SST, QQP) smoothed towards uniform: "
+                                     "(1 - eps) * label + eps / classes (Szegedy et al. 2016; 0: the labels)",
+                                     "recipe")
     paired_dropout: bool | None = setting(None, "the heads that read two separately encoded sentences (dot, cosine, "
                                           "mnr, the siamese paraphrase head) drop the same units of both sentences "
                                           "of a pair (tuned), instead of one mask per sentence (paper)", "recipe")
@@ -228,6 +231,8 @@ class TrainConfig:
             raise ValueError(f"--weight-decay must be a non-negative number, got {self.weight_decay}")
         if not 0.0 <= self.dropout < 1.0:  # also false for NaN
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         for flag, text in (("--tasks", self.tasks), ("--private-tasks", self.private_tasks)):
             names = task_list(text)
             if not names or any(t not in TASKS for t in names) or len(set(names)) != len(names):

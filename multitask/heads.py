@@ -135,7 +135,8 @@ class MultitaskBert(nn.Module):
                  pooling: str = "cls", loss_weights: dict[str, float] | None = None,
                  balance: str = "fixed", sts_loss_scale: str = "label", shared_layer: bool = False,
                  private_layers: int = 0, private_groups: list[tuple[str, ...]] | None = None,
-                 sts_loss: str = "mse", paraphrase_head: str = "joint", paired_dropout: bool = False):
+                 sts_loss: str = "mse", paraphrase_head: str = "joint", paired_dropout: bool = False,
+                 label_smoothing: float = 0.0):
         super().__init__()
         if sts_head not in STS_HEADS:
             raise ValueError(f"unknown STS head {sts_head!r}; choose one of {', '.join(STS_HEADS)}")
@@ -149,6 +150,7 @@ class MultitaskBert(nn.Module):
         self.pooling = pooling
         self.sts_unit_scale = sts_loss_scale == "unit"  # the dot and concat MSE on [-1, 1]: losses.py
         self.sts_cosent = sts_loss == "cosent"  # the cosine and mnr heads' cosines ranked, not regressed
+        self.label_smoothing = label_smoothing  # SST's and QQP's targets eps of the way to uniform: losses.py
         if pooling == "mean":  # the pooler is not used: frozen, so that no step waits for its gradient
             encoder.pooler.requires_grad_(False)
         # Each task's loss weight (fixed, or learned with balance="uncertainty") and, with
@@ -263,9 +265,9 @@ class MultitaskBert(nn.Module):
         batch.
         """
         if batch.task == "sst":
-            return F.cross_entropy(self.sentiment_logits(batch).float(), batch.labels)
+            return losses.sentiment_loss(self.sentiment_logits(batch), batch.labels, self.label_smoothing)
         if batch.task == "qqp":
-            return F.binary_cross_entropy_with_logits(self.paraphrase_logit(batch).float(), batch.labels)
+            return losses.paraphrase_loss(self.paraphrase_logit(batch), batch.labels, self.label_smoothing)
         if batch.task != "sts":
             raise ValueError(f"unknown task {batch.task!r}")
         if self.sts_head in COSINE_HEADS:

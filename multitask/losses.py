@@ -3,6 +3,7 @@
 The task heads produce embeddings or logits; this module turns them into
 training losses and into similarity scores on the STS label scale [0, 5]:
 
+- SST's cross-entropy and QQP's binary cross-entropy, with optional label smoothing;
 - multiple negatives ranking loss (Henderson et al. 2017, "Efficient Natural Language Response
   Suggestion for Smart Reply"), as used by Multi-BERT (section 4.2) on STS pairs labelled >= 4;
 - the cosine-similarity regression loss of Sentence-BERT (Reimers & Gurevych 2019), and CoSENT,
@@ -112,6 +113,31 @@ def rescale_tanh_to_similarity(x: Tensor) -> Tensor:
     range, and the affine map then lines [-1, 1] up with [0, 5]; a logit of 0 means 2.5.
     """
     return (torch.tanh(x.float()) + 1.0) * (STS_MAX_LABEL / 2)
+
+
+def sentiment_loss(logits: Tensor, labels: Tensor, smoothing: float = 0.0) -> Tensor:
+    """SST's cross-entropy over its K = 5 classes, in float32, with optional label smoothing:
+
+        target = (1 - eps) * label + eps / K        (label: one-hot, or a teacher's distribution)
+        L = -mean_i sum_k target_ik * log softmax(logits_i)_k
+
+    logits: (B, K); labels: (B,) class indices, or (B, K) probabilities (--teachers). eps = 0 is
+    the plain cross-entropy. Smoothing (Szegedy et al. 2016) keeps the logits from growing without
+    bound on examples already right.
+    """
+    return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+
+
+def paraphrase_loss(logits: Tensor, labels: Tensor, smoothing: float = 0.0) -> Tensor:
+    """QQP's binary cross-entropy on the paraphrase logit, in float32, with optional label smoothing:
+
+        target = (1 - eps) * y + eps / 2            (y: 0 or 1, or a teacher's probability)
+        L = -mean_i [target_i log sigmoid(z_i) + (1 - target_i) log(1 - sigmoid(z_i))]
+
+    logits, labels: (B,). The same smoothing as sentiment_loss's, for two classes.
+    """
+    targets = labels.float() * (1.0 - smoothing) + smoothing / 2
+    return F.binary_cross_entropy_with_logits(logits.float(), targets)
 
 
 def similarity_mse_loss(predictions: Tensor, labels_0_5: Tensor, unit_scale: bool = False) -> Tensor:

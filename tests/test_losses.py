@@ -20,9 +20,11 @@ from multitask.losses import (
     dot_similarity,
     mnr_positive_mask,
     multiple_negatives_ranking_loss,
+    paraphrase_loss,
     rescale_cosine_to_similarity,
     rescale_similarity_to_cosine,
     rescale_tanh_to_similarity,
+    sentiment_loss,
     similarity_mse_loss,
 )
 
@@ -379,3 +381,56 @@ def test_cosine_similarity_stays_within_minus_one_and_one():
         cosines = cosine_similarity(u, factor * u)
         assert cosines.abs().max().item() <= 1.0
         torch.testing.assert_close(cosines, torch.full((1000,), math.copysign(1.0, factor)))
+
+
+# ---- the classification losses and label smoothing -------------------------------------------
+
+
+def smoothed_cross_entropy_by_hand(logits, targets, eps):
+    """-mean_i sum_k [(1 - eps) target_ik + eps / K] log softmax(logits_i)_k, in float64."""
+    classes = logits.shape[-1]
+    smoothed = (1 - eps) * targets.double() + eps / classes
+    return -(smoothed * torch.log_softmax(logits.double(), dim=-1)).sum(-1).mean()
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_sentiment_loss_smooths_class_labels_and_teacher_distributions_by_hand(eps):
+    logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 4, 2, 2, 1, 3])
+    onehot = torch.nn.functional.one_hot(labels, 5)
+    assert sentiment_loss(logits, labels, eps).item() == pytest.approx(
+        smoothed_cross_entropy_by_hand(logits, onehot, eps).item(), rel=1e-6)
+    soft = torch.softmax(torch.randn(6, 5, generator=torch.Generator().manual_seed(1)), -1)  # a teacher's
+    assert sentiment_loss(logits, soft, eps).item() == pytest.approx(
+        smoothed_cross_entropy_by_hand(logits, soft, eps).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_paraphrase_loss_smooths_towards_one_half_by_hand(eps):
+    logits = torch.tensor([2.0, -1.0, 0.5, -3.0])
+    labels = torch.tensor([1.0, 0.0, 0.7, 1.0])  # 0.7: a teacher's probability
+    targets = (1 - eps) * labels.double() + eps / 2
+    p = torch.sigmoid(logits.double())
+    expected = -(targets * p.log() + (1 - targets) * (1 - p).log()).mean()
+    assert paraphrase_loss(logits, labels, eps).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_smoothed_losses_are_smallest_at_the_smoothed_targets():
+    """With eps, a right and confident prediction is no longer free: the loss of a positive pair
+    is least at probability 1 - eps/2, and SST's at probability 1 - eps + eps/5 for the label."""
+    eps = 0.2
+    logit = torch.tensor([math.log((1 - eps / 2) / (eps / 2))], requires_grad=True)  # sigmoid = 0.9
+    paraphrase_loss(logit, torch.tensor([1.0]), eps).backward()
+    assert logit.grad.abs().item() < 1e-6
+    assert paraphrase_loss(logit.detach() + 1.0, torch.tensor([1.0]), eps) > paraphrase_loss(logit.detach(), torch.tensor([1.0]), eps)
+    target = torch.full((1, 5), eps / 5)
+    target[0, 2] += 1 - eps
+    logits = target.log().requires_grad_()  # softmax(logits) = target
+    sentiment_loss(logits, torch.tensor([2]), eps).backward()
+    assert logits.grad.abs().max().item() < 1e-6
+
+
+def test_classification_losses_are_float32_for_bf16_logits():
+    logits = torch.randn(4, 5).bfloat16()
+    assert sentiment_loss(logits, torch.tensor([0, 1, 2, 3]), 0.1).dtype == torch.float32
+    assert paraphrase_loss(logits[:, 0], torch.tensor([0.0, 1.0, 1.0, 0.0]), 0.1).dtype == torch.float32

@@ -15,7 +15,7 @@ from multitask.checkpoint import build_heads
 from multitask.config import RECIPES, TrainConfig, task_values
 from multitask.diagnostics import encoder_gradient_norm, task_gradient_cosines
 from multitask.heads import MultitaskBert
-from multitask.losses import TaskWeighting
+from multitask.losses import TaskWeighting, paraphrase_loss, sentiment_loss
 
 from test_training import read_metrics, tiny_config
 
@@ -395,7 +395,34 @@ def test_the_paraphrase_head_and_paired_dropout_reach_the_model_and_an_old_run_r
         assert build_heads(encoder(), TrainConfig(sts_head="cosine", paired_dropout=paired)).paired_dropout is paired
 
 
+def test_label_smoothing_reaches_the_classification_losses_only():
+    """--label-smoothing: the model's SST and QQP losses are the smoothed ones; STS's is unchanged."""
+    torch.manual_seed(0)
+    plain = tiny_model()
+    smoothed = tiny_model(label_smoothing=0.2)
+    smoothed.load_state_dict(plain.state_dict())
+    sst = batch_of([[2, 7, 9, 3], [2, 11, 3]], 4)
+    logits = plain.sentiment_logits(sst)
+    assert smoothed.loss(sst).item() == pytest.approx(sentiment_loss(logits, sst.labels, 0.2).item(), rel=1e-6)
+    assert smoothed.loss(sst).item() != pytest.approx(plain.loss(sst).item(), rel=1e-3)
+    qqp = batch_of([[2, 5, 3, 6, 3], [2, 8, 8, 3, 9, 3]], 6, task="qqp")
+    logit = plain.paraphrase_logit(qqp)
+    assert smoothed.loss(qqp).item() == pytest.approx(paraphrase_loss(logit, qqp.labels, 0.2).item(), rel=1e-6)
+    assert smoothed.loss(qqp).item() != pytest.approx(plain.loss(qqp).item(), rel=1e-3)
+    sts = batch_of([[2, 5, 3, 6, 3], [2, 8, 8, 3, 9, 3]], 6, task="sts")
+    assert smoothed.loss(sts).item() == plain.loss(sts).item()
+    encoder = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, max_position_embeddings=32))
+    assert build_heads(encoder, TrainConfig(label_smoothing=0.1)).label_smoothing == 0.1  # the flag, to the model
+    old = TrainConfig().to_dict()
+    del old["label_smoothing"]  # a run folder written before the setting existed: the plain labels
+    assert TrainConfig.from_dict(old).label_smoothing == 0.0
+
+
 @pytest.mark.parametrize("flags, message", [
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+    (["--label-smoothing", "-0.1"], "--label-smoothing must be in [0, 1)"),
+    (["--label-smoothing", "nan"], "--label-smoothing must be in [0, 1)"),
     (["--paraphrase-head", "cross"], "--paraphrase-head"),
     (["--tasks", "sst,foo"], "--tasks"),
     (["--tasks", "sst,sst"], "--tasks"),
