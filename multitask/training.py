@@ -269,9 +269,10 @@ class Trainer:
         """Each AdamW group's learning rate for a step of `task` at global step `step` (0-based).
 
         --task-schedules: the schedule runs over `task`'s own steps instead, the k-th of its n
-        steps in the whole run getting what step k of n would in a single-task run of it (the
-        annealed sampler draws the large tasks early and the small ones late, so on the global
-        schedule the tasks' steps see different shares of the warmup, the peak and the decay).
+        steps in the whole run getting what step k of n would in a single-task run of it (over
+        several epochs the annealed sampler draws the large tasks early and the small ones late,
+        so on the global schedule the tasks' steps see different shares of the warmup, the peak
+        and the decay; within an epoch its shares are fixed).
         """
         total = self.config.epochs * self.batches_per_epoch
         if self.config.task_schedules:
