@@ -110,8 +110,10 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-cosine-paired-private2-equal-norm single-tuned-bam single-tuned-ls multi-tuned-concat-ls)
 rows=(${ROWS:-${all_rows[@]}})
 single_runs=" ${SINGLE_RUNS:-sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent} "
+# fp32 on every CPU, so that rows run on a CPU with native bf16 (where --precision auto picks bf16)
+# stay comparable with rows run on one without; an argument --precision overrides it.
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
-        --device cpu --no-progress "$@")
+        --device cpu --precision fp32 --no-progress "$@")
 
 row_flags() {  # the flags of a multitask row
     # The rows with a head that reads the two sentences of a pair alone (cosine, mnr, siamese) that
