@@ -55,8 +55,8 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     env = {**os.environ, "MODEL": str(model_dir), "DATA_DIR": str(data_dir), "RUNS_DIR": str(runs),
            "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "SEEDS": "0", "BATCHES": "6",
            "ROWS": "single-tuned multi-tuned-cosine-siamese-bam single-tuned-bam pair-qqp-sts"}
-    command = ["bash", str(REPO_ROOT / "run_experiments.sh"), "ablation", "--precision", "fp32", "--batch-size", "8",
-               "--eval-batch-size", "64"]
+    command = ["bash", str(REPO_ROOT / "run_experiments.sh"), "ablation", "--batch-size", "8",
+               "--eval-batch-size", "64"]  # (fp32 is the script's own choice, checked below)
     # A distilled row without its teachers stops at once, saying which run to make first.
     early = subprocess.run(command, env={**env, "ROWS": "multi-tuned-cosine-siamese-bam"}, cwd=REPO_ROOT,
                            capture_output=True, text=True, timeout=600)
@@ -78,6 +78,8 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     for run in ("sst", "qqp", "sts", "sts-cosine-paired"):  # born again: each single-task run its own teacher
         reborn = json.loads((runs / "single-tuned-bam" / "seed0" / run / "train_config.json").read_text())
         assert (reborn["tasks"], reborn["teachers"]) == (run[:3], f"{run[:3]}={single / run}")
+    # fp32 on any CPU, also one where --precision auto would pick bf16
+    assert json.loads((single / "sst" / "train_config.json").read_text())["precision"] == "fp32"
     cosent = json.loads((single / "sts-cosent" / "train_config.json").read_text())  # the CoSENT baseline
     assert (cosent["tasks"], cosent["sts_head"], cosent["sts_loss"]) == ("sts", "cosine", "cosent")
     (pair,) = [json.loads(line) for line in (runs / "pair-qqp-sts" / "seed0" / "metrics.jsonl").open()]
