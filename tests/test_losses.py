@@ -422,7 +422,8 @@ def test_smoothed_losses_are_smallest_at_the_smoothed_targets():
     logit = torch.tensor([math.log((1 - eps / 2) / (eps / 2))], requires_grad=True)  # sigmoid = 0.9
     paraphrase_loss(logit, torch.tensor([1.0]), eps).backward()
     assert logit.grad.abs().item() < 1e-6
-    assert paraphrase_loss(logit.detach() + 1.0, torch.tensor([1.0]), eps) > paraphrase_loss(logit.detach(), torch.tensor([1.0]), eps)
+    positive = torch.tensor([1.0])
+    assert paraphrase_loss(logit.detach() + 1.0, positive, eps) > paraphrase_loss(logit.detach(), positive, eps)
     target = torch.full((1, 5), eps / 5)
     target[0, 2] += 1 - eps
     logits = target.log().requires_grad_()  # softmax(logits) = target
