@@ -166,7 +166,7 @@ row_flags() {  # the flags of a multitask row
 
 train() {  # train OUT_DIR FLAGS...: one run, skipped when finished, resumed when interrupted
     local out="$1"; shift
-    if [[ "$row" == single-* && "$single_runs" != *" ${out##*/} "* ]]; then
+    if [[ "$row" == single-* && "$single_runs" != *" ${out##*/} "* ]]; then  # (row: the loop's)
         return 0  # a single-task run that SINGLE_RUNS leaves out
     fi
     if [[ " $* " == *" --batches-per-epoch 0 "* ]]; then
