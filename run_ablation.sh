@@ -109,7 +109,6 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-cosine-paired multi-tuned-cosine-paired-equal-norm multi-tuned-cosine-paired-private1-equal-norm
           multi-tuned-cosine-paired-private2-equal-norm single-tuned-bam single-tuned-ls multi-tuned-concat-ls)
 rows=(${ROWS:-${all_rows[@]}})
-single_runs=" ${SINGLE_RUNS:-sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent} "
 # fp32 on every CPU, so that rows run on a CPU with native bf16 (where --precision auto picks bf16)
 # stay comparable with rows run on one without; an argument --precision overrides it.
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
@@ -166,8 +165,8 @@ row_flags() {  # the flags of a multitask row
 
 train() {  # train OUT_DIR FLAGS...: one run, skipped when finished, resumed when interrupted
     local out="$1"; shift
-    if [[ "$row" == single-* && "$single_runs" != *" ${out##*/} "* ]]; then  # (row: the loop's)
-        return 0  # a single-task run that SINGLE_RUNS leaves out
+    if [[ "$row" == single-* && -n "${SINGLE_RUNS:-}" && " $SINGLE_RUNS " != *" ${out##*/} "* ]]; then
+        return 0  # a single-task run that SINGLE_RUNS leaves out (row: the loop's current row)
     fi
     if [[ " $* " == *" --batches-per-epoch 0 "* ]]; then
         echo "skip $out (its task has no batch in the multitask plan)"; return 0
