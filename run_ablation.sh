@@ -42,6 +42,8 @@
 #   multi-tuned-concat-head10     the tuned recipe with --head-lr-mult 10
 #   multi-tuned-concat-ls         the tuned recipe with --label-smoothing 0.1 (SST's and QQP's targets
 #                                 smoothed: the teachers' soft targets without the teachers)
+#   multi-tuned-concat-mix        the tuned recipe with --mix-tasks (each step one batch of several
+#                                 tasks, their gradients added up; as many updates as QQP has batches)
 #   <row>-bam (multi-tuned-concat-bam, multi-tuned-cosine-bam, multi-tuned-concat-head10-bam)
 #                                 born-again distillation (--teachers): <row>, each task's targets
 #                                 annealed from the single-task run of the same seed and recipe
@@ -107,7 +109,8 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-concat-lr2e-4 multi-tuned-concat-lr5e-5
           multi-tuned-cosine-siamese multi-tuned-cosine-siamese-equal-norm multi-tuned-concat-siamese
           multi-tuned-cosine-paired multi-tuned-cosine-paired-equal-norm multi-tuned-cosine-paired-private1-equal-norm
-          multi-tuned-cosine-paired-private2-equal-norm single-tuned-bam single-tuned-ls multi-tuned-concat-ls)
+          multi-tuned-cosine-paired-private2-equal-norm single-tuned-bam single-tuned-ls multi-tuned-concat-ls
+          multi-tuned-concat-mix)
 rows=(${ROWS:-${all_rows[@]}})
 # fp32 on every CPU, so that rows run on a CPU with native bf16 (where --precision auto picks bf16)
 # stay comparable with rows run on one without; an argument --precision overrides it.
@@ -152,6 +155,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat-lr5e-5) echo "--recipe tuned --sts-head concat --lr 5e-5" ;;
         multi-tuned-concat-head10) echo "--recipe tuned --sts-head concat --head-lr-mult 10" ;;
         multi-tuned-concat-ls) echo "--recipe tuned --sts-head concat --label-smoothing 0.1" ;;
+        multi-tuned-concat-mix) echo "--recipe tuned --sts-head concat --mix-tasks" ;;
         multi-tuned-concat-qqp1.5) echo "--recipe tuned --sts-head concat --loss-weights qqp=1.5" ;;
         multi-tuned-concat-qqp2) echo "--recipe tuned --sts-head concat --loss-weights qqp=2" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;

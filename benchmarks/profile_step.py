@@ -118,7 +118,7 @@ def profile_steps(trainer: Trainer, plan: list[str], device: torch.device, top: 
     with profile(activities=activities) as trace:
         started = time.perf_counter()
         for task in plan:
-            trainer.train_step(task, False, progress)
+            trainer.train_step((task,), False, progress)
         sync(device)
         wall = time.perf_counter() - started
     return summarise(work_events(trace, device), len(plan), wall, top)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             warm = [TASKS[i % len(TASKS)] for i in range(min(args.warmup, 3))] + plan[:args.warmup]
             progress = EpochProgress(1)
             for task in warm:  # (every shape met here is captured here, not in the profile)
-                trainer.train_step(task, False, progress)
+                trainer.train_step((task,), False, progress)
             before = len(trainer.graphs.captured) if trainer.graphs is not None else 0
             result = profile_steps(trainer, plan[args.warmup:], device, args.top)
             result["precision"] = trainer.precision

@@ -390,7 +390,7 @@ class ShippedPipeline:
 
     def step(self, task: str) -> None:
         before = self.progress.real_tokens
-        loss = self.trainer.train_step(task, False, self.progress)[0]  # the detached loss
+        [(loss, _)] = self.trainer.train_step((task,), False, self.progress)  # the detached loss
         self.loss_sum += loss
         self.steps += 1
         self.flops += training_flops(self.config, self.progress.real_tokens - before, self.lengths.last)

@@ -146,6 +146,10 @@ class TrainConfig:
                                  "first and second moments, as in single-task training, instead of moments "
                                  "averaged over every task's gradients (multitask/training.py, make_optimizers)",
                                  "recipe")
+    mix_tasks: bool = setting(False, "each AdamW step takes one batch of several tasks, their gradients added up "
+                              "(heterogeneous steps, Aghajanyan et al. 2021): the sampler's batches per task "
+                              "spread evenly over as many steps as the largest task has batches "
+                              "(multitask/samplers.py, mixed_steps)", "recipe")
     teachers: str | None = setting(None, "born-again distillation (Clark et al. 2019): task=run pairs, e.g. "
                                    "sst=runs/a,qqp=runs/b,sts=runs/c; each named task's targets move from its "
                                    "teacher run's predictions to the gold labels over the run (multitask/distill.py)",
@@ -271,6 +275,14 @@ class TrainConfig:
             raise ValueError(f"--warmup is a share of all steps, in [0, 1]; got {self.warmup}")
         if not (math.isfinite(self.head_lr_mult) and self.head_lr_mult > 0):
             raise ValueError(f"--head-lr-mult must be a positive number, got {self.head_lr_mult}")
+        if self.mix_tasks:  # what assumes one task per step
+            one_task = [flag for flag, on in (
+                ("--task-moments", self.task_moments), ("--task-schedules", self.task_schedules),
+                ("--project-conflicts", self.project_conflicts), ("--balance equal-norm", self.balance == "equal-norm"),
+                ("--cuda-graphs", self.cuda_graphs)) if on]
+            if one_task:
+                raise ValueError(f"--mix-tasks adds several tasks' gradients into one step, but {one_task[0]} works "
+                                 f"on one task's step at a time; drop one of the two")
         if self.grad_accum > self.batch_size:
             raise ValueError(f"--grad-accum ({self.grad_accum}) cannot exceed --batch-size ({self.batch_size}): "
                              f"each micro-batch needs at least one example")

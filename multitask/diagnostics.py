@@ -5,7 +5,8 @@ hurts when they conflict or when one task's gradients dwarf the others' (Yu et a
 "Gradient Surgery for Multi-Task Learning", measure conflict as a negative cosine). Two views:
 
 - `encoder_gradient_norm`: the L2 norm of a step's gradient on the encoder, i.e. how hard that
-  step's task pushes. Measured on every step from the gradients the step computed anyway.
+  step's task pushes. Measured on every step from the gradients the step computed anyway (with
+  --mix-tasks, each task's part of them, against a copy taken before its backward pass).
 - `task_gradient_cosines`: every --probe-every steps, each task's encoder gradient on one fixed
   probe batch (the first --batch-size examples of its training file, dropout off), and the cosine
   between each pair of tasks. The same batches every time, so changes come from the model.
@@ -26,10 +27,22 @@ from multitask.batching import Batch, TokenizedSplit, collate
 from multitask.runtime import autocast
 
 
-def encoder_gradient_norm(encoder: torch.nn.Module) -> torch.Tensor:
-    """||g|| over the encoder's parameters that have a gradient (a device scalar: no sync)."""
+def encoder_gradient_norm(encoder: torch.nn.Module, minus: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """||g|| over the encoder's parameters that have a gradient (a device scalar: no sync).
+
+    With `minus` (`encoder_gradients` taken earlier in the step), the norm of what was added
+    since: under --mix-tasks, where a step's tasks add their gradients up, one task's own part.
+    """
     grads = [p.grad for p in encoder.parameters() if p.grad is not None]
+    if minus is not None:
+        earlier = [m for p, m in zip(encoder.parameters(), minus) if p.grad is not None]
+        grads = [g if m is None else g - m for g, m in zip(grads, earlier)]
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def encoder_gradients(encoder: torch.nn.Module) -> list[torch.Tensor | None]:
+    """A copy of the encoder's gradients (None where a parameter has none), for `encoder_gradient_norm`."""
+    return [None if p.grad is None else p.grad.clone() for p in encoder.parameters()]
 
 
 def probe_batches(splits: dict[str, TokenizedSplit], batch_size: int, pad_id: int) -> dict[str, Batch]:

@@ -275,9 +275,9 @@ def shard_rows(rows: np.ndarray, rank: int, world_size: int, micro_steps: int) -
     return np.array_split(share, micro_steps)
 
 
-def plan_fingerprint(tasks: list[str]) -> str:
-    """A short hash of an epoch's task sequence, to compare between ranks cheaply."""
-    return hashlib.sha256(",".join(tasks).encode()).hexdigest()[:16]
+def plan_fingerprint(steps: list[tuple[str, ...]]) -> str:
+    """A short hash of an epoch's plan (the tasks of each step), to compare between ranks cheaply."""
+    return hashlib.sha256(",".join("+".join(tasks) for tasks in steps).encode()).hexdigest()[:16]
 
 
 class ReplicatedEncoder:

@@ -12,8 +12,10 @@ on three datasets of very different sizes and compares three ways of interleavin
 
 A sampler only decides the *order of tasks*; the data loaders decide which examples fill each
 batch. So a sampler is two functions: `task_probabilities` (the share each task gets in an
-epoch) and `epoch_plan` (the task of every batch of the epoch). A plan is drawn in one go from a
-generator seeded by (seed, epoch) alone, never from global random state, so that:
+epoch) and `epoch_plan` (the task of every batch of the epoch). A third, `mixed_steps`, serves
+--mix-tasks: it turns a plan of one-task steps into steps that take a batch of several tasks.
+A plan is drawn in one go from a generator seeded by (seed, epoch) alone, never from global
+random state, so that:
 
 - a run resumed after a crash regenerates exactly the plan of the epoch it stopped in, and
 - every rank of a distributed run draws the same task sequence, so all ranks run the same task
@@ -26,6 +28,7 @@ functions trust them. Epochs are counted from 1.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
@@ -84,3 +87,23 @@ def epoch_plan(sampler: str, task_sizes: Mapping[str, int], epoch: int, num_epoc
     p = np.array(list(task_probabilities(sampler, task_sizes, epoch, num_epochs).values()))  # (T,)
     rng = np.random.default_rng(np.random.SeedSequence([seed, epoch]))  # no state from other epochs
     return [names[i] for i in rng.choice(len(names), size=num_batches, p=p)]
+
+
+def mixed_steps(plan: list[str]) -> list[tuple[str, ...]]:
+    """The plan's batches as --mix-tasks steps: each step takes one batch of several tasks.
+
+    One task per step (the paper, MT-DNN) moves the shared encoder along one task's gradient at
+    a time; heterogeneous steps, whose gradients add up over tasks before the update, were what
+    made massive multitask fine-tuning stable in Muppet (Aghajanyan et al. 2021). Here the plan
+    keeps deciding how many batches each task gets in the epoch, n_t; the steps are as many as
+    the largest n_t (N), and task t's n_t batches are spread evenly over them: t takes part in
+    step s (0-based) when floor((s + 1) n_t / N) > floor(s n_t / N), so a task with N batches is
+    in every step and one with N / 2 in every other. Within a step the tasks keep the order in
+    which they first appear in the plan. Every task keeps its batches and their order (each
+    task's data comes from its own stream), so single-task runs at the same per-task steps stay
+    the fair comparison; the update count falls from the plan's length to N.
+    """
+    counts = Counter(plan)  # task -> n_t, in order of first appearance
+    steps = max(counts.values(), default=0)  # N
+    return [tuple(task for task, n in counts.items() if (s + 1) * n // steps > s * n // steps)
+            for s in range(steps)]

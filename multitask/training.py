@@ -2,7 +2,8 @@
 
     for each epoch:
         the sampler plans which task each of the epoch's batches comes from
-        for each planned task: take that task's next batch, compute its loss, one AdamW step
+        for each planned step: take its task's next batch, compute the loss, one AdamW step
+            (with --mix-tasks a step takes a batch of several tasks and adds up their gradients)
         evaluate on the three dev sets; keep the weights if the overall score is the best so far
     reload the best weights, evaluate in full, write predictions for the dev and test files
 
@@ -41,7 +42,7 @@ from bert import AdamW, BertModel, BertTokenizer, CheckpointError
 from multitask import checkpoint
 from multitask.batching import BatchStream, TokenizedSplit, collate, tokenize_split
 from multitask.config import TrainConfig
-from multitask.diagnostics import encoder_gradient_norm, probe_batches, task_gradient_cosines
+from multitask.diagnostics import encoder_gradient_norm, encoder_gradients, probe_batches, task_gradient_cosines
 from multitask.data import DataError, Split, dataset_paths, load_quora, load_sst, load_sts
 from multitask.distill import Teachers
 from multitask.distributed import SINGLE_PROCESS, Distributed, from_environment, plan_fingerprint
@@ -53,7 +54,7 @@ from multitask.losses import MNR_POSITIVE_THRESHOLD
 from multitask.nonfinite import LossWatch, NonFiniteLossError, all_finite
 from multitask.runtime import RuntimeSetupError, autocast, grad_scaler, resolve_device, resolve_precision
 from multitask.report import make_reporter
-from multitask.samplers import epoch_plan, round_robin_batches
+from multitask.samplers import epoch_plan, mixed_steps, round_robin_batches
 from multitask.surgery import ConflictProjection
 
 __all__ = ["EpochProgress", "NonFiniteLossError", "Trainer", "train"]
@@ -124,6 +125,7 @@ class Trainer:
                          if config.teachers else None)
         self.probes = config.probe_every and probe_batches(  # --probe-every: fixed batches, one a task
             {task: self.data[task].train for task in config.task_names}, config.batch_size, tokenizer.pad_token_id)
+        self.plans: dict[int, list[tuple[str, ...]]] = {}  # epoch -> the tasks of each step (epoch_plan)
         self.plan_counts: list[Counter] | None = None  # each epoch's steps per task (--task-schedules)
         self.best_overall, self.history = -math.inf, []
         self.start_epoch, self.resumed_progress = 1, None  # where `run` starts (see `resume`)
@@ -175,12 +177,13 @@ class Trainer:
                    disable=not (config.progress and self.distributed.is_main), dynamic_ncols=True, leave=False)
         start = time.perf_counter()
         for step in range(progress.step, len(plan)):
-            self.set_learning_rate(plan[step], (epoch - 1) * len(plan) + step, progress)  # --lr-schedule
-            loss, ids = self.train_step(plan[step], use_mnr, progress)
-            progress.loss_sums[plan[step]] += loss  # stays on the device: no wait for the GPU
-            progress.counts[plan[step]] += 1
+            tasks = plan[step]  # the step's task (with --mix-tasks, its tasks: one batch of each)
+            self.set_learning_rate(tasks[0], self.steps_before(epoch) + step, progress)  # --lr-schedule
+            for task, (loss, ids) in zip(tasks, self.train_step(tasks, use_mnr, progress)):
+                progress.loss_sums[task] += loss  # stays on the device: no wait for the GPU
+                progress.counts[task] += 1
+                watch.add(step, task, ids, loss)
             progress.step = step + 1
-            watch.add(step, plan[step], ids, loss)
             if config.probe_every and progress.step % config.probe_every == 0:  # how tasks interfere
                 progress.add_probe(task_gradient_cosines(self.model, self.probes, self.device, self.precision))
             bar.update(1)
@@ -188,8 +191,8 @@ class Trainer:
                 watch.check(epoch)  # one wait for the device every `every` steps
                 means = progress.mean_losses(self.distributed)
                 bar.set_postfix({t: f"{v:.3f}" for t, v in means.items() if v is not None})
-                self.report.scalars((epoch - 1) * len(plan) + progress.step, {
-                    **{f"loss_{t}": v for t, v in means.items()}, "lr": self.optimizers[plan[step]].param_groups[0]["lr"],
+                self.report.scalars(self.steps_before(epoch) + progress.step, {
+                    **{f"loss_{t}": v for t, v in means.items()}, "lr": self.optimizers[tasks[0]].param_groups[0]["lr"],
                     **{f"grad_norm_{t}": v for t, v in progress.mean_grad_norms().items()}}, "train")
             if config.save_every and progress.step % config.save_every == 0 and progress.step < len(plan):
                 watch.check(epoch)  # a checkpoint never holds NaN weights
@@ -203,21 +206,52 @@ class Trainer:
 
     # ---- one step ---------------------------------------------------------------------------
 
-    def train_step(self, task: str, use_mnr: bool, progress: EpochProgress) -> tuple[torch.Tensor, list[str]]:
-        """One AdamW step on the next batch of `task`: forward, loss, backward, update.
+    def train_step(self, tasks: tuple[str, ...], use_mnr: bool,
+                   progress: EpochProgress) -> list[tuple[torch.Tensor, list[str]]]:
+        """One AdamW step on the next batch of each of `tasks`: forward, loss, backward, update.
 
-        Returns the batch's loss (detached; under torchrun this rank's part of it) and the
-        batch's example ids, for the message if the loss turns out not to be finite.
+        One task, unless --mix-tasks: then each task's gradients add to the others' before the
+        one update. Returns, per task, the batch's loss (detached; under torchrun this rank's part
+        of it) and the batch's example ids, for the message if the loss turns out not to be finite.
         """
-        if self.graphs is not None:  # --cuda-graphs: the same step, replayed from a CUDA graph
-            return self.graphs.step(task, use_mnr, progress)
+        if self.graphs is not None:  # --cuda-graphs (one task a step): the same step, replayed from a CUDA graph
+            return [self.graphs.step(tasks[0], use_mnr, progress)]
+        optimizer = self.optimizers[tasks[0]]  # (the same AdamW for every task, unless --task-moments)
+        optimizer.zero_grad(set_to_none=True)
+        results, norms = [], []
+        for task in tasks:
+            before = encoder_gradients(self.model.bert) if results else None  # --mix-tasks: the others' so far
+            results.append(self.backward(task, use_mnr, progress))
+            if len(tasks) > 1:  # --mix-tasks: this task's own part of the encoder's gradient (fp16: unscaled)
+                norms.append(encoder_gradient_norm(self.model.bert, minus=before) / self.scaler.get_scale())
+        if any(loss is None for loss, _ in results):  # --skip-nonfinite: no step, the weights stay good
+            progress.skipped_nonfinite += 1
+            optimizer.zero_grad(set_to_none=True)
+            return [(torch.zeros((), device=self.device), ids) for _, ids in results]
+        self.distributed.average_gradients(self.model.head_parameters())  # DDP covers the encoder
+        self.scaler.unscale_(optimizer)  # (fp16: the true gradients, for the norm and the step)
+        norms = norms or [encoder_gradient_norm(self.model.bert)]  # how hard each task pushes
+        for task, norm in zip(tasks, norms):
+            progress.add_grad_norm(task, norm)
+        # (--balance equal-norm and --project-conflicts work on one task's step: --mix-tasks refuses them)
+        self.model.task_weighting.balance_gradients(tasks[0], norms[0], self.model.bert.parameters())
+        if self.surgery is not None:
+            self.surgery.project(tasks[0])  # --project-conflicts: no step against the other tasks' recent ones
+        self.scaler.step(optimizer)  # AdamW (skipped by the fp16 scaler on inf gradients)
+        self.scaler.update()
+        return results
+
+    def backward(self, task: str, use_mnr: bool, progress: EpochProgress) -> tuple[torch.Tensor | None, list[str]]:
+        """Forward, loss and backward of `task`'s next batch; its gradients add to any already there.
+
+        Returns the batch's loss (detached; None if it was not finite under --skip-nonfinite, which
+        then leaves the batch without a backward pass) and the batch's example ids.
+        """
         mnr = use_mnr and task == "sts"  # the MNR phase ranks the positive STS pairs only
         stream = self.streams["sts-mnr" if mnr else task]
         rows = stream.next_rows()  # the batch: row numbers of the task's tokenized split
         ids = [stream.split.ids[i] for i in rows]
-        optimizer = self.optimizers[task]  # (the same AdamW for every task, unless --task-moments)
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = torch.zeros((), device=self.device)
+        batch_loss = torch.zeros((), device=self.device)
         # One piece, the whole batch, in one process; under torchrun or with --grad-accum, this
         # rank's share cut into micro-batches whose gradients add up (multitask/distributed.py).
         # A loss over the whole batch's rows (MNR's negatives, CoSENT's pairs) is computed by every
@@ -235,22 +269,11 @@ class Trainer:
             objective = self.model.task_weighting(task, loss) * piece.weight  # --loss-weights, --balance
             loss = loss * piece.weight  # (the unweighted loss is what metrics.jsonl reports)
             if self.config.skip_nonfinite and not all_finite(objective, self.distributed):
-                progress.skipped_nonfinite += 1  # no step: the weights stay good
-                optimizer.zero_grad(set_to_none=True)
-                return torch.zeros((), device=self.device), ids
+                return None, ids
             # (DDP averages the ranks' gradients; times the world size, that is their sum.)
             self.scaler.scale(objective * self.distributed.world_size).backward()
-            step_loss += loss.detach()
-        self.distributed.average_gradients(self.model.head_parameters())  # DDP covers the encoder
-        self.scaler.unscale_(optimizer)  # (fp16: the true gradients, for the norm and the step)
-        norm = encoder_gradient_norm(self.model.bert)  # how hard this task pushes
-        progress.add_grad_norm(task, norm)
-        self.model.task_weighting.balance_gradients(task, norm, self.model.bert.parameters())  # --balance equal-norm
-        if self.surgery is not None:
-            self.surgery.project(task)  # --project-conflicts: no step against the other tasks' recent ones
-        self.scaler.step(optimizer)  # AdamW (skipped by the fp16 scaler on inf gradients)
-        self.scaler.update()
-        return step_loss, ids
+            batch_loss += loss.detach()
+        return batch_loss, ids
 
     # ---- the plan, evaluation, the end ------------------------------------------------------
 
@@ -274,7 +297,7 @@ class Trainer:
         so on the global schedule the tasks' steps see different shares of the warmup, the peak
         and the decay; within an epoch its shares are fixed).
         """
-        total = self.config.epochs * self.batches_per_epoch
+        total = self.steps_before(self.config.epochs + 1)
         if self.config.task_schedules:
             step = self.task_steps_before(task, progress.epoch) + progress.counts[task]
             total = self.task_steps_before(task, self.config.epochs + 1)
@@ -285,19 +308,28 @@ class Trainer:
 
     def trained_share(self, progress: EpochProgress) -> float:
         """The part of the whole run's steps done before this step: 0 at the first, (N-1)/N at the last."""
-        done = (progress.epoch - 1) * self.batches_per_epoch + progress.step
-        return done / (self.config.epochs * self.batches_per_epoch)
+        done = self.steps_before(progress.epoch) + progress.step
+        return done / self.steps_before(self.config.epochs + 1)
+
+    def steps_before(self, epoch: int) -> int:
+        """How many steps the epochs before `epoch` plan (`epochs + 1`: the whole run's)."""
+        return sum(len(self.epoch_plan(e)) for e in range(1, epoch))
 
     def task_steps_before(self, task: str, epoch: int) -> int:
-        """How many steps of `task` the epochs before `epoch` plan (their plans are fixed by the seed)."""
-        if self.plan_counts is None:  # (made once: a plan is a few thousand draws)
-            self.plan_counts = [Counter(self.epoch_plan(e)) for e in range(1, self.config.epochs + 1)]
+        """How many steps of `task` the epochs before `epoch` plan."""
+        if self.plan_counts is None:  # (counted once)
+            self.plan_counts = [Counter(t for tasks in self.epoch_plan(e) for t in tasks)
+                                for e in range(1, self.config.epochs + 1)]
         return sum(counts[task] for counts in self.plan_counts[:epoch - 1])
 
-    def epoch_plan(self, epoch: int) -> list[str]:
-        """The task of each of the epoch's batches (multitask/samplers.py)."""
-        return epoch_plan(self.config.sampler, self.task_sizes, epoch, self.config.epochs,
-                          self.batches_per_epoch, self.config.seed)
+    def epoch_plan(self, epoch: int) -> list[tuple[str, ...]]:
+        """The tasks of each of the epoch's steps: one a step, or with --mix-tasks one batch of
+        several (multitask/samplers.py). The seed fixes every epoch's plan: each is drawn once."""
+        if epoch not in self.plans:
+            plan = epoch_plan(self.config.sampler, self.task_sizes, epoch, self.config.epochs,
+                              self.batches_per_epoch, self.config.seed)
+            self.plans[epoch] = mixed_steps(plan) if self.config.mix_tasks else [(task,) for task in plan]
+        return self.plans[epoch]
 
     def dev_splits(self, qqp_limit: int | None) -> dict[str, TokenizedSplit]:
         dev = {task: self.data[task].dev for task in self.config.task_names}

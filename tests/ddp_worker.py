@@ -42,8 +42,8 @@ def main(config_json: str, steps: int, out: Path, weights: Path | None) -> None:
     trainer.model.train()
     losses = []
     use_mnr = config.sts_head == "mnr"
-    for task in plan:
-        loss, _ = trainer.train_step(task, use_mnr, progress)
+    for tasks in plan:
+        [(loss, _)] = trainer.train_step(tasks, use_mnr, progress)
         losses.append(float(distributed.sum_(loss.clone())))  # the global batch's loss
     grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     if weights is not None:

@@ -62,7 +62,7 @@ def test_the_first_step_trains_on_the_teacher_s_predictions(tiny_setup, teacher_
     trainer = training.Trainer(tiny_config(tiny_setup, tmp_path, teachers=teachers), log=lambda m: None)
     trainer.model.eval()  # no dropout: the step's loss is a function of the weights and the batch
     before = copy.deepcopy(trainer.model)
-    loss, ids = trainer.train_step(task, False, training.EpochProgress(1))  # share 0: the teacher's targets
+    [(loss, ids)] = trainer.train_step((task,), False, training.EpochProgress(1))  # share 0: the teacher's targets
     split = trainer.data[task].train
     batch = collate(split, [split.ids.index(i) for i in ids], trainer.tokenizer.pad_token_id)
     with torch.no_grad():
@@ -84,7 +84,7 @@ def test_a_siamese_student_trains_on_its_siamese_teacher_s_probabilities(tiny_se
     trainer = training.Trainer(config, log=lambda m: None)
     trainer.model.eval()
     before = copy.deepcopy(trainer.model)
-    loss, ids = trainer.train_step("qqp", False, training.EpochProgress(1))
+    [(loss, ids)] = trainer.train_step(("qqp",), False, training.EpochProgress(1))
     split = trainer.data["qqp"].train
     assert split.layout == "separate"
     batch = collate(split, [split.ids.index(i) for i in ids], trainer.tokenizer.pad_token_id)

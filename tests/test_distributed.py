@@ -84,7 +84,7 @@ def train_steps(values: dict, steps: int) -> tuple[dict, dict, list[float]]:
     plan = trainer.epoch_plan(1)[:steps]
     progress = training.EpochProgress(1)
     trainer.model.train()
-    losses = [float(trainer.train_step(task, False, progress)[0]) for task in plan]
+    losses = [float(trainer.train_step(tasks, False, progress)[0][0]) for tasks in plan]
     grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     return trainer.model.state_dict(), grads, losses
 
@@ -119,7 +119,7 @@ def test_accumulated_gradients_of_the_stacked_pair_layout_match(tiny_setup, tmp_
     *weights* by a good part of the learning rate, while the gradients agree to 1e-7."""
     values = config_values(tiny_setup, tmp_path, batch_size=32, sts_head="cosine")
     plan = training.Trainer(TrainConfig(**values), log=lambda m: None).epoch_plan(1)
-    steps = plan.index("sts") + 1
+    steps = plan.index(("sts",)) + 1
     _, whole, whole_losses = train_steps(values, steps)
     _, accumulated, accumulated_losses = train_steps({**values, "grad_accum": 4}, steps)
     assert accumulated_losses == pytest.approx(whole_losses, abs=1e-5)
@@ -159,7 +159,7 @@ def ddp_runs(tiny_setup, tmp_path_factory):
 def test_both_ranks_draw_the_same_task_sequence(ddp_runs):
     (rank0, rank1), single, _ = ddp_runs
     assert rank0["plan"] == rank1["plan"] == single["plan"]
-    assert set(rank0["plan"]) == set(TASKS)
+    assert set(rank0["plan"]) == {(task,) for task in TASKS}  # (one task a step)
 
 
 def test_two_processes_end_with_the_single_process_weights(ddp_runs):
@@ -193,12 +193,12 @@ def test_ranking_losses_take_their_rows_from_every_rank(tiny_setup, tmp_path, he
     there, for the reason given in test_accumulated_gradients_of_the_stacked_pair_layout_match)."""
     values = config_values(tiny_setup, tmp_path / "unused", sts_head=head, sts_loss=sts_loss)
     plan = training.Trainer(TrainConfig(**values), log=lambda m: None).epoch_plan(1)
-    steps = plan.index("sts") + 1
+    steps = plan.index(("sts",)) + 1
     for processes in (2, 1):
         (tmp_path / str(processes)).mkdir()
         torchrun(processes, WORKER, json.dumps(values), steps, tmp_path / str(processes))
     two, one = (torch.load(tmp_path / str(n) / "rank0.pt", weights_only=True) for n in (2, 1))
-    assert two["plan"][-1] == "sts"
+    assert two["plan"][-1] == ("sts",)
     assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
     assert two["grads"].keys() == one["grads"].keys() and "similarity.weight" in one["grads"]
     assert_same_gradients(two["grads"], one["grads"])

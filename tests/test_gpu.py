@@ -222,7 +222,7 @@ def test_graph_replays_draw_new_dropout_masks(tiny_setup, tmp_path, task, heads)
     trainer = training.Trainer(config, log=lambda message: None)
     progress = training.EpochProgress(1)
     for _ in range(12):
-        trainer.train_step(task, False, progress)
+        trainer.train_step((task,), False, progress)
     assert trainer.graphs.captured, f"no graph was captured in 12 {task} steps"
     captured = next(iter(trainer.graphs.captured.values()))
     values = []

@@ -131,11 +131,11 @@ def test_every_task_trains_the_shared_layer(tiny_setup, tmp_path):
     config = tiny_config(tiny_setup, tmp_path, shared_layer=True, pooling="mean")
     trainer = training.Trainer(config, log=lambda m: None)
     assert trainer.model.shared is not None
-    trainer.train_step("sst", False, training.EpochProgress(1))  # W_out leaves zero: W_in gets gradient next
+    trainer.train_step(("sst",), False, training.EpochProgress(1))  # W_out leaves zero: W_in gets gradient next
     for task in ("sst", "qqp", "sts"):
         trainer.model.zero_grad(set_to_none=True)
         before = trainer.model.shared.dense_in.weight.detach().clone()
-        trainer.train_step(task, False, training.EpochProgress(1))
+        trainer.train_step((task,), False, training.EpochProgress(1))
         assert trainer.model.shared.dense_in.weight.grad.abs().sum() > 0, task
         assert not torch.equal(trainer.model.shared.dense_in.weight, before), task
 
@@ -186,7 +186,7 @@ def test_a_step_trains_the_shared_layers_and_only_its_own_task_s_private_ones(ti
         private = {name: [p.detach().clone() for p in layers.parameters()]
                    for name, layers in trainer.model.private.tasks.items()}
         shared = [p.detach().clone() for p in trainer.model.bert.encoder.parameters()]
-        trainer.train_step(task, False, training.EpochProgress(1))
+        trainer.train_step((task,), False, training.EpochProgress(1))
         assert any(not torch.equal(p, q) for p, q in zip(trainer.model.bert.encoder.parameters(), shared)), task
         for name, before in private.items():
             moved = any(not torch.equal(p, q) for p, q in zip(trainer.model.private.tasks[name].parameters(), before))
@@ -283,11 +283,11 @@ def test_a_zero_weight_task_leaves_the_model_unchanged(tiny_setup, tmp_path):
     config = tiny_config(tiny_setup, tmp_path, loss_weights="sst=1,qqp=1,sts=0")
     trainer = training.Trainer(config, log=lambda m: None)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    loss, _ = trainer.train_step("sts", False, training.EpochProgress(1))
+    [(loss, _)] = trainer.train_step(("sts",), False, training.EpochProgress(1))
     assert loss.item() > 0  # the loss is reported, unweighted
     for name, parameter in trainer.model.named_parameters():
         assert torch.equal(parameter, before[name]), name
-    trainer.train_step("sst", False, training.EpochProgress(1))
+    trainer.train_step(("sst",), False, training.EpochProgress(1))
     assert not torch.equal(trainer.model.bert.embeddings.word_embeddings.weight,
                            before["bert.embeddings.word_embeddings.weight"])
 
@@ -317,8 +317,8 @@ def test_equal_norm_lifts_the_weak_tasks_gradient_in_a_real_step(tiny_setup, tmp
     config = tiny_config(tiny_setup, tmp_path, balance="equal-norm", loss_weights="sst=1,qqp=1,sts=0.001")
     trainer = training.Trainer(config, log=lambda m: None)
     progress = training.EpochProgress(1)
-    trainer.train_step("sst", False, progress)
-    trainer.train_step("sts", False, progress)  # a loss weighted 0.001: a tiny gradient, lifted
+    trainer.train_step(("sst",), False, progress)
+    trainer.train_step(("sts",), False, progress)  # a loss weighted 0.001: a tiny gradient, lifted
     averages = trainer.model.task_weighting.norm_average
     recorded = {t: progress.grad_norms[t][0].item() for t in ("sst", "sts")}  # (sum, steps) of one step  # the norms before rescaling
     assert averages[0].item() == pytest.approx(recorded["sst"], rel=1e-6)

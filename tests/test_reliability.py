@@ -172,7 +172,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_setup, t
     inject_nan(monkeypatch, "sst", at_call=3)
     trainer = training.Trainer(small_config(tiny_setup, tmp_path), log=lambda m: None)
     plan = trainer.epoch_plan(1)
-    nan_step = [i for i, t in enumerate(plan) if t == "sst"][2] + 1
+    nan_step = [i for i, tasks in enumerate(plan) if tasks == ("sst",)][2] + 1
     with pytest.raises(training.NonFiniteLossError) as info:
         trainer.run()
     message = str(info.value)

@@ -89,7 +89,7 @@ def test_the_trainer_projects_and_a_resumed_run_gets_the_averages_back(tiny_setu
     trainer.surgery.project = lambda task: (calls.append(task), original(task))
     progress = training.EpochProgress(1)
     for task in ("sst", "qqp", "sts"):
-        trainer.train_step(task, False, progress)
+        trainer.train_step((task,), False, progress)
     assert calls == ["sst", "qqp", "sts"]
     for task in TASKS:
         assert flat(trainer.surgery.averages[task]).abs().sum() > 0, task

@@ -26,7 +26,7 @@ def test_each_task_steps_the_encoder_with_its_own_moments(tiny_setup, tmp_path):
     grads, before = [], None
     for task in ("sst", "qqp", "sst"):
         before = weight.detach().clone()
-        trainer.train_step(task, False, progress)
+        trainer.train_step((task,), False, progress)
         grads.append(weight.grad.double().clone())  # (kept until the next step's zero_grad)
     g1, g2, g3 = grads
     assert not torch.allclose(g2, g1) and not torch.allclose(g2, g3)  # QQP's step had its own gradient
@@ -48,7 +48,7 @@ def test_without_the_flag_the_tasks_share_one_adamw_and_with_one_task_it_changes
         trainer = training.Trainer(config, log=lambda m: None)
         progress = training.EpochProgress(1)
         for _ in range(3):
-            trainer.train_step("sst", False, progress)
+            trainer.train_step(("sst",), False, progress)
         weights.append(encoder_weight(trainer).detach().clone())
     assert torch.equal(weights[0], weights[1])
 
@@ -64,7 +64,7 @@ def test_the_schedule_reaches_every_task_adamw_and_a_resume_restores_each(tiny_s
             expected * 1.0, expected * 4.0], optimizer.param_groups
     progress = training.EpochProgress(1)
     for task in ("sst", "qqp", "qqp", "sts"):
-        trainer.train_step(task, False, progress)
+        trainer.train_step((task,), False, progress)
     checkpoint.save_training_state(trainer, next_epoch=2)  # (as between epochs)
     again = training.Trainer(config, log=lambda m: None)
     checkpoint.resume_training(again, checkpoint.training_state_path(config.out_dir))
@@ -89,13 +89,13 @@ def test_task_schedules_give_each_task_its_single_task_schedule_over_its_own_ste
         seen = {task: [] for task in ("sst", "qqp", "sts")}
         for epoch in (1, 2):
             plan, progress = trainer.epoch_plan(epoch), training.EpochProgress(epoch)
-            for step, task in enumerate(plan):
+            for step, (task,) in enumerate(plan):  # (one task a step)
                 trainer.set_learning_rate(task, (epoch - 1) * len(plan) + step, progress)
                 group = trainer.optimizers[task].param_groups[0]
                 seen[task].append(group["lr"] / group["lr_mult"])  # (the heads' group: times --head-lr-mult)
                 progress.counts[task] += 1
         lrs[own] = seen
-        config_plans = [trainer.epoch_plan(e) for e in (1, 2)]
+        config_plans = [[task for (task,) in trainer.epoch_plan(e)] for e in (1, 2)]
     for task, values in lrs[True].items():
         n = len(values)
         assert n == sum(plan.count(task) for plan in config_plans) and n > 5, task
