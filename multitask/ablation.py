@@ -15,12 +15,13 @@ that the single-task runs train the same steps.
 
 Besides each row's mean and spread, the table gives each multitask row's difference from the
 single-task row (single-tuned by default) seed by seed: seed k of both trained the same per-task
-steps on the same data order, so the paired difference cancels most of what a seed changes. Each
-task is compared with the single-task run of the same head: a row whose STS head encodes each
-sentence alone (cosine, mnr) on STS with the single-task cosine run of the same loss and dropout
-(sts-cosine/, sts-cosine-paired/ with --paired-dropout, sts-cosent/ with --sts-loss cosent), the
-concat and dot heads with the single-task concat run;
-a row with the siamese paraphrase head on QQP with the qqp-siamese/ run.
+steps on the same data order, so the paired difference cancels most of what a seed changes (with
+its 95% confidence interval over the seeds, `signed`). Each task is compared with the
+single-task run of the same head: a row whose STS head encodes each sentence alone (cosine, mnr)
+on STS with the single-task cosine run of the same loss and dropout (sts-cosine/,
+sts-cosine-paired/ with --paired-dropout, sts-cosent/ with --sts-loss cosent), the concat and dot
+heads with the single-task concat run; a row with the siamese paraphrase head on QQP with the
+qqp-siamese/ run.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ import argparse
 import csv
 import io
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
+
+import scipy.stats
 
 from multitask.config import COSINE_HEADS, TASKS
 from multitask.evaluation import overall_score
@@ -163,14 +167,24 @@ def paired_differences(runs_dir: Path, baseline: str,
 
 
 def signed(values: list[float]) -> str:
-    """The mean paired difference, signed, with the seeds' values: +0.004 (+0.005 / -0.001 / +0.008)."""
-    each = " / ".join(f"{v:+.3f}" for v in values)
-    return f"{statistics.mean(values):+.3f} ({each})"
+    """The mean paired difference, signed, then from two seeds on its 95% confidence interval,
+    then the seeds' values: +0.004 [-0.003, +0.011] (+0.005 / -0.001 / +0.008).
+
+    The interval is Student's t over the seeds' differences: mean +- t(0.975, n - 1) * s / sqrt(n),
+    s their sample standard deviation. It says how far the mean could be from what more seeds
+    would give, if the seeds' differences scatter like independent normal draws: with three seeds
+    t is 4.30, so a difference must be large against its scatter before its sign is known.
+    """
+    mean, each = statistics.mean(values), " / ".join(f"{v:+.3f}" for v in values)
+    if len(values) < 2:
+        return f"{mean:+.3f} ({each})"
+    half = scipy.stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] ({each})"
 
 
 def difference_table(differences: dict[str, dict[str, list[float]]], baseline: str,
                      against: dict[str, str] | None = None) -> str:
-    lines = [f"| row, minus {baseline} (paired by seed) | " + " | ".join(METRICS) + " |",
+    lines = [f"| row, minus {baseline} (paired by seed): mean [95% CI] (each seed) | " + " | ".join(METRICS) + " |",
              "|---" * (len(METRICS) + 1) + "|"]
     for row, metrics in differences.items():
         name = f"{row}, minus {against[row]}" if row in (against or {}) else row

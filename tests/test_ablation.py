@@ -139,12 +139,13 @@ def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head
     assert overall == pytest.approx(((0.44 - 0.45) + (0.80 - 0.80) + (0.80 - 0.84) / 2) / 3)
     assert "single-tuned" not in differences
     text = ablation.difference_table(differences, "single-tuned", {"concat-head10": "single-head10"})
-    assert "| concat | +0.015 (+0.010 / +0.020) |" in text
+    # Two seeds: mean 0.015 +- t(0.975, 1 degree of freedom) = 12.706 times s / sqrt(2) = 0.005.
+    assert "| concat | +0.015 [-0.049, +0.079] (+0.010 / +0.020) |" in text
     assert "| concat-head10, minus single-head10 | +0.010 (+0.010) | -0.010 (-0.010) |" in text
 
     assert ablation.main([str(tmp_path), "--against", "concat-head10=single-head10"]) == 0
     written = (tmp_path / "ablation.md").read_text()
-    assert "minus single-tuned (paired by seed)" in written and "| concat-head10, minus single-head10 |" in written
+    assert "minus single-tuned (paired by seed): mean [95% CI] (each seed)" in written and "| concat-head10, minus single-head10 |" in written
     pytest.importorskip("matplotlib")
     assert (tmp_path / "ablation.png").stat().st_size > 0
 
