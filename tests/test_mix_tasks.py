@@ -1,6 +1,7 @@
 """--mix-tasks: each AdamW step takes one batch of several tasks and adds up their gradients
 (multitask/samplers.py, mixed_steps; multitask/training.py, Trainer.train_step)."""
 
+import math
 from collections import Counter
 
 import pytest
@@ -38,8 +39,7 @@ def test_every_task_keeps_its_batches_spread_evenly_over_the_largest_task_s_coun
     for task, n in counts.items():
         where = [s for s, tasks in enumerate(steps) if task in tasks]
         gaps = {b - a for a, b in zip(where, where[1:])}
-        ideal = len(steps) / n
-        assert gaps <= {int(ideal), -int(-ideal // 1)}, task  # evenly: every floor or ceil of N / n steps
+        assert gaps <= {len(steps) // n, math.ceil(len(steps) / n)}, task  # evenly: N / n, rounded down or up
 
 
 def test_round_robin_mixes_one_batch_of_every_task_into_each_step_and_one_task_changes_nothing():
