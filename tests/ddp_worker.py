@@ -42,9 +42,9 @@ def main(config_json: str, steps: int, out: Path, weights: Path | None) -> None:
     trainer.model.train()
     losses = []
     use_mnr = config.sts_head == "mnr"
-    for tasks in plan:
-        [(loss, _)] = trainer.train_step(tasks, use_mnr, progress)
-        losses.append(float(distributed.sum_(loss.clone())))  # the global batch's loss
+    for tasks in plan:  # (one task a step, or with --mix-tasks several: a loss each)
+        for loss, _ in trainer.train_step(tasks, use_mnr, progress):
+            losses.append(float(distributed.sum_(loss.clone())))  # the global batch's loss
     grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     if weights is not None:
         trainer.model.load_state_dict(torch.load(weights, weights_only=True))
@@ -52,7 +52,7 @@ def main(config_json: str, steps: int, out: Path, weights: Path | None) -> None:
     torch.save({"plan": plan, "losses": losses, "model": trainer.model.state_dict(), "metrics": metrics,
                 "predictions": {t: torch.from_numpy(p) for t, p in predictions.items()},
                 "grads": grads, "synced_backward_passes": hook_state["synced_backward_passes"],
-                "real_tokens": progress.real_tokens},
+                "real_tokens": progress.real_tokens, "grad_norms": dict(progress.grad_norms)},
                out / f"rank{distributed.rank}.pt")
     del trainer  # its DDP wrapper holds the process group: freed before the group, as training.train does
     gc.collect()

@@ -204,6 +204,24 @@ def test_ranking_losses_take_their_rows_from_every_rank(tiny_setup, tmp_path, he
     assert_same_gradients(two["grads"], one["grads"])
 
 
+def test_mixed_steps_under_two_processes_match_one(tiny_setup, tmp_path):
+    """--mix-tasks: each task's batch is sharded over the ranks and its encoder gradient
+    all-reduced before the next task's adds to it, so two processes give one process's losses,
+    the same summed gradients at the last step, and each task's norm of its whole batch."""
+    values = config_values(tiny_setup, tmp_path / "unused", mix_tasks=True)
+    for processes in (2, 1):
+        (tmp_path / str(processes)).mkdir()
+        torchrun(processes, WORKER, json.dumps(values), 4, tmp_path / str(processes))
+    two, one = (torch.load(tmp_path / str(n) / "rank0.pt", weights_only=True) for n in (2, 1))
+    assert two["plan"] == one["plan"] and len(two["plan"][-1]) > 1  # (the last step mixes tasks)
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
+    assert two["grads"].keys() == one["grads"].keys()
+    assert_same_gradients(two["grads"], one["grads"])
+    assert two["grad_norms"].keys() == one["grad_norms"].keys() == set(TASKS)
+    for task in TASKS:
+        torch.testing.assert_close(two["grad_norms"][task], one["grad_norms"][task], rtol=1e-4, atol=0)
+
+
 # ---- the command line under torchrun ---------------------------------------------------------
 
 
