@@ -184,8 +184,8 @@ def signed(values: list[float]) -> str:
 
 def difference_table(differences: dict[str, dict[str, list[float]]], baseline: str,
                      against: dict[str, str] | None = None) -> str:
-    lines = [f"| row, minus {baseline} (paired by seed): mean [95% CI] (each seed) | " + " | ".join(METRICS) + " |",
-             "|---" * (len(METRICS) + 1) + "|"]
+    header = f"row, minus {baseline} (paired by seed): mean [95% CI] (each seed)"
+    lines = [f"| {header} | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for row, metrics in differences.items():
         name = f"{row}, minus {against[row]}" if row in (against or {}) else row
         lines.append(f"| {name} | " + " | ".join(signed(metrics[m]) if m in metrics else "" for m in METRICS) + " |")
