@@ -44,6 +44,10 @@
 #                                 smoothed: the teachers' soft targets without the teachers)
 #   multi-tuned-concat-mix        the tuned recipe with --mix-tasks (each step one batch of several
 #                                 tasks, their gradients added up; as many updates as QQP has batches)
+#   multi-tuned-concat-pals, multi-tuned-cosine-paired-pals-equal-norm
+#                                 --pals 96: each task its own projected attention layers of width 96 beside
+#                                 every encoder layer (Stickland & Murray 2019), with the concat head, or
+#                                 with the best cosine row's levers in place of its private top layer
 #   <row>-bam (multi-tuned-concat-bam, multi-tuned-cosine-bam, multi-tuned-concat-head10-bam)
 #                                 born-again distillation (--teachers): <row>, each task's targets
 #                                 annealed from the single-task run of the same seed and recipe
@@ -110,7 +114,7 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-cosine-siamese multi-tuned-cosine-siamese-equal-norm multi-tuned-concat-siamese
           multi-tuned-cosine-paired multi-tuned-cosine-paired-equal-norm multi-tuned-cosine-paired-private1-equal-norm
           multi-tuned-cosine-paired-private2-equal-norm single-tuned-bam single-tuned-ls multi-tuned-concat-ls
-          multi-tuned-concat-mix)
+          multi-tuned-concat-mix multi-tuned-concat-pals multi-tuned-cosine-paired-pals-equal-norm)
 rows=(${ROWS:-${all_rows[@]}})
 # fp32 on every CPU, so that rows run on a CPU with native bf16 (where --precision auto picks bf16)
 # stay comparable with rows run on one without; an argument --precision overrides it.
@@ -156,6 +160,8 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat-head10) echo "--recipe tuned --sts-head concat --head-lr-mult 10" ;;
         multi-tuned-concat-ls) echo "--recipe tuned --sts-head concat --label-smoothing 0.1" ;;
         multi-tuned-concat-mix) echo "--recipe tuned --sts-head concat --mix-tasks" ;;
+        multi-tuned-concat-pals) echo "--recipe tuned --sts-head concat --pals 96" ;;
+        multi-tuned-cosine-paired-pals-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --pals 96 --balance equal-norm" ;;
         multi-tuned-concat-qqp1.5) echo "--recipe tuned --sts-head concat --loss-weights qqp=1.5" ;;
         multi-tuned-concat-qqp2) echo "--recipe tuned --sts-head concat --loss-weights qqp=2" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;

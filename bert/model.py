@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -132,9 +133,17 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden: torch.Tensor, mask_bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask_bias: torch.Tensor | None,
+                side: torch.Tensor | None = None) -> torch.Tensor:
+        """`side` (B, T, H), where given, joins the feed-forward block's residual sum before its
+        LayerNorm: a module run in parallel with the layer (an adapter, multitask/pals.py)."""
         attended = self.attention(hidden, mask_bias)
-        return self.output(self.intermediate(attended), attended)
+        return self.output(self.intermediate(attended), attended if side is None else attended + side)
+
+
+# What an adapter is: called as adapter(i, hidden, mask_bias) with layer i's input hidden (B, T, H),
+# it returns the (B, T, H) term that layer adds in parallel (BertLayer's `side`).
+Adapter = Callable[[int, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 class BertEncoder(nn.Module):
@@ -142,9 +151,10 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, hidden: torch.Tensor, mask_bias: torch.Tensor | None) -> torch.Tensor:
-        for layer in self.layer:
-            hidden = layer(hidden, mask_bias)
+    def forward(self, hidden: torch.Tensor, mask_bias: torch.Tensor | None,
+                adapter: Adapter | None = None) -> torch.Tensor:
+        for i, layer in enumerate(self.layer):
+            hidden = layer(hidden, mask_bias, None if adapter is None else adapter(i, hidden, mask_bias))
         return hidden
 
 
@@ -197,7 +207,9 @@ class BertModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        adapter: Adapter | None = None,
     ) -> dict[str, torch.Tensor]:
+        """`adapter`, where given, adds a term to every layer (see BertLayer): a task's PALs."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         length = input_ids.size(1)
@@ -211,7 +223,7 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         hidden = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        hidden = self.encoder(hidden, attention_bias(attention_mask, hidden))  # (B, T, H)
+        hidden = self.encoder(hidden, attention_bias(attention_mask, hidden), adapter)  # (B, T, H)
         return {"last_hidden_state": hidden, "pooler_output": self.pooler(hidden)}
 
     @classmethod

@@ -49,7 +49,7 @@ def build_heads(encoder: BertModel, config: TrainConfig) -> MultitaskBert:
     return MultitaskBert(encoder, config.sts_head, config.dropout, config.pooling, config.task_weights,
                          config.balance, config.sts_loss_scale, config.shared_layer, config.private_layers,
                          config.private_groups, config.sts_loss, config.paraphrase_head,
-                         config.paired_dropout, config.label_smoothing)
+                         config.paired_dropout, config.label_smoothing, config.pals)
 
 
 def load_weights(folder: Path, model: MultitaskBert) -> None:

@@ -138,6 +138,9 @@ class TrainConfig:
     private_tasks: str = setting(",".join(TASKS), "with --private-layers: the tasks that get their own copy of "
                                  "the top layers; the others share one copy (sst: SST alone, paraphrase and "
                                  "similarity together)", "recipe")
+    pals: int = setting(0, "projected attention layers of this width (e.g. 96): each task its own small "
+                        "self-attention beside every encoder layer, every layer still shared (Stickland & Murray "
+                        "2019; multitask/pals.py); 0: none", "recipe", minimum=0)
     project_conflicts: bool = setting(False, "gradient surgery: each step's encoder gradient loses its component "
                                       "against another task's running average gradient, where they conflict "
                                       "(PCGrad, Yu et al. 2020, for one task per step; multitask/surgery.py)",
@@ -245,6 +248,9 @@ class TrainConfig:
         if set(task_list(self.private_tasks)) != set(TASKS) and not self.private_layers:
             raise ValueError(f"--private-tasks {self.private_tasks} chooses who gets private top layers, but "
                              f"--private-layers is 0; add --private-layers N (for example 1)")
+        if self.pals and self.private_layers:
+            raise ValueError(f"--pals {self.pals} and --private-layers {self.private_layers} both give each task "
+                             f"its own encoder parameters, and do not combine; choose one")
         try:
             weights = self.task_weights
         except ValueError as err:

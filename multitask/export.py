@@ -176,6 +176,12 @@ def why_not(trained: TrainedModel) -> dict[str, str]:
         reasons["encoder"] = (f"the tasks have their own top {trained.config.private_layers} encoder layer(s) "
                               f"(--private-layers), so no one encoder serves every head; each head's "
                               f"folder holds the whole encoder of its task")
+    if getattr(trained.model, "pals", None) is not None:
+        for part in PARTS:
+            reasons.setdefault(part, f"every head reads the encoder through its own projected attention layers "
+                                     f"(--pals), modules beside every encoder layer that no standard transformers "
+                                     f"or sentence-transformers model has, so the {part} cannot be exported "
+                                     f"exactly; load the run with multitask.predict instead")
     if getattr(trained.config, "paraphrase_head", "joint") == "siamese":
         reasons.setdefault("paraphrase", "the run's paraphrase head is siamese (--paraphrase-head): it scores "
                                          "[|u - v|, u * v] of the two questions' embeddings, which no standard "
@@ -206,15 +212,18 @@ def choose_parts(trained: TrainedModel, only: list[str] | None) -> list[str]:
     head = trained.config.sts_head
     names = trained.model.state_dict()
     unknown = sorted(n for n in names if n not in KNOWN_HEAD_PARAMETERS
-                     and not n.startswith(("bert.", "task_weighting.", "shared.", "private.")))  # (loss
-    # weights: training only; the shared layer: why_not refuses the heads that read it; the private
-    # layers: each head's folder gets its task's)
+                     and not n.startswith(("bert.", "task_weighting.", "shared.", "private.", "pals.")))
+    # (loss weights: training only; the shared layer and PALs: why_not refuses what reads them; the
+    # private layers: each head's folder gets its task's)
     if unknown:
         raise ExportError(f"{trained.folder}: the checkpoint has parameters the export cannot map "
                           f"onto a standard model ({', '.join(unknown[:5])}); its heads cannot be "
                           f"exported exactly. Export the encoder alone with --only encoder")
     reasons = why_not(trained)
     if only is None:
+        if all(part in reasons for part in PARTS):
+            raise ExportError(f"{trained.folder}: nothing can be exported: " + "; ".join(
+                f"{part}: {reasons[part]}" for part in PARTS))
         for part in sorted(reasons, key=PARTS.index):
             print(f"note: {part} not exported: {reasons[part]}", file=sys.stderr)
         return [p for p in PARTS if p not in reasons]

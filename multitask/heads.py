@@ -30,6 +30,10 @@ while each task's last layers, where the task-specific features live, are not pu
 other tasks. The cost is N layers of parameters per extra copy; a batch still runs through L
 layers.
 
+With pals = d, every layer of the shared encoder gets a small task-specific module beside it,
+a projected attention layer of width d (`multitask/pals.py`, Stickland & Murray 2019): every
+layer stays shared, and each task adds its own low-dimensional term to each.
+
 "pooled" is BERT's pooler output (dense + tanh on [CLS]), as in the paper, or with pooling="mean"
 the mean of the last layer over the real tokens (how sentence-embedding checkpoints such as
 all-MiniLM-L6-v2 were trained). Each head sees it through its own dropout (the paper's 0.3). The losses themselves live in multitask/losses.py.
@@ -49,6 +53,7 @@ from bert.model import attention_bias
 from multitask import losses
 from multitask.batching import Batch
 from multitask.config import COSINE_HEADS, PARAPHRASE_HEADS, STS_HEADS, TASKS
+from multitask.pals import PALs
 
 NUM_SENTIMENTS = 5
 
@@ -136,7 +141,7 @@ class MultitaskBert(nn.Module):
                  balance: str = "fixed", sts_loss_scale: str = "label", shared_layer: bool = False,
                  private_layers: int = 0, private_groups: list[tuple[str, ...]] | None = None,
                  sts_loss: str = "mse", paraphrase_head: str = "joint", paired_dropout: bool = False,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, pals: int = 0):
         super().__init__()
         if sts_head not in STS_HEADS:
             raise ValueError(f"unknown STS head {sts_head!r}; choose one of {', '.join(STS_HEADS)}")
@@ -163,6 +168,8 @@ class MultitaskBert(nn.Module):
         # self.bert), or None.
         groups = private_groups or [(task,) for task in TASKS]
         self.private = PrivateTop(encoder, private_layers, groups) if private_layers else None
+        # Each task's projected attention layers beside every encoder layer (multitask/pals.py), or None.
+        self.pals = PALs(encoder, pals, TASKS) if pals else None
         self.sentiment_dropout = nn.Dropout(dropout)
         self.sentiment = nn.Linear(hidden, NUM_SENTIMENTS)
         self.paraphrase_dropout = nn.Dropout(dropout)
@@ -199,7 +206,10 @@ class MultitaskBert(nn.Module):
             encoder = self.replicated_encoder  # a training pass under DDP: gradients get all-reduced
         else:
             encoder = self.compiled_encoder or self.bert
-        outputs = encoder(**batch.inputs)
+        if self.pals is None:
+            outputs = encoder(**batch.inputs)
+        else:  # every layer adds this task's PAL term
+            outputs = encoder(**batch.inputs, adapter=self.pals.adapter(batch.task))
         hidden = outputs["last_hidden_state"]  # (B, T, H), or (2B, T, H) for "separate"
         if self.private is not None:  # this task's own top layers
             hidden = self.private(batch.task, hidden, batch.inputs["attention_mask"])

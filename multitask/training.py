@@ -491,14 +491,15 @@ def parameter_groups(model: MultitaskBert, config: TrainConfig) -> list[dict]:
     """AdamW's parameter groups: the encoder, and the heads at --head-lr-mult times the learning
     rate; with weight decay, biases, LayerNorm weights and the learned task weights are not
     decayed (as in BERT's own fine-tuning: decay is meant for the matrices). The tasks' private
-    top layers (--private-layers) are encoder layers: they train at the encoder's rate."""
+    top layers (--private-layers) and PALs (--pals) are parts of the encoder: they train at the
+    encoder's rate."""
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:  # (the pooler, under mean pooling)
             continue
         no_decay = config.weight_decay > 0 and (name.endswith(".bias") or "LayerNorm" in name
                                                 or name.startswith("task_weighting."))
-        head = not name.startswith(("bert.", "private."))
+        head = not name.startswith(("bert.", "private.", "pals."))
         groups.setdefault((head, no_decay), []).append(parameter)
     return [{"params": params, "lr_mult": config.head_lr_mult if head else 1.0,
              "weight_decay": 0.0 if no_decay else config.weight_decay}
@@ -531,6 +532,11 @@ def build_model(config: TrainConfig) -> tuple[MultitaskBert, BertTokenizer]:
     if config.private_layers >= layers:  # (the command line checks only that it is not negative)
         raise CheckpointError(f"--private-layers {config.private_layers}: {config.model} has {layers} layers "
                               f"and at least one must stay shared by the tasks; use 1 to {layers - 1}")
+    heads = encoder.config.num_attention_heads
+    if config.pals % heads:  # (the command line checks only that it is not negative)
+        nearest = heads * max(1, round(config.pals / heads))
+        raise CheckpointError(f"--pals {config.pals}: the PALs' attention has {config.model}'s {heads} heads, "
+                              f"so its width must be a multiple of {heads} (for example {nearest})")
     return checkpoint.build_heads(encoder, config), tokenizer
 
 
