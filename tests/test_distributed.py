@@ -222,6 +222,24 @@ def test_mixed_steps_under_two_processes_match_one(tiny_setup, tmp_path):
         torch.testing.assert_close(two["grad_norms"][task], one["grad_norms"][task], rtol=1e-4, atol=0)
 
 
+def test_pals_under_two_processes_match_one(tiny_setup, tmp_path):
+    """--pals: the PALs sit outside the DDP-wrapped encoder and are averaged with the heads, so two
+    processes give one process's losses and, at a step whose task has trained before (its V_D no
+    longer zero, so every PAL weight gets a gradient), the same gradients, the PALs' included."""
+    values = config_values(tiny_setup, tmp_path / "unused", pals=8)
+    plan = training.Trainer(TrainConfig(**values), log=lambda m: None).epoch_plan(1)
+    steps = next(s for s in range(1, len(plan)) if plan[s] in plan[:s]) + 1  # the first task seen again
+    for processes in (2, 1):
+        (tmp_path / str(processes)).mkdir()
+        torchrun(processes, WORKER, json.dumps(values), steps, tmp_path / str(processes))
+    two, one = (torch.load(tmp_path / str(n) / "rank0.pt", weights_only=True) for n in (2, 1))
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
+    (task,) = one["plan"][-1]
+    assert {f"pals.tasks.{task}.down.weight", f"pals.tasks.{task}.attention.1.query.weight"} <= one["grads"].keys()
+    assert two["grads"].keys() == one["grads"].keys()
+    assert_same_gradients(two["grads"], one["grads"])
+
+
 # ---- the command line under torchrun ---------------------------------------------------------
 
 

@@ -189,8 +189,8 @@ PAIR_HEADS = dict(sts_head="cosine", sts_loss="cosent", paraphrase_head="siamese
                   private_layers=1, balance="equal-norm")
 
 
-@pytest.mark.parametrize("precision, heads", [("fp32", {}), ("bf16", {}), ("fp32", PAIR_HEADS)],
-                         ids=["fp32", "bf16", "fp32-pair-heads"])
+@pytest.mark.parametrize("precision, heads", [("fp32", {}), ("bf16", {}), ("fp32", PAIR_HEADS), ("bf16", dict(pals=8))],
+                         ids=["fp32", "bf16", "fp32-pair-heads", "bf16-pals"])
 def test_graphed_training_follows_eager_training(tiny_setup, tmp_path, precision, heads):
     """Dropout off, the same seed and batches, a warmup-and-decay lr: the graphed run's losses are
     the eager run's (bucket padding is masked; fp32 to rounding, bf16 to its precision)."""
