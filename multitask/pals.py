@@ -16,11 +16,11 @@ feed-forward block's residual sum before its LayerNorm, as in the authors' code:
     a = LN(h + SelfOutput(SA(h)))                          BERT's attention sub-layer
     layer(h) = LN(a + FFN(a) + TS_t(h))                    BertLayer with side = TS_t(h)
 
-Two choices differ from the paper, both so that training starts from the checkpoint itself:
-V_D starts at zero (the first forward pass computes exactly what the encoder alone computes;
-LoRA starts its up-projection at zero for the same reason), and there is no GELU on the
-output (the paper's equation has none; the authors' code applies one). The other weights
-start as BERT's do, N(0, 0.02). The attention has as many heads as the encoder's; d must be a
+Two choices differ from the authors' code. V_D starts at zero, so that training starts from
+the checkpoint itself: the first forward pass computes exactly what the encoder alone computes
+(LoRA starts its up-projection at zero for the same reason; the authors draw it at random).
+And there is no GELU on the output, as in the paper's equation (their code applies one). The
+other weights start as BERT's do, N(0, 0.02). The attention has as many heads as the encoder's; d must be a
 multiple of that number. The paper kept everything it added under 13% of bert-base's
 parameters; for all-MiniLM-L6-v2 (H = 384, 12 heads) d = 96 adds about 1% per task.
 
