@@ -11,7 +11,7 @@ import multitask_classifier
 from multitask import export, training
 from multitask.export import ExportError
 from synthetic import write_random_run, write_tiny_checkpoint
-from test_recipe import batch_of, tiny_model
+from test_recipe import batch_of, command_line, tiny_model
 from test_training import tiny_config
 
 TASKS = ("sst", "qqp", "sts")
@@ -123,19 +123,14 @@ def test_a_pals_run_trains_saves_and_reloads(tiny_setup, tmp_path):
     (["--pals", "8", "--private-layers", "1"], "--pals 8 and --private-layers 1"),
 ])
 def test_pals_settings_are_checked_on_the_command_line(tiny_setup, tmp_path, capsys, flags, message):
-    model_dir, data_dir = tiny_setup
     with pytest.raises(SystemExit) as exit_:  # a usage error, before any training
-        multitask_classifier.main(["--model", str(model_dir), "--data-dir", str(data_dir), "--device", "cpu",
-                                   "--out-dir", str(tmp_path / "run"), "--epochs", "1", "--batches-per-epoch", "2",
-                                   "--no-progress", *flags])  # (were a check missing: a short run, then a failure)
+        multitask_classifier.main(command_line(tiny_setup, tmp_path, *flags))
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err and message in err
 
 
 def test_the_pals_width_must_fit_the_encoder_s_heads(tiny_setup, tmp_path, capsys):
-    model_dir, data_dir = tiny_setup  # 4 attention heads
-    code = multitask_classifier.main(["--model", str(model_dir), "--data-dir", str(data_dir), "--device", "cpu",
-                                      "--out-dir", str(tmp_path / "run"), "--pals", "6"])
+    code = multitask_classifier.main(command_line(tiny_setup, tmp_path, "--pals", "6"))  # the tiny model: 4 heads
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err
     assert "--pals 6" in err and "a multiple of 4 (for example 8)" in err

@@ -193,24 +193,28 @@ def test_a_step_trains_the_shared_layers_and_only_its_own_task_s_private_ones(ti
             assert moved == (name == copies[task]), (task, name)
 
 
+def command_line(tiny_setup, tmp_path, *flags: str) -> list[str]:
+    """multitask_classifier's arguments for the tiny setup and `flags`. The budget is two batches,
+    so that a check that should refuse the flags and is missing costs a short run, then a failure."""
+    model_dir, data_dir = tiny_setup
+    return ["--model", str(model_dir), "--data-dir", str(data_dir), "--device", "cpu", "--out-dir",
+            str(tmp_path / "run"), "--epochs", "1", "--batches-per-epoch", "2", "--no-progress", *flags]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--private-tasks", "sst"], "--private-layers is 0"),
     (["--private-layers", "1", "--private-tasks", "sst,sentiment"], "--private-tasks must name some of"),
 ])
 def test_private_tasks_are_checked_on_the_command_line(tiny_setup, tmp_path, capsys, flags, message):
-    model_dir, data_dir = tiny_setup
     with pytest.raises(SystemExit) as exit_:  # a usage error, before any training
-        multitask_classifier.main(["--model", str(model_dir), "--data-dir", str(data_dir), "--device", "cpu",
-                                   "--out-dir", str(tmp_path / "run"), *flags])
+        multitask_classifier.main(command_line(tiny_setup, tmp_path, *flags))
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err and message in err
 
 
 def test_private_layers_must_leave_a_shared_layer(tiny_setup, tmp_path, capsys):
-    model_dir, data_dir = tiny_setup
-    layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
-    code = multitask_classifier.main(["--model", str(model_dir), "--data-dir", str(data_dir), "--device", "cpu",
-                                      "--out-dir", str(tmp_path / "run"), "--private-layers", str(layers)])
+    layers = json.loads((tiny_setup[0] / "config.json").read_text())["num_hidden_layers"]
+    code = multitask_classifier.main(command_line(tiny_setup, tmp_path, "--private-layers", str(layers)))
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err
     assert f"--private-layers {layers}" in err and f"use 1 to {layers - 1}" in err
