@@ -152,7 +152,7 @@ def build_model(model: str, random_init: bool, seed: int) -> MultitaskBert:
     that two calls with the same arguments return identical weights."""
     encoder = load_encoder(model, random_init, seed)
     torch.manual_seed(seed)  # the heads' initial weights
-    return MultitaskBert(encoder, "concat", TrainConfig().dropout)
+    return MultitaskBert(encoder, sts_head="concat", dropout=TrainConfig().dropout)
 
 
 def synchronize(device: torch.device) -> None:
@@ -499,7 +499,7 @@ class ReferencePipeline:
         if unexpected or [k for k in missing if not k.endswith("position_ids")]:
             raise BenchmarkSetupError(f"reference: weights do not map onto transformers' BertModel "
                                       f"(missing {missing}, unexpected {unexpected})")
-        model = MultitaskBert(encoder, "concat", TrainConfig().dropout)
+        model = MultitaskBert(encoder, sts_head="concat", dropout=TrainConfig().dropout)
         heads = {k: v for k, v in initial.state_dict().items() if not k.startswith("bert.")}
         model.load_state_dict(heads, strict=False)  # ours' initial head weights
         self.device = trainer.device

@@ -46,10 +46,13 @@ def save(folder: Path, model: MultitaskBert, tokenizer: BertTokenizer, config: T
 
 def build_heads(encoder: BertModel, config: TrainConfig) -> MultitaskBert:
     """The multitask model around `encoder`, with the heads, pooling and loss weighting of `config`."""
-    return MultitaskBert(encoder, config.sts_head, config.dropout, config.pooling, config.task_weights,
-                         config.balance, config.sts_loss_scale, config.shared_layer, config.private_layers,
-                         config.private_groups, config.sts_loss, config.paraphrase_head,
-                         config.paired_dropout, config.label_smoothing, config.pals)
+    return MultitaskBert(encoder, sts_head=config.sts_head, dropout=config.dropout, pooling=config.pooling,
+                         loss_weights=config.task_weights, balance=config.balance,
+                         sts_loss_scale=config.sts_loss_scale, shared_layer=config.shared_layer,
+                         private_layers=config.private_layers, private_groups=config.private_groups,
+                         sts_loss=config.sts_loss, paraphrase_head=config.paraphrase_head,
+                         paired_dropout=config.paired_dropout, label_smoothing=config.label_smoothing,
+                         pals=config.pals)
 
 
 def load_weights(folder: Path, model: MultitaskBert) -> None:

@@ -136,7 +136,7 @@ class PrivateTop(nn.Module):
 
 
 class MultitaskBert(nn.Module):
-    def __init__(self, encoder: BertModel, sts_head: str = "concat", dropout: float = 0.3,
+    def __init__(self, encoder: BertModel, *, sts_head: str = "concat", dropout: float = 0.3,
                  pooling: str = "cls", loss_weights: dict[str, float] | None = None,
                  balance: str = "fixed", sts_loss_scale: str = "label", shared_layer: bool = False,
                  private_layers: int = 0, private_groups: list[tuple[str, ...]] | None = None,

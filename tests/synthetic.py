@@ -135,7 +135,7 @@ def write_random_run(folder: Path, encoder_dir: Path, sts_head: str, max_length:
     torch.manual_seed(STS_HEADS.index(sts_head))
     model_options = {k: v for k, v in options.items() if k in inspect.signature(MultitaskBert).parameters}
     model_options["private_groups"] = config.private_groups  # (from --private-tasks)
-    model = MultitaskBert(BertModel.from_pretrained(encoder_dir), sts_head, dropout=0.3, **model_options)
+    model = MultitaskBert(BertModel.from_pretrained(encoder_dir), sts_head=sts_head, dropout=0.3, **model_options)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "LayerNorm" in name or name.startswith("task_weighting."):

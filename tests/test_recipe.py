@@ -24,7 +24,7 @@ def tiny_model(pooling="cls", **kwargs) -> MultitaskBert:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=32)
-    return MultitaskBert(BertModel(config), "concat", 0.0, pooling, **kwargs).eval()
+    return MultitaskBert(BertModel(config), sts_head="concat", dropout=0.0, pooling=pooling, **kwargs).eval()
 
 
 # ---- the learning-rate schedule -------------------------------------------------------------
