@@ -86,11 +86,19 @@ def seed_scores(seed_dir: Path) -> dict[str, float] | None:
     return scores or None
 
 
+def seed_dirs(row_dir: Path) -> list[Path]:
+    """A row's seed<k> folders in the order of k (seed2 before seed10, as the seeds ran)."""
+    def number(folder: Path) -> tuple[int, str]:
+        digits = folder.name[len("seed"):]
+        return (int(digits), "") if digits.isdigit() else (-1, folder.name)  # any other name first, by name
+    return sorted(row_dir.glob("seed*"), key=number)
+
+
 def collect(runs_dir: Path) -> dict[str, dict[str, list[float]]]:
     """row -> metric -> the values of the seeds that have it (in seed order)."""
     rows: dict[str, dict[str, list[float]]] = {}
     for row_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        for seed_dir in sorted(row_dir.glob("seed*")):
+        for seed_dir in seed_dirs(row_dir):
             scores = seed_scores(seed_dir)
             for metric, value in (scores or {}).items():
                 rows.setdefault(row_dir.name, {}).setdefault(metric, []).append(value)
@@ -106,7 +114,7 @@ def diagnostics(runs_dir: Path) -> dict[str, dict[str, list[float]]]:
     metrics.jsonl (mean encoder gradient norm per task; with --probe-every, the mean cosines)."""
     rows: dict[str, dict[str, list[float]]] = {}
     for row_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        for seed_dir in sorted(row_dir.glob("seed*")):
+        for seed_dir in seed_dirs(row_dir):
             metrics = seed_dir / "metrics.jsonl"
             if not (seed_dir / "final_metrics.json").is_file() or not metrics.is_file():
                 continue  # a single-task row (its runs are one level down), or unfinished
@@ -151,7 +159,7 @@ def paired_differences(runs_dir: Path, baseline: str,
     differences: dict[str, dict[str, list[float]]] = {}
     for row_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and p.name != baseline):
         base_dir = runs_dir / (against or {}).get(row_dir.name, baseline)
-        for seed_dir in sorted(row_dir.glob("seed*")):
+        for seed_dir in seed_dirs(row_dir):
             ours, theirs = seed_scores(seed_dir), seed_scores(base_dir / seed_dir.name)
             if not (seed_dir / "final_metrics.json").is_file() or not theirs or "overall" not in theirs:
                 continue  # a single-task row (its runs are one level down), or no complete baseline

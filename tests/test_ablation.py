@@ -38,6 +38,12 @@ def test_the_table_averages_seeds_and_joins_single_task_runs(tmp_path):
     assert "0.900 (n=1)" in table
 
 
+def test_seeds_are_listed_in_numeric_order(tmp_path):
+    for seed in (10, 2, 9):
+        write_final(tmp_path / "multi" / f"seed{seed}", sst_acc=seed / 100, qqp_acc=0.8, sts_corr=0.8, overall=0.7)
+    assert ablation.collect(tmp_path)["multi"]["sst_acc"] == [0.02, 0.09, 0.10]  # not seed10 before seed2
+
+
 def test_plan_counts_are_the_multitask_plans_share_of_each_task(tmp_path, minilm_dir):
     data_dir = write_dataset(tmp_path / "data", train=96, dev=40, test=16)
     counts = ablation.plan_counts(str(data_dir), 50, seed=3)
