@@ -20,9 +20,10 @@ Two choices differ from the authors' code. V_D starts at zero, so that training 
 the checkpoint itself: the first forward pass computes exactly what the encoder alone computes
 (LoRA starts its up-projection at zero for the same reason; the authors draw it at random).
 And there is no GELU on the output, as in the paper's equation (their code applies one). The
-other weights start as BERT's do, N(0, 0.02). The attention has as many heads as the encoder's; d must be a
-multiple of that number. The paper kept everything it added under 13% of bert-base's
-parameters; for all-MiniLM-L6-v2 (H = 384, 12 heads) d = 96 adds about 1% per task.
+other weights start as BERT's do, N(0, 0.02). The attention has as many heads as the
+encoder's; d must be a multiple of that number. The paper kept everything it added under 13%
+of bert-base's parameters; for all-MiniLM-L6-v2 (H = 384, 12 heads) d = 96 adds about 1% per
+task.
 
 The cost per task: 2 H d + L (3 d^2 + 3 d) + H + d parameters (about 240,000 for MiniLM at
 d = 96, 1% of the encoder), and a batch's forward pass gets L small attention blocks more.
