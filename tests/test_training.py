@@ -5,6 +5,7 @@ import functools
 import json
 import random
 import shutil
+import weakref
 
 import pytest
 import torch
@@ -160,6 +161,33 @@ def test_same_seed_same_metrics(tiny_setup, tmp_path):
         runs.append([{k: v for k, v in r.items() if "seconds" not in k and "per_second" not in k}
                      for r in read_metrics(tmp_path / name)])
     assert runs[0] == runs[1]
+
+
+def test_trainer_is_freed_before_the_process_group_is_left(tiny_setup, tmp_path, monkeypatch):
+    """Under torchrun the trainer's DDP wrapper holds the process group and gloo's threads; freed
+    after destroy_process_group (at the interpreter's exit) it could abort a finished run. So
+    `train` must drop the trainer, cycles included, before it calls `shutdown`."""
+    from multitask.distributed import Distributed
+
+    trainers = []
+
+    class TrackedTrainer(training.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            trainers.append(weakref.ref(self))
+
+    alive_at_shutdown = []
+
+    class RecordingDistributed(Distributed):
+        def shutdown(self):
+            alive_at_shutdown.append([ref() is not None for ref in trainers])
+            super().shutdown()
+
+    monkeypatch.setattr(training, "Trainer", TrackedTrainer)
+    monkeypatch.setattr(training, "from_environment", lambda device: RecordingDistributed())
+    config = tiny_config(tiny_setup, tmp_path / "run", epochs=1, batches_per_epoch=3)
+    training.train(config, log=lambda message: None)
+    assert alive_at_shutdown == [[False]]
 
 
 def test_cli_runs_and_reports_user_errors(tiny_setup, tmp_path, capsys, monkeypatch):
