@@ -13,6 +13,7 @@ import torch
 import multitask_classifier
 from multitask import checkpoint, training
 from multitask.config import TrainConfig
+from multitask.distributed import Distributed
 from multitask.download import ensure_files
 from multitask.evaluation import evaluate, prediction_path
 from multitask.heads import TASKS
@@ -167,8 +168,6 @@ def test_trainer_is_freed_before_the_process_group_is_left(tiny_setup, tmp_path,
     """Under torchrun the trainer's DDP wrapper holds the process group and gloo's threads; freed
     after destroy_process_group (at the interpreter's exit) it could abort a finished run. So
     `train` must drop the trainer, cycles included, before it calls `shutdown`."""
-    from multitask.distributed import Distributed
-
     trainers = []
 
     class TrackedTrainer(training.Trainer):
