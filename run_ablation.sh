@@ -77,6 +77,9 @@
 #                                 the tuned recipe (concat) at twice and half its learning rate
 #   multi-tuned-concat-qqp1.5, multi-tuned-concat-qqp2
 #                                 the tuned recipe with QQP's loss weighted 1.5 or 2 (--loss-weights)
+#   multi-tuned-concat-qqp-from-sts   the tuned recipe with --paraphrase-from-sts 1: every STS batch
+#                                 also trains the paraphrase head on its pairs (scored >= 4: a
+#                                 paraphrase; <= 2: not), from the same pair encoding
 #   lever-sts-weight, lever-mean-pooling, lever-linear-warmup, lever-lr-1e-4, lever-uncertainty
 #                                 the paper's recipe with one lever of the tuned one (or the learned
 #                                 task weights) switched on
@@ -114,7 +117,8 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-cosine-siamese multi-tuned-cosine-siamese-equal-norm multi-tuned-concat-siamese
           multi-tuned-cosine-paired multi-tuned-cosine-paired-equal-norm multi-tuned-cosine-paired-private1-equal-norm
           multi-tuned-cosine-paired-private2-equal-norm single-tuned-bam single-tuned-ls multi-tuned-concat-ls
-          multi-tuned-concat-mix multi-tuned-concat-pals multi-tuned-cosine-paired-pals-equal-norm)
+          multi-tuned-concat-mix multi-tuned-concat-pals multi-tuned-cosine-paired-pals-equal-norm
+          multi-tuned-concat-qqp-from-sts)
 rows=(${ROWS:-${all_rows[@]}})
 # fp32 on every CPU, so that rows run on a CPU with native bf16 (where --precision auto picks bf16)
 # stay comparable with rows run on one without; an argument --precision overrides it.
@@ -164,6 +168,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-cosine-paired-pals-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --pals 96 --balance equal-norm" ;;
         multi-tuned-concat-qqp1.5) echo "--recipe tuned --sts-head concat --loss-weights qqp=1.5" ;;
         multi-tuned-concat-qqp2) echo "--recipe tuned --sts-head concat --loss-weights qqp=2" ;;
+        multi-tuned-concat-qqp-from-sts) echo "--recipe tuned --sts-head concat --paraphrase-from-sts 1" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
         lever-mean-pooling) echo "--recipe paper --sts-head concat --pooling mean" ;;
         lever-linear-warmup) echo "--recipe paper --sts-head concat --lr-schedule linear --warmup 0.1" ;;

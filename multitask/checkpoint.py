@@ -52,7 +52,7 @@ def build_heads(encoder: BertModel, config: TrainConfig) -> MultitaskBert:
                          private_layers=config.private_layers, private_groups=config.private_groups,
                          sts_loss=config.sts_loss, paraphrase_head=config.paraphrase_head,
                          paired_dropout=config.paired_dropout, label_smoothing=config.label_smoothing,
-                         pals=config.pals)
+                         pals=config.pals, paraphrase_from_sts=config.paraphrase_from_sts)
 
 
 def load_weights(folder: Path, model: MultitaskBert) -> None:

@@ -127,6 +127,10 @@ class TrainConfig:
     label_smoothing: float = setting(0.0, "the classification targets (SST, QQP) smoothed towards uniform: "
                                      "(1 - eps) * label + eps / classes (Szegedy et al. 2016; 0: the labels)",
                                      "recipe")
+    paraphrase_from_sts: float = setting(0.0, "weight of a second loss on every STS batch (the concat head with the "
+                                         "joint paraphrase head): the paraphrase head reads the same pair encoding "
+                                         "and learns the pairs scored >= 4 as paraphrases, <= 2 as not (the rest "
+                                         "left out); 0: off", "recipe")
     paired_dropout: bool | None = setting(None, "the heads that read two separately encoded sentences (dot, cosine, "
                                           "mnr, the siamese paraphrase head) drop the same units of both sentences "
                                           "of a pair (tuned), instead of one mask per sentence (paper)", "recipe")
@@ -240,11 +244,20 @@ class TrainConfig:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not (math.isfinite(self.paraphrase_from_sts) and self.paraphrase_from_sts >= 0):
+            raise ValueError(f"--paraphrase-from-sts is a loss weight, a non-negative number; got {self.paraphrase_from_sts}")
         for flag, text in (("--tasks", self.tasks), ("--private-tasks", self.private_tasks)):
             names = task_list(text)
             if not names or any(t not in TASKS for t in names) or len(set(names)) != len(names):
                 raise ValueError(f"{flag} must name some of {', '.join(TASKS)} once each, comma-separated; "
                                  f"got {text!r}")
+        if self.paraphrase_from_sts and (self.sts_head != "concat" or self.paraphrase_head != "joint"):
+            raise ValueError(f"--paraphrase-from-sts trains the paraphrase head on the STS step's joint pair encoding: "
+                             f"it needs --sts-head concat and --paraphrase-head joint (got {self.sts_head} and "
+                             f"{self.paraphrase_head})")
+        if self.paraphrase_from_sts and not {"qqp", "sts"} <= set(self.task_names):
+            raise ValueError(f"--paraphrase-from-sts trains the paraphrase head during the STS steps: --tasks must "
+                             f"include both qqp and sts (got {self.tasks})")
         if set(task_list(self.private_tasks)) != set(TASKS) and not self.private_layers:
             raise ValueError(f"--private-tasks {self.private_tasks} chooses who gets private top layers, but "
                              f"--private-layers is 0; add --private-layers N (for example 1)")

@@ -18,6 +18,15 @@
     With sts_loss="cosent", the cosine and mnr heads' cosines are trained with CoSENT (Su 2022),
     a ranking loss over the batch's pairs, instead of the squared error against label / 5.
 
+With paraphrase_from_sts = w (the concat head with the joint paraphrase head, both reading a
+pair as one input), each STS batch also trains the paraphrase head, on the same pooled pair
+encoding: its loss gains w times QQP's binary cross-entropy on the STS pairs, whose paraphrase
+labels are read off their scores (>= 4 a paraphrase, <= 2 not, the rest left out;
+losses.paraphrase_loss_from_similarity). This is the one place where a task learns from another
+task's labels rather than only through the shared encoder: the paraphrase head gets the STS pairs
+as extra examples (a third as many as QQP's own batches bring in a 600-batch run) for the price of
+one linear layer, since the encoder's forward pass is the STS step's own.
+
 With shared_layer, every head reads the pooled embedding through one more layer that all tasks
 share and train (`SharedLayer`), the paper's proposed future work (section 7).
 
@@ -141,12 +150,15 @@ class MultitaskBert(nn.Module):
                  balance: str = "fixed", sts_loss_scale: str = "label", shared_layer: bool = False,
                  private_layers: int = 0, private_groups: list[tuple[str, ...]] | None = None,
                  sts_loss: str = "mse", paraphrase_head: str = "joint", paired_dropout: bool = False,
-                 label_smoothing: float = 0.0, pals: int = 0):
+                 label_smoothing: float = 0.0, pals: int = 0, paraphrase_from_sts: float = 0.0):
         super().__init__()
         if sts_head not in STS_HEADS:
             raise ValueError(f"unknown STS head {sts_head!r}; choose one of {', '.join(STS_HEADS)}")
         if paraphrase_head not in PARAPHRASE_HEADS:
             raise ValueError(f"unknown paraphrase head {paraphrase_head!r}; choose one of {', '.join(PARAPHRASE_HEADS)}")
+        if paraphrase_from_sts and (sts_head != "concat" or paraphrase_head != "joint"):
+            raise ValueError("paraphrase_from_sts trains the paraphrase head on the STS step's pair encoding: "
+                             "it needs the concat STS head and the joint paraphrase head")
         hidden = encoder.config.hidden_size
         self.bert = encoder
         self.sts_head = sts_head
@@ -156,6 +168,7 @@ class MultitaskBert(nn.Module):
         self.sts_unit_scale = sts_loss_scale == "unit"  # the dot and concat MSE on [-1, 1]: losses.py
         self.sts_cosent = sts_loss == "cosent"  # the cosine and mnr heads' cosines ranked, not regressed
         self.label_smoothing = label_smoothing  # SST's and QQP's targets eps of the way to uniform: losses.py
+        self.paraphrase_from_sts = paraphrase_from_sts  # weight of the paraphrase loss on STS pairs: loss()
         if pooling == "mean":  # the pooler is not used: frozen, so that no step waits for its gradient
             encoder.pooler.requires_grad_(False)
         # Each task's loss weight (fixed, or learned with balance="uncertainty") and, with
@@ -228,9 +241,13 @@ class MultitaskBert(nn.Module):
 
     def paraphrase_logit(self, batch: Batch) -> torch.Tensor:
         if not self.paraphrase_siamese:
-            return self.paraphrase(self.paraphrase_dropout(self.pooled(batch))).squeeze(-1)  # (B,)
+            return self.joint_paraphrase_logit(self.pooled(batch))  # (B,)
         u, v = self.drop_pairs(self.paraphrase_dropout, self.pooled(batch)).chunk(2)  # first, second questions: (B, H)
         return self.paraphrase(pair_features(u, v)).squeeze(-1)  # (B,)
+
+    def joint_paraphrase_logit(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The joint paraphrase head on pooled pair encodings (B, H): the logits (B,)."""
+        return self.paraphrase(self.paraphrase_dropout(pooled)).squeeze(-1)
 
     def drop_pairs(self, dropout: nn.Dropout, pooled: torch.Tensor) -> torch.Tensor:
         """A head's dropout on separately encoded pairs: pooled (2B, H), the B first sentences then
@@ -259,12 +276,16 @@ class MultitaskBert(nn.Module):
     def similarity_score(self, batch: Batch) -> torch.Tensor:
         """The STS prediction (B,): on the label scale [0, 5], except the dot head's raw product."""
         if self.sts_head == "concat":
-            logit = self.similarity(self.similarity_dropout(self.pooled(batch))).squeeze(-1)  # (B,)
-            return losses.rescale_tanh_to_similarity(logit)
+            return self.concat_score(self.pooled(batch))
         u, v = self.sentence_embeddings(batch)
         if self.sts_head == "dot":
             return losses.dot_similarity(u, v)
         return losses.rescale_cosine_to_similarity(losses.cosine_similarity(u, v))
+
+    def concat_score(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The concat head on pooled pair encodings (B, H): the STS scores (B,) on [0, 5]."""
+        logit = self.similarity(self.similarity_dropout(pooled)).squeeze(-1)  # (B,)
+        return losses.rescale_tanh_to_similarity(logit)
 
     def loss(self, batch: Batch, use_mnr: bool = False,
              gather_rows: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
@@ -290,6 +311,11 @@ class MultitaskBert(nn.Module):
                 labels = batch.labels if gather_rows is None else gather_rows(batch.labels.unsqueeze(1)).squeeze(1)
                 return losses.cosent_loss(u, v, labels)
             return losses.cosine_similarity_loss(u, v, batch.labels)
+        if self.paraphrase_from_sts:  # (the concat head) one pair encoding, read by two heads
+            pooled = self.pooled(batch)  # (B, H)
+            similarity = losses.similarity_mse_loss(self.concat_score(pooled), batch.labels, self.sts_unit_scale)
+            paraphrase = losses.paraphrase_loss_from_similarity(self.joint_paraphrase_logit(pooled), batch.labels)
+            return similarity + self.paraphrase_from_sts * paraphrase
         return losses.similarity_mse_loss(self.similarity_score(batch), batch.labels, self.sts_unit_scale)
 
     @torch.no_grad()

@@ -8,7 +8,8 @@ training losses and into similarity scores on the STS label scale [0, 5]:
   Suggestion for Smart Reply"), as used by Multi-BERT (section 4.2) on STS pairs labelled >= 4;
 - the cosine-similarity regression loss of Sentence-BERT (Reimers & Gurevych 2019), and CoSENT,
   a ranking loss on the same cosines (Su 2022);
-- the dot-product score of the Multi-BERT baseline and the tanh rescaling of its concat head.
+- the dot-product score of the Multi-BERT baseline and the tanh rescaling of its concat head;
+- the paraphrase loss on STS pairs, whose paraphrase labels come from their similarity scores.
 
 Precision: under bf16 autocast the encoder's outputs arrive in bfloat16, whose 8-bit mantissa
 resolves only about 2-3 significant digits. Matrix products may stay in bf16 (that is where the
@@ -27,6 +28,10 @@ from torch import Tensor
 STS_MAX_LABEL = 5.0
 MNR_POSITIVE_THRESHOLD = 4.0
 UNIT_SCALE_FACTOR = (2.0 / STS_MAX_LABEL) ** 2  # 0.16: a squared error on [0, 5] measured on [-1, 1]
+# STS pairs read as paraphrase labels (paraphrase_loss_from_similarity): >= 4 "mostly
+# equivalent" is a paraphrase, <= 2 "not equivalent" is not; the pairs between are left out.
+PARAPHRASE_FROM_SIMILARITY = 4.0
+NOT_PARAPHRASE_FROM_SIMILARITY = 2.0
 COSENT_SCALE = 20.0  # CoSENT's inverse temperature on cosines (Su 2022; sentence-transformers' default)
 
 
@@ -138,6 +143,28 @@ def paraphrase_loss(logits: Tensor, labels: Tensor, smoothing: float = 0.0) -> T
     """
     targets = labels.float() * (1.0 - smoothing) + smoothing / 2
     return F.binary_cross_entropy_with_logits(logits.float(), targets)
+
+
+def paraphrase_loss_from_similarity(logits: Tensor, labels_0_5: Tensor) -> Tensor:
+    """QQP's binary cross-entropy on STS pairs, with paraphrase labels read off their similarity:
+
+        y_i = 1 where label_i >= 4 ("mostly equivalent"), 0 where label_i <= 2 ("not equivalent")
+        L = sum_i used_i * BCE(z_i, y_i) / max(1, sum_i used_i)       used_i: label_i outside (2, 4)
+
+    The pairs in between ("roughly equivalent, some important information differs") are left
+    out: Quora's duplicates are questions with the same intent, and a pair scored 3 could be
+    either. By these thresholds 23% of the STS training pairs are paraphrases and 37% are not, a
+    positive rate among the pairs used (0.38) near Quora's (0.37). The pairs left out are masked
+    rather than dropped, so that the shapes stay fixed (a captured CUDA graph needs that); a batch
+    with no pair used gives 0, still attached to the graph.
+
+    logits: (B,) the paraphrase head's logits on the STS pairs; labels_0_5: (B,) their scores.
+    """
+    labels = labels_0_5.float()
+    targets = (labels >= PARAPHRASE_FROM_SIMILARITY).float()  # (B,)
+    used = (targets > 0) | (labels <= NOT_PARAPHRASE_FROM_SIMILARITY)  # (B,) bool
+    per_pair = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")  # (B,)
+    return (per_pair * used).sum() / used.sum().clamp(min=1)
 
 
 def similarity_mse_loss(predictions: Tensor, labels_0_5: Tensor, unit_scale: bool = False) -> Tensor:

@@ -21,6 +21,7 @@ from multitask.losses import (
     mnr_positive_mask,
     multiple_negatives_ranking_loss,
     paraphrase_loss,
+    paraphrase_loss_from_similarity,
     rescale_cosine_to_similarity,
     rescale_similarity_to_cosine,
     rescale_tanh_to_similarity,
@@ -435,3 +436,35 @@ def test_classification_losses_are_float32_for_bf16_logits():
     logits = torch.randn(4, 5).bfloat16()
     assert sentiment_loss(logits, torch.tensor([0, 1, 2, 3]), 0.1).dtype == torch.float32
     assert paraphrase_loss(logits[:, 0], torch.tensor([0.0, 1.0, 1.0, 0.0]), 0.1).dtype == torch.float32
+
+
+def test_paraphrase_loss_from_similarity_by_hand():
+    """STS scores >= 4 are paraphrases, <= 2 are not (both thresholds included), the rest left out."""
+    logits = torch.tensor([1.5, -0.5, 2.0, 0.3, -1.0, 4.0, -2.0])
+    scores = torch.tensor([5.0, 4.0, 3.9, 2.0, 0.0, 3.0, 2.1])
+    used, targets = [0, 1, 3, 4], torch.tensor([1.0, 1.0, 0.0, 0.0])
+    p = torch.sigmoid(logits[used].double())
+    expected = -(targets * p.log() + (1 - targets) * (1 - p).log()).mean()
+    assert paraphrase_loss_from_similarity(logits, scores).item() == pytest.approx(expected.item(), rel=1e-6)
+    # the pairs left out have no say: moving their logits changes nothing
+    moved = logits.clone()
+    moved[[2, 5, 6]] = torch.tensor([-7.0, 9.0, 5.0])
+    assert paraphrase_loss_from_similarity(moved, scores).item() == pytest.approx(expected.item(), rel=1e-6)
+    # it is QQP's own loss on the pairs used
+    assert paraphrase_loss_from_similarity(logits, scores).item() == pytest.approx(
+        paraphrase_loss(logits[used], targets).item(), rel=1e-6)
+
+
+def test_paraphrase_loss_from_similarity_without_a_pair_used_is_zero_and_differentiable():
+    logits = torch.tensor([0.7, -0.2], requires_grad=True)
+    loss = paraphrase_loss_from_similarity(logits, torch.tensor([3.0, 2.5]))
+    assert loss.item() == 0.0 and loss.dtype == torch.float32
+    loss.backward()
+    assert logits.grad.tolist() == [0.0, 0.0]
+
+
+def test_paraphrase_loss_from_similarity_gradient_raises_paraphrases_and_lowers_the_rest():
+    logits = torch.zeros(3, requires_grad=True)
+    paraphrase_loss_from_similarity(logits, torch.tensor([4.5, 1.0, 3.0]).bfloat16()).backward()
+    assert logits.grad[0] < 0 < logits.grad[1]  # descent raises the paraphrase's logit, lowers the other's
+    assert logits.grad[2] == 0

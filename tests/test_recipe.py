@@ -15,7 +15,7 @@ from multitask.checkpoint import build_heads
 from multitask.config import RECIPES, TrainConfig, task_values
 from multitask.diagnostics import encoder_gradient_norm, task_gradient_cosines
 from multitask.heads import MultitaskBert
-from multitask.losses import TaskWeighting, paraphrase_loss, sentiment_loss
+from multitask.losses import TaskWeighting, paraphrase_loss, sentiment_loss, similarity_mse_loss
 
 from test_training import read_metrics, tiny_config
 
@@ -423,11 +423,50 @@ def test_label_smoothing_reaches_the_classification_losses_only():
     assert TrainConfig.from_dict(old).label_smoothing == 0.0
 
 
+def test_paraphrase_from_sts_trains_the_paraphrase_head_on_the_sts_pairs():
+    """--paraphrase-from-sts w: an STS batch's loss is the concat head's plus w times the paraphrase
+    head's loss on the same pair encoding, its pairs >= 4 read as paraphrases and <= 2 as not;
+    without it no STS step reaches the paraphrase head. SST's and QQP's losses are unchanged."""
+    plain = tiny_model(sts_loss_scale="unit")
+    both = tiny_model(sts_loss_scale="unit", paraphrase_from_sts=0.5)
+    both.load_state_dict(plain.state_dict())
+    sts = batch_of([[2, 5, 3, 6, 3], [2, 8, 8, 3, 9, 3], [2, 7, 3, 4, 3]], 6, task="sts")
+    sts.labels = torch.tensor([4.6, 1.0, 3.0])  # a paraphrase, not one, left out
+    pooled = plain.pooled(sts)
+    similarity = similarity_mse_loss(plain.concat_score(pooled), sts.labels, unit_scale=True)
+    logits = plain.paraphrase(pooled).squeeze(-1)  # dropout 0: the joint head's logits
+    paraphrase = paraphrase_loss(logits[:2], torch.tensor([1.0, 0.0]))
+    assert plain.loss(sts).item() == pytest.approx(similarity.item(), rel=1e-6)
+    assert both.loss(sts).item() == pytest.approx((similarity + 0.5 * paraphrase).item(), rel=1e-6)
+    plain.loss(sts).backward()
+    both.loss(sts).backward()
+    assert plain.paraphrase.weight.grad is None
+    assert both.paraphrase.weight.grad.abs().sum() > 0
+    top = [m.bert.encoder.layer[-1].output.dense.weight.grad for m in (plain, both)]
+    assert not torch.allclose(*top)  # the paraphrase loss reaches the shared encoder too
+    for task in ("sst", "qqp"):
+        other = batch_of([[2, 5, 3, 6, 3], [2, 8, 8, 3, 9, 3]], 6, task=task)
+        assert both.loss(other).item() == plain.loss(other).item()
+    encoder = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, max_position_embeddings=32))
+    assert build_heads(encoder, TrainConfig(paraphrase_from_sts=0.5)).paraphrase_from_sts == 0.5  # the flag, to the model
+    old = TrainConfig().to_dict()
+    del old["paraphrase_from_sts"]  # a run folder written before the setting existed: off
+    assert TrainConfig.from_dict(old).paraphrase_from_sts == 0.0
+    with pytest.raises(ValueError, match="concat STS head and the joint paraphrase head"):
+        tiny_model(paraphrase_from_sts=1.0, paraphrase_head="siamese")
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
     (["--label-smoothing", "-0.1"], "--label-smoothing must be in [0, 1)"),
     (["--label-smoothing", "nan"], "--label-smoothing must be in [0, 1)"),
     (["--paraphrase-head", "cross"], "--paraphrase-head"),
+    (["--paraphrase-from-sts", "-1"], "--paraphrase-from-sts is a loss weight"),
+    (["--paraphrase-from-sts", "nan"], "--paraphrase-from-sts is a loss weight"),
+    (["--paraphrase-from-sts", "1", "--sts-head", "cosine"], "needs --sts-head concat and --paraphrase-head joint"),
+    (["--paraphrase-from-sts", "1", "--paraphrase-head", "siamese"], "got concat and siamese"),
+    (["--paraphrase-from-sts", "1", "--tasks", "sst,sts"], "--tasks must include both qqp and sts"),
     (["--tasks", "sst,foo"], "--tasks"),
     (["--tasks", "sst,sst"], "--tasks"),
     (["--loss-weights", "sts=x"], "--loss-weights"),
