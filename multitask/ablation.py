@@ -86,6 +86,11 @@ def seed_scores(seed_dir: Path) -> dict[str, float] | None:
     return scores or None
 
 
+def row_dirs(runs_dir: Path) -> list[Path]:
+    """The ablation's row folders (one per row, named after it), by name."""
+    return sorted(p for p in runs_dir.iterdir() if p.is_dir())
+
+
 def seed_dirs(row_dir: Path) -> list[Path]:
     """A row's seed<k> folders in the order of k (seed2 before seed10, as the seeds ran)."""
     def number(folder: Path) -> tuple[int, str]:
@@ -97,7 +102,7 @@ def seed_dirs(row_dir: Path) -> list[Path]:
 def collect(runs_dir: Path) -> dict[str, dict[str, list[float]]]:
     """row -> metric -> the values of the seeds that have it (in seed order)."""
     rows: dict[str, dict[str, list[float]]] = {}
-    for row_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+    for row_dir in row_dirs(runs_dir):
         for seed_dir in seed_dirs(row_dir):
             scores = seed_scores(seed_dir)
             for metric, value in (scores or {}).items():
@@ -113,7 +118,7 @@ def diagnostics(runs_dir: Path) -> dict[str, dict[str, list[float]]]:
     """row -> gradient diagnostic -> the seeds' values, from each multitask run's last epoch in
     metrics.jsonl (mean encoder gradient norm per task; with --probe-every, the mean cosines)."""
     rows: dict[str, dict[str, list[float]]] = {}
-    for row_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+    for row_dir in row_dirs(runs_dir):
         for seed_dir in seed_dirs(row_dir):
             metrics = seed_dir / "metrics.jsonl"
             if not (seed_dir / "final_metrics.json").is_file() or not metrics.is_file():
@@ -157,7 +162,7 @@ def paired_differences(runs_dir: Path, baseline: str,
     two tasks (pair-*) is compared on its two tasks only. `against` names another baseline for
     some rows (a row trained with another recipe, against single-task runs of that recipe)."""
     differences: dict[str, dict[str, list[float]]] = {}
-    for row_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and p.name != baseline):
+    for row_dir in (p for p in row_dirs(runs_dir) if p.name != baseline):
         base_dir = runs_dir / (against or {}).get(row_dir.name, baseline)
         for seed_dir in seed_dirs(row_dir):
             ours, theirs = seed_scores(seed_dir), seed_scores(base_dir / seed_dir.name)
