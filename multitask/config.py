@@ -245,7 +245,8 @@ class TrainConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not (math.isfinite(self.paraphrase_from_sts) and self.paraphrase_from_sts >= 0):
-            raise ValueError(f"--paraphrase-from-sts is a loss weight, a non-negative number; got {self.paraphrase_from_sts}")
+            raise ValueError(f"--paraphrase-from-sts is a loss weight, a non-negative number; "
+                             f"got {self.paraphrase_from_sts}")
         for flag, text in (("--tasks", self.tasks), ("--private-tasks", self.private_tasks)):
             names = task_list(text)
             if not names or any(t not in TASKS for t in names) or len(set(names)) != len(names):

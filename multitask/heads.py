@@ -24,8 +24,10 @@ encoding: its loss gains w times QQP's binary cross-entropy on the STS pairs, wh
 labels are read off their scores (>= 4 a paraphrase, <= 2 not, the rest left out;
 losses.paraphrase_loss_from_similarity). This is the one place where a task learns from another
 task's labels rather than only through the shared encoder: the paraphrase head gets the STS pairs
-as extra examples (a third as many as QQP's own batches bring in a 600-batch run) for the price of
-one linear layer, since the encoder's forward pass is the STS step's own.
+as extra examples (about a quarter as many as QQP's own batches bring in a 600-batch run, since 60%
+of the STS pairs are used) for the price of one linear layer, since the encoder's forward pass is
+the STS step's own. Measured, it did not help: STS's idea of equivalence is not Quora's, and the
+head ranked Quora's pairs worse (docs/ablation-unseen-seeds.md, session 17).
 
 With shared_layer, every head reads the pooled embedding through one more layer that all tasks
 share and train (`SharedLayer`), the paper's proposed future work (section 7).
