@@ -160,10 +160,9 @@ def paraphrase_loss_from_similarity(logits: Tensor, labels_0_5: Tensor) -> Tenso
 
     logits: (B,) the paraphrase head's logits on the STS pairs; labels_0_5: (B,) their scores.
     """
-    labels = labels_0_5.float()
-    targets = (labels >= PARAPHRASE_FROM_SIMILARITY).float()  # (B,)
-    used = (targets > 0) | (labels <= NOT_PARAPHRASE_FROM_SIMILARITY)  # (B,) bool
-    per_pair = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")  # (B,)
+    paraphrase = labels_0_5 >= PARAPHRASE_FROM_SIMILARITY  # (B,) bool
+    used = paraphrase | (labels_0_5 <= NOT_PARAPHRASE_FROM_SIMILARITY)  # (B,) bool
+    per_pair = F.binary_cross_entropy_with_logits(logits.float(), paraphrase.float(), reduction="none")  # (B,)
     return (per_pair * used).sum() / used.sum().clamp(min=1)
 
 
