@@ -62,6 +62,18 @@ class AdamW(Optimizer):
         self._scratch: dict[torch.Tensor, torch.Tensor] = {}  # see _scratch_for
         self._lr_tensors: dict[int, torch.Tensor] = {}  # group index -> its lr on the device
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's load_state_dict, except that every group keeps this optimizer's own `foreach`
+        and `capturable`. torch's would take them from the saved groups with the other settings,
+        but which implementation runs is this process's choice, not part of the training state:
+        a run resumed without CUDA graphs from a checkpoint written with them takes the path it
+        was built with. The saved step counts take that path's form at the next step
+        (`_step_count_for_path`)."""
+        paths = [(group["foreach"], group["capturable"]) for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, (foreach, capturable) in zip(self.param_groups, paths):
+            group["foreach"], group["capturable"] = foreach, capturable
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         loss = None

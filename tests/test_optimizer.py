@@ -280,6 +280,9 @@ def test_state_dict_roundtrip_between_paths(saved_by, loaded_by):
     clone.load_state_dict(model.state_dict())
     clone_optimizer = AdamW(clone.parameters(), lr=1e-2, weight_decay=0.01, **PATHS[loaded_by])
     clone_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    built = AdamW(clone.parameters(), **PATHS[loaded_by]).defaults
+    for group in clone_optimizer.param_groups:  # the loader's own path, not the saved one
+        assert (group["foreach"], group["capturable"]) == (built["foreach"], built["capturable"])
     continued = train(model, optimizer, 5, seed=7)
     resumed = train(clone, clone_optimizer, 5, seed=7)
     for a, b in zip(continued, resumed):
@@ -289,6 +292,8 @@ def test_state_dict_roundtrip_between_paths(saved_by, loaded_by):
             torch.testing.assert_close(b, a, atol=rounding_bound(continued, 10), rtol=0)
     counts = {int(clone_optimizer.state[p]["step"]) for p in clone.parameters()}
     assert counts == {10}
+    kinds = {type(clone_optimizer.state[p]["step"]) for p in clone.parameters()}
+    assert kinds == ({torch.Tensor} if loaded_by == "capturable" else {int})  # the form the path reads
 
 
 def test_capturable_flag_is_a_group_default():
