@@ -5,7 +5,7 @@ import torch
 
 from bert import BertConfig, BertModel
 from bert.attention import additive_attention_mask, reference_attention, sdpa_attention
-from bert.model import attention_bias
+from bert.model import ACTIVATIONS, attention_bias
 
 
 def tiny_config(**overrides) -> BertConfig:
@@ -188,6 +188,7 @@ def test_dropout_active_only_in_training():
 
 def test_bad_inputs_are_clear_errors():
     model = BertModel(tiny_config())
+    assert model(torch.ones(1, 40, dtype=torch.long))["last_hidden_state"].shape == (1, 40, 32)  # the limit itself
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model(torch.ones(1, 41, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\(batch, length\)"):
@@ -205,3 +206,27 @@ def test_save_and_reload_roundtrip(tmp_path):
     ids, mask, types = batch()
     torch.testing.assert_close(again(ids, mask, types)["last_hidden_state"],
                                model(ids, mask, types)["last_hidden_state"], atol=0, rtol=0)
+
+
+def test_gelu_new_is_the_tanh_approximation():
+    """Older checkpoints' configs name "gelu_new": GELU's tanh form, which torch also computes."""
+    x = torch.linspace(-6, 6, 241, dtype=torch.float64)
+    torch.testing.assert_close(ACTIVATIONS["gelu_new"](x), torch.nn.functional.gelu(x, approximate="tanh"))
+    assert not torch.allclose(ACTIVATIONS["gelu_new"](x), ACTIVATIONS["gelu"](x))  # not the exact GELU
+
+
+def test_the_padding_token_embedding_starts_at_zero_and_gets_no_gradient():
+    """As in BERT (and transformers' BertEmbeddings): the [PAD] row is zero at initialisation and
+    fine-tuning never moves it."""
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = BertModel(config)
+    pad_row = model.embeddings.word_embeddings.weight[config.pad_token_id]
+    assert torch.count_nonzero(pad_row) == 0
+    assert torch.count_nonzero(model.embeddings.word_embeddings.weight[config.pad_token_id + 1]) > 0
+    input_ids, attention_mask, token_type_ids = batch()
+    assert (input_ids == config.pad_token_id).any()
+    model(input_ids, attention_mask, token_type_ids)["last_hidden_state"].sum().backward()
+    grad = model.embeddings.word_embeddings.weight.grad
+    assert torch.count_nonzero(grad[config.pad_token_id]) == 0
+    assert torch.count_nonzero(grad[input_ids[0, 0]]) > 0
