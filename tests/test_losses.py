@@ -350,6 +350,16 @@ def test_similarity_mse_loss_rejects_shapes_that_would_broadcast():
     assert loss.item() == pytest.approx(2.5)  # ((1 - 2)^2 + (3 - 5)^2) / 2
 
 
+def test_similarity_mse_loss_on_the_unit_scale_is_the_mse_of_the_tanh_range():
+    """--sts-loss-scale unit: the errors in units of 2.5, i.e. the MSE between prediction / 2.5 - 1
+    and label / 2.5 - 1 (the concat head's tanh range), 2.5^2 = 6.25 times smaller."""
+    predictions, labels = torch.tensor([1.0, 3.0, 4.5]), torch.tensor([2.0, 5.0, 0.5])
+    on_unit = ((predictions / 2.5 - 1) - (labels / 2.5 - 1)).pow(2).mean()
+    unit = similarity_mse_loss(predictions, labels, unit_scale=True)
+    assert unit.item() == pytest.approx(on_unit.item(), rel=1e-6)
+    assert unit.item() == pytest.approx(similarity_mse_loss(predictions, labels).item() / 6.25, rel=1e-6)
+
+
 def test_mnr_positive_mask_keeps_labels_of_at_least_four():
     labels = torch.tensor([0.0, 3.99, 4.0, 4.6, 5.0])
     assert mnr_positive_mask(labels).tolist() == [False, False, True, True, True]
@@ -406,6 +416,15 @@ def test_sentiment_loss_smooths_class_labels_and_teacher_distributions_by_hand(e
         smoothed_cross_entropy_by_hand(logits, soft, eps).item(), rel=1e-6)
 
 
+def test_classification_losses_do_not_smooth_unless_asked():
+    logits, labels = torch.randn(6, 5, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 4, 2, 2, 1, 3])
+    assert sentiment_loss(logits, labels).item() == pytest.approx(
+        nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
+    logit, label = torch.tensor([2.0, -1.0]), torch.tensor([1.0, 1.0])
+    assert paraphrase_loss(logit, label).item() == pytest.approx(
+        nn.functional.binary_cross_entropy_with_logits(logit, label).item(), rel=1e-6)
+
+
 @pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
 def test_paraphrase_loss_smooths_towards_one_half_by_hand(eps):
     logits = torch.tensor([2.0, -1.0, 0.5, -3.0])
@@ -453,6 +472,12 @@ def test_paraphrase_loss_from_similarity_by_hand():
     # it is QQP's own loss on the pairs used
     assert paraphrase_loss_from_similarity(logits, scores).item() == pytest.approx(
         paraphrase_loss(logits[used], targets).item(), rel=1e-6)
+
+
+def test_paraphrase_loss_from_similarity_averages_over_the_pairs_used_even_one():
+    logits, scores = torch.tensor([0.4, 2.0, -1.0]), torch.tensor([4.2, 3.0, 2.5])  # one pair used
+    alone = nn.functional.binary_cross_entropy_with_logits(torch.tensor([0.4]), torch.tensor([1.0]))
+    assert paraphrase_loss_from_similarity(logits, scores).item() == pytest.approx(alone.item(), rel=1e-6)
 
 
 def test_paraphrase_loss_from_similarity_without_a_pair_used_is_zero_and_differentiable():
