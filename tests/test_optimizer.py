@@ -255,6 +255,9 @@ def test_capturable_path_follows_a_changing_learning_rate(correct_bias):
 def test_capturable_lr_tensor_is_updated_in_place():
     """A CUDA graph holds the addresses it captured: the lr tensor must stay the same tensor
     while its value follows the group's lr (write_learning_rates, what a graph's replay uses)."""
+    fresh = AdamW(small_model().parameters(), capturable=True)
+    fresh.write_learning_rates()  # before the first step there is no tensor yet: nothing to write
+    assert fresh._lr_tensors == {}
     _, optimizer = fixed_gradient_steps("capturable", [1e-2, 2e-2])
     tensor, address = optimizer._lr_tensors[0], optimizer._lr_tensors[0].data_ptr()
     optimizer.param_groups[0]["lr"] = 5e-3

@@ -317,6 +317,16 @@ def test_equal_norm_rescales_each_step_to_the_mean_of_the_running_norms():
     assert sorted(weighting.state_dict()) == ["norm_average", "seen"]  # saved and resumed with the model
 
 
+def test_equal_norm_as_the_model_builds_it_averages_with_decay_0_9():
+    """The running norms of every --balance equal-norm run: n_t = 0.9 n_t + 0.1 ||g||."""
+    weighting = tiny_model(balance="equal-norm").task_weighting
+    weight = torch.nn.Parameter(torch.zeros(2))
+    for norm in (4.0, 2.0):
+        weight.grad = torch.tensor([norm, 0.0])
+        weighting.balance_gradients("qqp", torch.tensor(norm), [weight])
+    assert weighting.norm_average.tolist() == pytest.approx([0.0, 0.9 * 4.0 + 0.1 * 2.0, 0.0])
+
+
 def test_equal_norm_lifts_the_weak_tasks_gradient_in_a_real_step(tiny_setup, tmp_path):
     config = tiny_config(tiny_setup, tmp_path, balance="equal-norm", loss_weights="sst=1,qqp=1,sts=0.001")
     trainer = training.Trainer(config, log=lambda m: None)
