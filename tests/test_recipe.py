@@ -228,7 +228,11 @@ def test_fixed_task_weights_multiply_the_loss():
     loss = torch.tensor(2.0)
     assert weighting("sts", loss).item() == pytest.approx(0.32)
     assert weighting("qqp", loss).item() == pytest.approx(1.0)
-    assert list(weighting.parameters()) == []
+    assert list(weighting.parameters()) == [] and list(weighting.buffers()) == []
+    weight = torch.nn.Parameter(torch.zeros(2))
+    weight.grad = torch.tensor([3.0, 4.0])
+    weighting.balance_gradients("sts", torch.tensor(5.0), [weight])  # fixed weights: no rescaling
+    assert weight.grad.tolist() == [3.0, 4.0]
 
 
 def test_task_value_options_read_each_task_once():
