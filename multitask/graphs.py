@@ -110,7 +110,7 @@ class GraphedSteps:
         (detached, on the device) and its example ids."""
         trainer = self.trainer
         for group in trainer.optimizers[task].param_groups:
-            group["capturable"] = True  # (also after a resume from a checkpoint saved without it)
+            group["capturable"] = True  # (the trainer builds its AdamW on the eager path; a resume keeps that)
         mnr = use_mnr and task == "sts"
         stream = trainer.streams["sts-mnr" if mnr else task]
         rows = stream.next_rows()

@@ -162,7 +162,8 @@ def paraphrase_loss_from_similarity(logits: Tensor, labels_0_5: Tensor) -> Tenso
     """
     paraphrase = labels_0_5 >= PARAPHRASE_FROM_SIMILARITY  # (B,) bool
     used = paraphrase | (labels_0_5 <= NOT_PARAPHRASE_FROM_SIMILARITY)  # (B,) bool
-    per_pair = F.binary_cross_entropy_with_logits(logits.float(), paraphrase.float(), reduction="none")  # (B,)
+    per_pair = F.binary_cross_entropy_with_logits(logits.float(), paraphrase.float(),
+                                                  reduction="none")  # (B,)
     return (per_pair * used).sum() / used.sum().clamp(min=1)
 
 
