@@ -15,6 +15,7 @@
 #   single-tuned-head10           the same with the heads' learning rate 10 times the encoder's
 #                                 (--head-lr-mult 10), the baseline of multi-tuned-concat-head10
 #   single-tuned-ls               the same with --label-smoothing 0.1, the baseline of multi-tuned-concat-ls
+#   single-tuned-lld              the same with --layer-lr-decay 0.8, the baseline of the -lld rows
 #   pair-sst-qqp, pair-sst-sts, pair-qqp-sts   two tasks of three (tuned, concat), as many batches
 #                                 as the two get in the three-task plan: which task hurts which
 #   multi-paper-concat            the paper's recipe (annealed + concat)
@@ -77,6 +78,10 @@
 #                                 the tuned recipe (concat) at twice and half its learning rate
 #   multi-tuned-concat-qqp1.5, multi-tuned-concat-qqp2
 #                                 the tuned recipe with QQP's loss weighted 1.5 or 2 (--loss-weights)
+#   multi-tuned-concat-lld, multi-tuned-cosine-paired-equal-norm-lld,
+#   multi-tuned-cosine-paired-private1-equal-norm-lld
+#                                 --layer-lr-decay 0.8 (each encoder layer at 0.8 times the rate of the one
+#                                 above), with the concat head or with the cosine rows' levers
 #   multi-tuned-concat-qqp-from-sts   the tuned recipe with --paraphrase-from-sts 1: every STS batch
 #                                 also trains the paraphrase head on its pairs (scored >= 4: a
 #                                 paraphrase; <= 2: not), from the same pair encoding
@@ -118,7 +123,8 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-cosine-paired multi-tuned-cosine-paired-equal-norm multi-tuned-cosine-paired-private1-equal-norm
           multi-tuned-cosine-paired-private2-equal-norm single-tuned-bam single-tuned-ls multi-tuned-concat-ls
           multi-tuned-concat-mix multi-tuned-concat-pals multi-tuned-cosine-paired-pals-equal-norm
-          multi-tuned-concat-qqp-from-sts)
+          multi-tuned-concat-qqp-from-sts single-tuned-lld multi-tuned-concat-lld
+          multi-tuned-cosine-paired-equal-norm-lld multi-tuned-cosine-paired-private1-equal-norm-lld)
 rows=(${ROWS:-${all_rows[@]}})
 # fp32 on every CPU, so that rows run on a CPU with native bf16 (where --precision auto picks bf16)
 # stay comparable with rows run on one without; an argument --precision overrides it.
@@ -169,6 +175,9 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat-qqp1.5) echo "--recipe tuned --sts-head concat --loss-weights qqp=1.5" ;;
         multi-tuned-concat-qqp2) echo "--recipe tuned --sts-head concat --loss-weights qqp=2" ;;
         multi-tuned-concat-qqp-from-sts) echo "--recipe tuned --sts-head concat --paraphrase-from-sts 1" ;;
+        multi-tuned-concat-lld) echo "--recipe tuned --sts-head concat --layer-lr-decay 0.8" ;;
+        multi-tuned-cosine-paired-equal-norm-lld) echo "--recipe tuned --sts-head cosine --paired-dropout --balance equal-norm --layer-lr-decay 0.8" ;;
+        multi-tuned-cosine-paired-private1-equal-norm-lld) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 1 --balance equal-norm --layer-lr-decay 0.8" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
         lever-mean-pooling) echo "--recipe paper --sts-head concat --pooling mean" ;;
         lever-linear-warmup) echo "--recipe paper --sts-head concat --lr-schedule linear --warmup 0.1" ;;
@@ -206,10 +215,11 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             read -r n_sst n_qqp n_sts < <("$PYTHON" -m multitask.ablation --plan-counts \
                 --data-dir "$data_dir" --batches "$batches" --seed "$seed")
         fi
-        if [[ "$row" == single-* ]]; then  # single-<recipe>[-head10|-ls][-bam]: its recipe and lever
+        if [[ "$row" == single-* ]]; then  # single-<recipe>[-head10|-ls|-lld][-bam]: its recipe and lever
             base="${row%-bam}"; recipe="${base#single-}"; extra=()
             [[ "$recipe" == *-head10 ]] && { recipe="${recipe%-head10}"; extra=(--head-lr-mult 10); }
             [[ "$recipe" == *-ls ]] && { recipe="${recipe%-ls}"; extra=(--label-smoothing 0.1); }
+            [[ "$recipe" == *-lld ]] && { recipe="${recipe%-lld}"; extra=(--layer-lr-decay 0.8); }
         fi
         if [[ "$row" == pair-* ]]; then
             # Two tasks, drawn by the same sampler: each gets about its three-task share.

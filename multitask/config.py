@@ -107,6 +107,9 @@ class TrainConfig:
                                    "instead of over the run's steps", "recipe")
     head_lr_mult: float | None = setting(None, "the task heads' learning rate, as a multiple of --lr",
                                          "recipe")
+    layer_lr_decay: float = setting(1.0, "layer-wise learning-rate decay: the encoder's top layer trains at --lr, "
+                                    "each layer below at this factor times the rate of the one above, the "
+                                    "embeddings below the lowest (1: every layer alike)", "recipe")
     pooling: str | None = setting(None, "sentence embedding for every head: cls (BERT's pooler on [CLS], "
                                   "the paper) or mean (mean of the last layer over real tokens)", "recipe",
                                   choices=POOLINGS)
@@ -295,6 +298,9 @@ class TrainConfig:
             raise ValueError(f"--warmup is a share of all steps, in [0, 1]; got {self.warmup}")
         if not (math.isfinite(self.head_lr_mult) and self.head_lr_mult > 0):
             raise ValueError(f"--head-lr-mult must be a positive number, got {self.head_lr_mult}")
+        if not 0.0 < self.layer_lr_decay <= 1.0:  # also false for NaN
+            raise ValueError(f"--layer-lr-decay is a factor in (0, 1] (0.8 is common; 1 turns it off), "
+                             f"got {self.layer_lr_decay}")
         if self.mix_tasks:  # what assumes one task per step
             one_task = [flag for flag, on in (
                 ("--task-moments", self.task_moments), ("--task-schedules", self.task_schedules),

@@ -192,7 +192,7 @@ class Trainer:
                 means = progress.mean_losses(self.distributed)
                 bar.set_postfix({t: f"{v:.3f}" for t, v in means.items() if v is not None})
                 self.report.scalars(self.steps_before(epoch) + progress.step, {
-                    **{f"loss_{t}": v for t, v in means.items()}, "lr": self.optimizers[tasks[0]].param_groups[0]["lr"],
+                    **{f"loss_{t}": v for t, v in means.items()}, "lr": self.current_lr(tasks[0]),
                     **{f"grad_norm_{t}": v for t, v in progress.mean_grad_norms().items()}}, "train")
             if config.save_every and progress.step % config.save_every == 0 and progress.step < len(plan):
                 watch.check(epoch)  # a checkpoint never holds NaN weights
@@ -305,6 +305,11 @@ class Trainer:
         for optimizer in self.distinct_optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
+
+    def current_lr(self, task: str) -> float:
+        """The rate the schedule set for `task`'s last step: --lr's share, before any group's multiplier."""
+        group = self.optimizers[task].param_groups[0]
+        return group["lr"] / group["lr_mult"]
 
     def trained_share(self, progress: EpochProgress) -> float:
         """The part of the whole run's steps done before this step: 0 at the first, (N-1)/N at the last."""
@@ -492,18 +497,37 @@ def parameter_groups(model: MultitaskBert, config: TrainConfig) -> list[dict]:
     rate; with weight decay, biases, LayerNorm weights and the learned task weights are not
     decayed (as in BERT's own fine-tuning: decay is meant for the matrices). The tasks' private
     top layers (--private-layers) and PALs (--pals) are parts of the encoder: they train at the
-    encoder's rate."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    encoder's rate.
+
+    --layer-lr-decay d: each encoder layer trains at d^k times the rate, k the number of layers
+    above it (the top layer and the pooler: d^0 = 1; the embeddings: d^L), so the lower layers, which
+    hold what is most general, move least (Howard & Ruder 2018, "Universal Language Model
+    Fine-tuning"; Clark et al. 2020, ELECTRA, decay 0.8). A private copy of a layer keeps that
+    layer's depth; the PALs, new weights beside every layer, train at the top layer's rate."""
+    groups: dict[tuple[bool, float, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:  # (the pooler, under mean pooling)
             continue
         no_decay = config.weight_decay > 0 and (name.endswith(".bias") or "LayerNorm" in name
                                                 or name.startswith("task_weighting."))
         head = not name.startswith(("bert.", "private.", "pals."))
-        groups.setdefault((head, no_decay), []).append(parameter)
-    return [{"params": params, "lr_mult": config.head_lr_mult if head else 1.0,
-             "weight_decay": 0.0 if no_decay else config.weight_decay}
-            for (head, no_decay), params in groups.items()]
+        lr_mult = config.head_lr_mult if head else config.layer_lr_decay ** layers_above(model, name)
+        groups.setdefault((head, lr_mult, no_decay), []).append(parameter)
+    return [{"params": params, "lr_mult": lr_mult, "weight_decay": 0.0 if no_decay else config.weight_decay}
+            for (head, lr_mult, no_decay), params in groups.items()]
+
+
+def layers_above(model: MultitaskBert, name: str) -> int:
+    """How many encoder layers lie above the encoder parameter `name`, counting a task's private
+    top layers as the layers they copy: 0 for the top layer, L for the embeddings."""
+    parts = name.split(".")
+    if name.startswith("bert.embeddings."):
+        return model.bert.config.num_hidden_layers
+    if name.startswith("bert.encoder.layer."):  # bert.encoder.layer.<i>.…, the layers below any private ones
+        return model.bert.config.num_hidden_layers - 1 - int(parts[3])
+    if name.startswith("private.tasks."):  # private.tasks.<group>.<k>.…, the k-th of the copied top layers
+        return len(model.private.tasks[parts[2]]) - 1 - int(parts[3])
+    return 0  # the pooler, above the top layer; the PALs
 
 
 # ---- setting a run up: model, data, batch streams ----------------------------------------------

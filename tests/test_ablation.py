@@ -93,10 +93,12 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     table = (runs / "ablation.md").read_text()
     assert "| multi-tuned-cosine-siamese-bam |" in table and "| single-tuned |" in table
     # SINGLE_RUNS: a single-task row trains only the runs named
-    part = subprocess.run(command, env={**env, "ROWS": "single-tuned-head10", "SINGLE_RUNS": "sts"}, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=600)
+    part = subprocess.run(command, env={**env, "ROWS": "single-tuned-head10 single-tuned-lld", "SINGLE_RUNS": "sts"},
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert part.returncode == 0, part.stdout[-3000:] + part.stderr[-3000:]
-    assert sorted(p.name for p in (runs / "single-tuned-head10" / "seed0").iterdir()) == ["sts"]
+    for row, flag, value in (("single-tuned-head10", "head_lr_mult", 10.0), ("single-tuned-lld", "layer_lr_decay", 0.8)):
+        assert sorted(p.name for p in (runs / row / "seed0").iterdir()) == ["sts"]
+        assert json.loads((runs / row / "seed0" / "sts" / "train_config.json").read_text())[flag] == value  # its lever
 
 
 def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head(tmp_path):

@@ -13,6 +13,8 @@ from multitask import training
 from multitask.batching import Batch
 from multitask.checkpoint import build_heads
 from multitask.config import RECIPES, TrainConfig, task_values
+
+from test_training import tiny_config
 from multitask.diagnostics import encoder_gradient_norm, task_gradient_cosines
 from multitask.heads import MultitaskBert
 from multitask.losses import TaskWeighting, paraphrase_loss, sentiment_loss, similarity_mse_loss
@@ -73,6 +75,53 @@ def test_parameter_groups_decay_only_matrices_and_scale_the_heads(private_layers
     assert sorted(seen) == sorted(names.values())  # every parameter exactly once
     # Without weight decay nothing is exempted: one group each for the encoder and the heads.
     assert [g["weight_decay"] for g in training.parameter_groups(model, TrainConfig())] == [0.0, 0.0]
+
+
+def expected_layers_above(name: str, layers: int, private: int) -> int:
+    """The depth of an encoder parameter, read off its name: layers above it in the whole encoder."""
+    parts = name.split(".")
+    if parts[1] == "embeddings":
+        return layers
+    if parts[0] == "private":  # the k-th private copy is layer (layers - private + k) of the checkpoint
+        return layers - 1 - (layers - private + int(parts[3]))
+    if parts[1] == "encoder":
+        return layers - 1 - int(parts[3])
+    return 0  # the pooler
+
+
+@pytest.mark.parametrize("private_layers", [0, 1])
+def test_layer_lr_decay_scales_each_layer_by_its_depth(private_layers):
+    model = tiny_model(private_layers=private_layers)  # 2 layers; private: the top one copied per task
+    config = TrainConfig(layer_lr_decay=0.5, head_lr_mult=3.0, weight_decay=0.01)
+    mult = {id(p): g["lr_mult"] for g in training.parameter_groups(model, config) for p in g["params"]}
+    depths = set()
+    for name, parameter in model.named_parameters():
+        if name.startswith(("bert.", "private.")):
+            depth = expected_layers_above(name, 2, private_layers)
+            depths.add(depth)
+            assert mult[id(parameter)] == 0.5 ** depth, name
+        else:
+            assert mult[id(parameter)] == 3.0, name  # the heads: --head-lr-mult, never decayed
+    assert depths == {0, 1, 2}  # the top layer (and pooler), the one below, the embeddings
+    # With no decay (1) the groups are the encoder's and the heads', as before the flag existed.
+    assert [g["lr_mult"] for g in training.parameter_groups(model, TrainConfig(head_lr_mult=3.0))] == [1.0, 3.0]
+
+
+def test_layer_lr_decay_moves_each_layer_by_its_own_rate_in_a_training_step(tiny_setup, tmp_path):
+    """AdamW's first step moves a weight by lr * g / (|g| + eps), about lr wherever the gradient is
+    far above eps: so the largest move in each layer is that layer's rate, lr * 0.5^depth."""
+    config = tiny_config(tiny_setup, tmp_path, layer_lr_decay=0.5, lr=1e-3, lr_schedule="constant",
+                         warmup=0.0, pooling="cls")
+    trainer = training.Trainer(config, log=lambda m: None)
+    bert = trainer.model.bert
+    layers = {"embeddings": bert.embeddings.word_embeddings.weight, "layer 0": bert.encoder.layer[0].output.dense.weight,
+              "layer 1": bert.encoder.layer[1].output.dense.weight, "pooler": bert.pooler.dense.weight}
+    before = {name: p.detach().clone() for name, p in layers.items()}
+    trainer.set_learning_rate("sst", 0, training.EpochProgress(1))
+    trainer.train_step(("sst",), False, training.EpochProgress(1))
+    moved = {name: (p.detach() - before[name]).abs().max().item() for name, p in layers.items()}
+    expected = {"embeddings": 0.25e-3, "layer 0": 0.5e-3, "layer 1": 1e-3, "pooler": 1e-3}  # the tiny model: 2 layers
+    assert moved == pytest.approx(expected, rel=0.1)  # (a factor 2 apart; a gradient near eps moves a little less)
 
 
 def test_mean_pooling_freezes_the_unused_pooler():
@@ -491,6 +540,9 @@ def test_paraphrase_from_sts_trains_the_paraphrase_head_on_the_sts_pairs():
     (["--loss-weights", "sts"], "'sts' is not task=number"),
     (["--warmup", "1.5"], "--warmup"),
     (["--head-lr-mult", "0"], "--head-lr-mult"),
+    (["--layer-lr-decay", "0"], "--layer-lr-decay is a factor in (0, 1]"),
+    (["--layer-lr-decay", "1.5"], "--layer-lr-decay is a factor in (0, 1]"),
+    (["--layer-lr-decay", "nan"], "--layer-lr-decay is a factor in (0, 1]"),
     (["--pooling", "max"], "--pooling"),
     (["--recipe", "best"], "--recipe"),
     (["--sts-loss", "cosent"], "the concat head has none"),  # the default head is concat
