@@ -276,6 +276,10 @@ class TrainConfig:
         if set(weights) != set(TASKS) or not all(math.isfinite(w) and w >= 0 for w in weights.values()):
             raise ValueError(f"--loss-weights takes non-negative numbers for {', '.join(TASKS)}; "
                              f"got {self.loss_weights!r}")
+        if self.balance == "equal-norm" and any(w != 1.0 for w in weights.values()):
+            raise ValueError(f"--loss-weights {self.loss_weights} would have no effect under --balance equal-norm, "
+                             f"which brings every task's encoder gradient to the same norm whatever its loss's "
+                             f"weight; drop --loss-weights, or use --balance fixed (to leave a task out: --tasks)")
         if self.teachers is not None:
             try:
                 teachers = self.teacher_folders

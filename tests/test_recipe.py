@@ -539,6 +539,7 @@ def test_paraphrase_from_sts_trains_the_paraphrase_head_on_the_sts_pairs():
     (["--loss-weights", "sts=1=2"], "'sts=1=2' is not task=number"),
     (["--loss-weights", "sts"], "'sts' is not task=number"),
     (["--warmup", "1.5"], "--warmup"),
+    (["--loss-weights", "sts=2", "--balance", "equal-norm"], "would have no effect under --balance equal-norm"),
     (["--head-lr-mult", "0"], "--head-lr-mult"),
     (["--layer-lr-decay", "0"], "--layer-lr-decay is a factor in (0, 1]"),
     (["--layer-lr-decay", "1.5"], "--layer-lr-decay is a factor in (0, 1]"),
