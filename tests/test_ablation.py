@@ -96,7 +96,8 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     part = subprocess.run(command, env={**env, "ROWS": "single-tuned-head10 single-tuned-lld", "SINGLE_RUNS": "sts"},
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert part.returncode == 0, part.stdout[-3000:] + part.stderr[-3000:]
-    for row, flag, value in (("single-tuned-head10", "head_lr_mult", 10.0), ("single-tuned-lld", "layer_lr_decay", 0.8)):
+    for row, flag, value in (("single-tuned-head10", "head_lr_mult", 10.0),
+                             ("single-tuned-lld", "layer_lr_decay", 0.8)):
         assert sorted(p.name for p in (runs / row / "seed0").iterdir()) == ["sts"]
         assert json.loads((runs / row / "seed0" / "sts" / "train_config.json").read_text())[flag] == value  # its lever
 

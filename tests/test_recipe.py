@@ -13,8 +13,6 @@ from multitask import training
 from multitask.batching import Batch
 from multitask.checkpoint import build_heads
 from multitask.config import RECIPES, TrainConfig, task_values
-
-from test_training import tiny_config
 from multitask.diagnostics import encoder_gradient_norm, task_gradient_cosines
 from multitask.heads import MultitaskBert
 from multitask.losses import TaskWeighting, paraphrase_loss, sentiment_loss, similarity_mse_loss
@@ -114,7 +112,8 @@ def test_layer_lr_decay_moves_each_layer_by_its_own_rate_in_a_training_step(tiny
                          warmup=0.0, pooling="cls")
     trainer = training.Trainer(config, log=lambda m: None)
     bert = trainer.model.bert
-    layers = {"embeddings": bert.embeddings.word_embeddings.weight, "layer 0": bert.encoder.layer[0].output.dense.weight,
+    layers = {"embeddings": bert.embeddings.word_embeddings.weight,
+              "layer 0": bert.encoder.layer[0].output.dense.weight,
               "layer 1": bert.encoder.layer[1].output.dense.weight, "pooler": bert.pooler.dense.weight}
     before = {name: p.detach().clone() for name, p in layers.items()}
     trainer.set_learning_rate("sst", 0, training.EpochProgress(1))
