@@ -81,8 +81,7 @@
 #   multi-tuned-cosine-paired-private3-sts-equal-norm
 #                                 the cosine head with --private-layers 3 --private-tasks sts: STS its own copy
 #                                 of the top half of the encoder, SST and QQP sharing all of theirs
-#   multi-tuned-concat-lld, multi-tuned-cosine-paired-equal-norm-lld,
-#   multi-tuned-cosine-paired-private1-equal-norm-lld
+#   multi-tuned-concat-lld, multi-tuned-cosine-paired-private1-equal-norm-lld
 #                                 --layer-lr-decay 0.8 (each encoder layer at 0.8 times the rate of the one
 #                                 above), with the concat head or with the cosine rows' levers
 #   multi-tuned-concat-qqp-from-sts   the tuned recipe with --paraphrase-from-sts 1: every STS batch
@@ -127,7 +126,7 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-cosine-paired-private2-equal-norm single-tuned-bam single-tuned-ls multi-tuned-concat-ls
           multi-tuned-concat-mix multi-tuned-concat-pals multi-tuned-cosine-paired-pals-equal-norm
           multi-tuned-concat-qqp-from-sts single-tuned-lld multi-tuned-concat-lld
-          multi-tuned-cosine-paired-equal-norm-lld multi-tuned-cosine-paired-private1-equal-norm-lld
+          multi-tuned-cosine-paired-private1-equal-norm-lld
           multi-tuned-cosine-paired-private3-sts-equal-norm)
 rows=(${ROWS:-${all_rows[@]}})
 # fp32 on every CPU, so that rows run on a CPU with native bf16 (where --precision auto picks bf16)
@@ -181,7 +180,6 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat-qqp-from-sts) echo "--recipe tuned --sts-head concat --paraphrase-from-sts 1" ;;
         multi-tuned-cosine-paired-private3-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts --balance equal-norm" ;;
         multi-tuned-concat-lld) echo "--recipe tuned --sts-head concat --layer-lr-decay 0.8" ;;
-        multi-tuned-cosine-paired-equal-norm-lld) echo "--recipe tuned --sts-head cosine --paired-dropout --balance equal-norm --layer-lr-decay 0.8" ;;
         multi-tuned-cosine-paired-private1-equal-norm-lld) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 1 --balance equal-norm --layer-lr-decay 0.8" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
         lever-mean-pooling) echo "--recipe paper --sts-head concat --pooling mean" ;;
