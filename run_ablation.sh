@@ -78,9 +78,10 @@
 #                                 the tuned recipe (concat) at twice and half its learning rate
 #   multi-tuned-concat-qqp1.5, multi-tuned-concat-qqp2
 #                                 the tuned recipe with QQP's loss weighted 1.5 or 2 (--loss-weights)
-#   multi-tuned-cosine-paired-private3-sts-equal-norm, multi-tuned-cosine-paired-private4-sts-equal-norm
-#                                 the cosine head with --private-layers 3 (or 4) --private-tasks sts: STS its
-#                                 own copy of the encoder's top three (four) layers, SST and QQP sharing all
+#   multi-tuned-cosine-paired-private3-sts-equal-norm, multi-tuned-cosine-paired-private4-sts-equal-norm,
+#   multi-tuned-cosine-paired-private5-sts-equal-norm
+#                                 the cosine head with --private-layers 3 (4, 5) --private-tasks sts: STS its
+#                                 own copy of the encoder's top three (four, five) layers, SST and QQP sharing all
 #   multi-tuned-concat-lld, multi-tuned-cosine-paired-private1-equal-norm-lld
 #                                 --layer-lr-decay 0.8 (each encoder layer at 0.8 times the rate of the one
 #                                 above), with the concat head or with the cosine rows' levers
@@ -127,7 +128,8 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-concat-mix multi-tuned-concat-pals multi-tuned-cosine-paired-pals-equal-norm
           multi-tuned-concat-qqp-from-sts single-tuned-lld multi-tuned-concat-lld
           multi-tuned-cosine-paired-private1-equal-norm-lld
-          multi-tuned-cosine-paired-private3-sts-equal-norm multi-tuned-cosine-paired-private4-sts-equal-norm)
+          multi-tuned-cosine-paired-private3-sts-equal-norm multi-tuned-cosine-paired-private4-sts-equal-norm
+          multi-tuned-cosine-paired-private5-sts-equal-norm)
 rows=(${ROWS:-${all_rows[@]}})
 # fp32 on every CPU, so that rows run on a CPU with native bf16 (where --precision auto picks bf16)
 # stay comparable with rows run on one without; an argument --precision overrides it.
@@ -180,6 +182,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat-qqp-from-sts) echo "--recipe tuned --sts-head concat --paraphrase-from-sts 1" ;;
         multi-tuned-cosine-paired-private3-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts --balance equal-norm" ;;
         multi-tuned-cosine-paired-private4-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 4 --private-tasks sts --balance equal-norm" ;;
+        multi-tuned-cosine-paired-private5-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 5 --private-tasks sts --balance equal-norm" ;;
         multi-tuned-concat-lld) echo "--recipe tuned --sts-head concat --layer-lr-decay 0.8" ;;
         multi-tuned-cosine-paired-private1-equal-norm-lld) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 1 --balance equal-norm --layer-lr-decay 0.8" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
