@@ -97,7 +97,8 @@
 # the end `python -m multitask.ablation RUNS_DIR` writes the table (mean and spread per task).
 # Arguments go to every multitask_classifier.py call. Environment: MODEL, DATA_DIR, RUNS_DIR,
 # SEEDS, ROWS, PYTHON, and SINGLE_RUNS: which runs a single-* row trains (all seven by default:
-# sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent), e.g. "sst qqp sts".
+# sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent), e.g. "sst qqp sts". Every row
+# in ROWS is checked before the first run; LIST_ROWS=1 prints the multitask rows' flags and stops.
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -193,6 +194,28 @@ row_flags() {  # the flags of a multitask row
         *) echo "error: unknown row $1" >&2; return 2 ;;
     esac
 }
+
+check_row() {  # a row's name, checked before the first run (a typo would otherwise surface hours in)
+    local row="$1" rest
+    case "$row" in
+        single-*)
+            rest="${row#single-}"; rest="${rest%-bam}"
+            [[ "$rest" =~ ^(tuned|paper)(-head10|-ls|-lld)?$ ]] ;;
+        pair-*)
+            [[ " pair-sst-qqp pair-sst-sts pair-qqp-sts " == *" $row "* ]] ;;
+        *)
+            row_flags "${row%-bam}" > /dev/null 2>&1 ;;
+    esac || { echo "error: ROWS names an unknown row '$row'; the rows are listed at the top of run_ablation.sh" >&2
+              return 2; }
+}
+
+for row in "${rows[@]}"; do check_row "$row" || exit 2; done
+if [[ -n "${LIST_ROWS:-}" ]]; then  # print each multitask row and its flags, one a line, and stop
+    for row in "${rows[@]}"; do
+        [[ "$row" == single-* || "$row" == pair-* ]] || printf '%s\t%s\n' "$row" "$(row_flags "${row%-bam}")"
+    done
+    exit 0
+fi
 
 train() {  # train OUT_DIR FLAGS...: one run, skipped when finished, resumed when interrupted
     local out="$1"; shift

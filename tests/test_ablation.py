@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from multitask import ablation
-from multitask.config import TASKS
+from multitask.config import TASKS, config_from_args
 from multitask.data import dataset_paths, load_quora, load_sst, load_sts
 from multitask.samplers import epoch_plan
 
+from multitask_classifier import build_parser
 from synthetic import write_dataset, write_tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +24,37 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def write_final(folder: Path, **metrics) -> None:
     folder.mkdir(parents=True)
     (folder / "final_metrics.json").write_text(json.dumps(metrics))
+
+
+def test_every_multitask_row_has_flags_the_command_line_accepts():
+    """A row whose flags the trainer refuses would stop a queue of rows hours in."""
+    listing = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], env={**os.environ, "LIST_ROWS": "1"},
+                             capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    rows = dict(line.split("\t") for line in listing.stdout.splitlines())
+    assert len(rows) >= 40 and rows["multi-tuned-concat"] == "--recipe tuned --sts-head concat"
+    parser = build_parser()
+    for row, flags in rows.items():
+        config = config_from_args(parser.parse_args(shlex.split(flags) + ["--batches-per-epoch", "600"]))
+        config.validate()  # raises ValueError naming the flag
+        # what the name says: the STS head, private layers, the balance
+        head = "mnr" if "mnr" in row else "cosine" if re.search("cosine|cosent", row) else "concat"
+        private = re.search(r"private(\d)", row)
+        assert (config.sts_head, config.private_layers, config.balance == "equal-norm") == (
+            head, int(private.group(1)) if private else 0, "equal-norm" in row), row
+
+
+def test_an_unknown_row_stops_the_script_before_any_run(tmp_path):
+    runs = tmp_path / "runs"
+    process = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "RUNS_DIR": str(runs), "PYTHON": "false",
+                                  "ROWS": "multi-tuned-concat multi-tuned-concta single-tuned-lld-bam"})
+    assert process.returncode == 2
+    assert "unknown row 'multi-tuned-concta'" in process.stderr and not runs.exists()
+    for good in ("single-tuned-lld-bam", "multi-tuned-cosine-siamese-bam", "pair-qqp-sts"):  # suffixes and pairs known
+        listed = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], capture_output=True, text=True,
+                                timeout=60, env={**os.environ, "ROWS": good, "LIST_ROWS": "1"})
+        assert listed.returncode == 0, listed.stderr
 
 
 def test_the_table_averages_seeds_and_joins_single_task_runs(tmp_path):
