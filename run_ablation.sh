@@ -210,6 +210,11 @@ check_row() {  # a row's name, checked before the first run (a typo would otherw
 }
 
 for row in "${rows[@]}"; do check_row "$row" || exit 2; done
+for run in ${SINGLE_RUNS:-}; do  # a misspelt run would be skipped without a word
+    [[ " sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent " == *" $run "* ]] || {
+        echo "error: SINGLE_RUNS names an unknown run '$run'; the runs: sst qqp qqp-siamese sts sts-cosine" \
+             "sts-cosine-paired sts-cosent" >&2; exit 2; }
+done
 if [[ -n "${LIST_ROWS:-}" ]]; then  # print each multitask row and its flags, one a line, and stop
     for row in "${rows[@]}"; do
         [[ "$row" == single-* || "$row" == pair-* ]] || printf '%s\t%s\n' "$row" "$(row_flags "${row%-bam}")"

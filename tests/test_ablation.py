@@ -51,6 +51,10 @@ def test_an_unknown_row_stops_the_script_before_any_run(tmp_path):
                                   "ROWS": "multi-tuned-concat multi-tuned-concta single-tuned-lld-bam"})
     assert process.returncode == 2
     assert "unknown row 'multi-tuned-concta'" in process.stderr and not runs.exists()
+    misspelt = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "RUNS_DIR": str(runs), "PYTHON": "false", "ROWS": "single-tuned",
+                                   "SINGLE_RUNS": "sst sts-cosine-pairde"})
+    assert misspelt.returncode == 2 and "unknown run 'sts-cosine-pairde'" in misspelt.stderr and not runs.exists()
     for good in ("single-tuned-lld-bam", "multi-tuned-cosine-siamese-bam", "pair-qqp-sts"):  # suffixes and pairs known
         listed = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], capture_output=True, text=True,
                                 timeout=60, env={**os.environ, "ROWS": good, "LIST_ROWS": "1"})
