@@ -315,8 +315,12 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
     done
 done
 
-# The -head10 and -ls rows and the paper's row changed the recipe: they are compared with the
-# single-task runs of theirs.
-"$PYTHON" -m multitask.ablation "$runs_dir" --against multi-tuned-concat-head10=single-tuned-head10 \
-    --against multi-tuned-concat-head10-bam=single-tuned-head10 --against multi-paper-concat=single-paper \
-    --against multi-tuned-concat-ls=single-tuned-ls
+# The -head10, -ls and -lld rows and the paper's row changed the recipe: each is compared with the
+# single-task runs of its own (those of the rows in RUNS_DIR).
+against=()
+for pair in multi-tuned-concat-head10=single-tuned-head10 multi-tuned-concat-head10-bam=single-tuned-head10 \
+            multi-paper-concat=single-paper multi-tuned-concat-ls=single-tuned-ls multi-tuned-concat-lld=single-tuned-lld \
+            multi-tuned-cosine-paired-private1-equal-norm-lld=single-tuned-lld; do
+    if [[ -d "$runs_dir/${pair%%=*}" ]]; then against+=(--against "$pair"); fi
+done
+"$PYTHON" -m multitask.ablation "$runs_dir" "${against[@]}"

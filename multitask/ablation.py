@@ -318,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     against = dict(item.split("=", 1) for item in args.against if "=" in item)
     if len(against) != len(args.against):
         parser.error(f"--against takes ROW=BASELINE; got {', '.join(a for a in args.against if '=' not in a)}")
+    for row, baseline in against.items():  # a misspelt name would compare ROW with the wrong runs, or drop it
+        for name in (row, baseline):
+            if not (args.runs_dir / name).is_dir():
+                parser.error(f"--against {row}={baseline}: {args.runs_dir / name} does not exist "
+                             f"(name a row folder of {args.runs_dir})")
     for path in args.update:
         if not path.is_file():
             parser.error(f"--update {path}: no such file")

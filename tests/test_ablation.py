@@ -140,7 +140,7 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
         assert json.loads((runs / row / "seed0" / "sts" / "train_config.json").read_text())[flag] == value  # its lever
 
 
-def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head(tmp_path):
+def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head(tmp_path, capsys):
     def multi(row, seed, head, sst, qqp, sts, sts_loss="mse", paraphrase_head="joint", paired=False):
         folder = tmp_path / row / f"seed{seed}"
         write_final(folder, sst_acc=sst, qqp_acc=qqp, sts_corr=sts, overall=(sst + qqp + (sts + 1) / 2) / 3)
@@ -190,6 +190,10 @@ def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head
     assert "| concat | +0.015 [-0.049, +0.079] (+0.010 / +0.020) |" in text
     assert "| concat-head10, minus single-head10 | +0.010 (+0.010) | -0.010 (-0.010) |" in text
 
+    for typo in ("concat-haed10=single-head10", "concat-head10=single-haed10"):  # refused, not compared wrongly
+        with pytest.raises(SystemExit) as refused:
+            ablation.main([str(tmp_path), "--against", typo])
+        assert refused.value.code == 2 and "haed10 does not exist" in capsys.readouterr().err
     assert ablation.main([str(tmp_path), "--against", "concat-head10=single-head10"]) == 0
     written = (tmp_path / "ablation.md").read_text()
     assert "minus single-tuned (paired by seed): mean [95% CI] (each seed)" in written and "| concat-head10, minus single-head10 |" in written
