@@ -82,6 +82,9 @@
 #   multi-tuned-cosine-paired-private5-sts-equal-norm
 #                                 the cosine head with --private-layers 3 (4, 5) --private-tasks sts: STS its
 #                                 own copy of the encoder's top three (four, five) layers, SST and QQP sharing all
+#   multi-tuned-cosine-paired-private3-sts-equal-norm-schedules
+#                                 the same (three) with --task-schedules: STS's k-th step at the learning rate of
+#                                 step k of its single-task run
 #   multi-tuned-concat-lld, multi-tuned-cosine-paired-private1-equal-norm-lld
 #                                 --layer-lr-decay 0.8 (each encoder layer at 0.8 times the rate of the one
 #                                 above), with the concat head or with the cosine rows' levers
@@ -130,7 +133,7 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-concat-qqp-from-sts single-tuned-lld multi-tuned-concat-lld
           multi-tuned-cosine-paired-private1-equal-norm-lld
           multi-tuned-cosine-paired-private3-sts-equal-norm multi-tuned-cosine-paired-private4-sts-equal-norm
-          multi-tuned-cosine-paired-private5-sts-equal-norm)
+          multi-tuned-cosine-paired-private5-sts-equal-norm multi-tuned-cosine-paired-private3-sts-equal-norm-schedules)
 rows=(${ROWS:-${all_rows[@]}})
 # fp32 on every CPU, so that rows run on a CPU with native bf16 (where --precision auto picks bf16)
 # stay comparable with rows run on one without; an argument --precision overrides it.
@@ -184,6 +187,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-cosine-paired-private3-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts --balance equal-norm" ;;
         multi-tuned-cosine-paired-private4-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 4 --private-tasks sts --balance equal-norm" ;;
         multi-tuned-cosine-paired-private5-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 5 --private-tasks sts --balance equal-norm" ;;
+        multi-tuned-cosine-paired-private3-sts-equal-norm-schedules) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts --balance equal-norm --task-schedules" ;;
         multi-tuned-concat-lld) echo "--recipe tuned --sts-head concat --layer-lr-decay 0.8" ;;
         multi-tuned-cosine-paired-private1-equal-norm-lld) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 1 --balance equal-norm --layer-lr-decay 0.8" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
