@@ -199,7 +199,8 @@ row_flags() {  # the flags of a multitask row
     esac
 }
 
-check_row() {  # a row's name, checked before the first run (a typo would otherwise surface hours in)
+check_row() {  # a row's name, checked before the first run (misspelt, a multitask row would train the
+               # default recipe under that name; a single-task one would fail hours in)
     local row="$1" rest
     case "$row" in
         single-*)

@@ -26,9 +26,15 @@ def write_final(folder: Path, **metrics) -> None:
     (folder / "final_metrics.json").write_text(json.dumps(metrics))
 
 
+def script_env(**settings: str) -> dict[str, str]:
+    """This process's environment without run_ablation.sh's own settings, plus `settings`."""
+    own = ("ROWS", "SEEDS", "SINGLE_RUNS", "LIST_ROWS", "RUNS_DIR", "BATCHES")
+    return {**{k: v for k, v in os.environ.items() if k not in own}, **settings}
+
+
 def test_every_multitask_row_has_flags_the_command_line_accepts():
     """A row whose flags the trainer refuses would stop a queue of rows hours in."""
-    listing = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], env={**os.environ, "LIST_ROWS": "1"},
+    listing = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], env=script_env(LIST_ROWS="1"),
                              capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0, listing.stderr
     rows = dict(line.split("\t") for line in listing.stdout.splitlines())
@@ -47,17 +53,17 @@ def test_every_multitask_row_has_flags_the_command_line_accepts():
 def test_an_unknown_row_stops_the_script_before_any_run(tmp_path):
     runs = tmp_path / "runs"
     process = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "RUNS_DIR": str(runs), "PYTHON": "false",
-                                  "ROWS": "multi-tuned-concat multi-tuned-concta single-tuned-lld-bam"})
+                             env=script_env(RUNS_DIR=str(runs), PYTHON="false",
+                                            ROWS="multi-tuned-concat multi-tuned-concta single-tuned-lld-bam"))
     assert process.returncode == 2
     assert "unknown row 'multi-tuned-concta'" in process.stderr and not runs.exists()
     misspelt = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "RUNS_DIR": str(runs), "PYTHON": "false", "ROWS": "single-tuned",
-                                   "SINGLE_RUNS": "sst sts-cosine-pairde"})
+                              env=script_env(RUNS_DIR=str(runs), PYTHON="false", ROWS="single-tuned",
+                                             SINGLE_RUNS="sst sts-cosine-pairde"))
     assert misspelt.returncode == 2 and "unknown run 'sts-cosine-pairde'" in misspelt.stderr and not runs.exists()
     for good in ("single-tuned-lld-bam", "multi-tuned-cosine-siamese-bam", "pair-qqp-sts"):  # suffixes and pairs known
         listed = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], capture_output=True, text=True,
-                                timeout=60, env={**os.environ, "ROWS": good, "LIST_ROWS": "1"})
+                                timeout=60, env=script_env(ROWS=good, LIST_ROWS="1"))
         assert listed.returncode == 0, listed.stderr
 
 
@@ -96,9 +102,9 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     model_dir = write_tiny_checkpoint(tmp_path / "model", minilm_dir)
     data_dir = write_dataset(tmp_path / "data", train=96, dev=40, test=16)
     runs = tmp_path / "runs"
-    env = {**os.environ, "MODEL": str(model_dir), "DATA_DIR": str(data_dir), "RUNS_DIR": str(runs),
-           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "SEEDS": "0", "BATCHES": "6",
-           "ROWS": "single-tuned multi-tuned-cosine-siamese-bam single-tuned-bam pair-qqp-sts"}
+    env = script_env(MODEL=str(model_dir), DATA_DIR=str(data_dir), RUNS_DIR=str(runs), PYTHON=sys.executable,
+                     OMP_NUM_THREADS="1", SEEDS="0", BATCHES="6",
+                     ROWS="single-tuned multi-tuned-cosine-siamese-bam single-tuned-bam pair-qqp-sts")
     command = ["bash", str(REPO_ROOT / "run_experiments.sh"), "ablation", "--batch-size", "8",
                "--eval-batch-size", "64"]  # (fp32 is the script's own choice, checked below)
     # A distilled row without its teachers stops at once, saying which run to make first.
