@@ -215,10 +215,10 @@ check_row() {  # a row's name, checked before the first run (misspelt, a multita
 }
 
 for row in "${rows[@]}"; do check_row "$row" || exit 2; done
+single_runs="sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent"  # what a single-* row trains
 for run in ${SINGLE_RUNS:-}; do  # a misspelt run would be skipped without a word
-    [[ " sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent " == *" $run "* ]] || {
-        echo "error: SINGLE_RUNS names an unknown run '$run'; the runs: sst qqp qqp-siamese sts sts-cosine" \
-             "sts-cosine-paired sts-cosent" >&2; exit 2; }
+    [[ " $single_runs " == *" $run "* ]] || {
+        echo "error: SINGLE_RUNS names an unknown run '$run'; the runs: $single_runs" >&2; exit 2; }
 done
 if [[ -n "${LIST_ROWS:-}" ]]; then  # print each multitask row and its flags, one a line, and stop
     for row in "${rows[@]}"; do

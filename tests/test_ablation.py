@@ -32,10 +32,15 @@ def script_env(**settings: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in own}, **settings}
 
 
+def run_script(**settings: str) -> subprocess.CompletedProcess:
+    """run_ablation.sh with `settings` in its environment, for the checks that stop before training."""
+    return subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], env=script_env(**settings),
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_every_multitask_row_has_flags_the_command_line_accepts():
     """A row whose flags the trainer refuses would stop a queue of rows hours in."""
-    listing = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], env=script_env(LIST_ROWS="1"),
-                             capture_output=True, text=True, timeout=60)
+    listing = run_script(LIST_ROWS="1")
     assert listing.returncode == 0, listing.stderr
     rows = dict(line.split("\t") for line in listing.stdout.splitlines())
     assert len(rows) >= 40 and rows["multi-tuned-concat"] == "--recipe tuned --sts-head concat"
@@ -52,18 +57,14 @@ def test_every_multitask_row_has_flags_the_command_line_accepts():
 
 def test_an_unknown_row_stops_the_script_before_any_run(tmp_path):
     runs = tmp_path / "runs"
-    process = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], capture_output=True, text=True, timeout=60,
-                             env=script_env(RUNS_DIR=str(runs), PYTHON="false",
-                                            ROWS="multi-tuned-concat multi-tuned-concta single-tuned-lld-bam"))
+    process = run_script(RUNS_DIR=str(runs), PYTHON="false",
+                         ROWS="multi-tuned-concat multi-tuned-concta single-tuned-lld-bam")
     assert process.returncode == 2
     assert "unknown row 'multi-tuned-concta'" in process.stderr and not runs.exists()
-    misspelt = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], capture_output=True, text=True, timeout=60,
-                              env=script_env(RUNS_DIR=str(runs), PYTHON="false", ROWS="single-tuned",
-                                             SINGLE_RUNS="sst sts-cosine-pairde"))
+    misspelt = run_script(RUNS_DIR=str(runs), PYTHON="false", ROWS="single-tuned", SINGLE_RUNS="sst sts-cosine-pairde")
     assert misspelt.returncode == 2 and "unknown run 'sts-cosine-pairde'" in misspelt.stderr and not runs.exists()
     for good in ("single-tuned-lld-bam", "multi-tuned-cosine-siamese-bam", "pair-qqp-sts"):  # suffixes and pairs known
-        listed = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh")], capture_output=True, text=True,
-                                timeout=60, env=script_env(ROWS=good, LIST_ROWS="1"))
+        listed = run_script(ROWS=good, LIST_ROWS="1")
         assert listed.returncode == 0, listed.stderr
 
 
