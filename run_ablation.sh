@@ -199,13 +199,26 @@ row_flags() {  # the flags of a multitask row
     esac
 }
 
+single_lever() {  # single-<recipe>[-<lever>][-bam]: prints "<recipe> <the lever's flags>"; fails on
+                  # another name (the one place that knows the single-task levers)
+    local rest="${1#single-}" recipe lever
+    rest="${rest%-bam}"; recipe="${rest%%-*}"; lever="${rest#"$recipe"}"
+    [[ "$recipe" == tuned || "$recipe" == paper ]] || return 2
+    case "$lever" in
+        "") echo "$recipe" ;;
+        -head10) echo "$recipe --head-lr-mult 10" ;;
+        -ls) echo "$recipe --label-smoothing 0.1" ;;
+        -lld) echo "$recipe --layer-lr-decay 0.8" ;;
+        *) return 2 ;;
+    esac
+}
+
 check_row() {  # a row's name, checked before the first run (misspelt, a multitask row would train the
                # default recipe under that name; a single-task one would fail hours in)
     local row="$1" rest
     case "$row" in
         single-*)
-            rest="${row#single-}"; rest="${rest%-bam}"
-            [[ "$rest" =~ ^(tuned|paper)(-head10|-ls|-lld)?$ ]] ;;
+            single_lever "$row" > /dev/null ;;
         pair-*)
             [[ " pair-sst-qqp pair-sst-sts pair-qqp-sts " == *" $row "* ]] ;;
         *)
@@ -255,11 +268,10 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             read -r n_sst n_qqp n_sts < <("$PYTHON" -m multitask.ablation --plan-counts \
                 --data-dir "$data_dir" --batches "$batches" --seed "$seed")
         fi
-        if [[ "$row" == single-* ]]; then  # single-<recipe>[-head10|-ls|-lld][-bam]: its recipe and lever
-            base="${row%-bam}"; recipe="${base#single-}"; extra=()
-            [[ "$recipe" == *-head10 ]] && { recipe="${recipe%-head10}"; extra=(--head-lr-mult 10); }
-            [[ "$recipe" == *-ls ]] && { recipe="${recipe%-ls}"; extra=(--label-smoothing 0.1); }
-            [[ "$recipe" == *-lld ]] && { recipe="${recipe%-lld}"; extra=(--layer-lr-decay 0.8); }
+        if [[ "$row" == single-* ]]; then  # single-<recipe>[-<lever>][-bam]: its recipe and lever
+            base="${row%-bam}"
+            read -r recipe extra_flags < <(single_lever "$row")
+            read -r -a extra <<< "$extra_flags"
         fi
         if [[ "$row" == pair-* ]]; then
             # Two tasks, drawn by the same sampler: each gets about its three-task share.

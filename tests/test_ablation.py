@@ -63,9 +63,12 @@ def test_an_unknown_row_stops_the_script_before_any_run(tmp_path):
     assert "unknown row 'multi-tuned-concta'" in process.stderr and not runs.exists()
     misspelt = run_script(RUNS_DIR=str(runs), PYTHON="false", ROWS="single-tuned", SINGLE_RUNS="sst sts-cosine-pairde")
     assert misspelt.returncode == 2 and "unknown run 'sts-cosine-pairde'" in misspelt.stderr and not runs.exists()
-    for good in ("single-tuned-lld-bam", "multi-tuned-cosine-siamese-bam", "pair-qqp-sts"):  # suffixes and pairs known
-        listed = run_script(ROWS=good, LIST_ROWS="1")
+    for good in ("single-tuned-lld-bam", "single-paper-head10", "multi-tuned-cosine-siamese-bam", "pair-qqp-sts"):
+        listed = run_script(ROWS=good, LIST_ROWS="1")  # recipes, levers, suffixes and pairs known
         assert listed.returncode == 0, listed.stderr
+    for bad in ("single-tunde", "single-tuned-lls", "single-tuned-head10-ls", "pair-sst-sst"):
+        refused = run_script(ROWS=bad, LIST_ROWS="1")  # a misspelt recipe or lever, two levers at once
+        assert refused.returncode == 2 and f"unknown row '{bad}'" in refused.stderr, (bad, refused.stderr)
 
 
 def test_the_table_averages_seeds_and_joins_single_task_runs(tmp_path):
@@ -138,11 +141,13 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     table = (runs / "ablation.md").read_text()
     assert "| multi-tuned-cosine-siamese-bam |" in table and "| single-tuned |" in table
     # SINGLE_RUNS: a single-task row trains only the runs named
-    part = subprocess.run(command, env={**env, "ROWS": "single-tuned-head10 single-tuned-lld", "SINGLE_RUNS": "sts"},
+    part = subprocess.run(command, env={**env, "ROWS": "single-tuned-head10 single-tuned-lld single-tuned-ls",
+                                                   "SINGLE_RUNS": "sts"},
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert part.returncode == 0, part.stdout[-3000:] + part.stderr[-3000:]
     for row, flag, value in (("single-tuned-head10", "head_lr_mult", 10.0),
-                             ("single-tuned-lld", "layer_lr_decay", 0.8)):
+                             ("single-tuned-lld", "layer_lr_decay", 0.8),
+                             ("single-tuned-ls", "label_smoothing", 0.1)):
         assert sorted(p.name for p in (runs / row / "seed0").iterdir()) == ["sts"]
         assert json.loads((runs / row / "seed0" / "sts" / "train_config.json").read_text())[flag] == value  # its lever
 
