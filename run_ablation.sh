@@ -94,6 +94,8 @@
 #   lever-sts-weight, lever-mean-pooling, lever-linear-warmup, lever-lr-1e-4, lever-uncertainty
 #                                 the paper's recipe with one lever of the tuned one (or the learned
 #                                 task weights) switched on
+#   lever-lr-1e-4-linear          the paper's recipe with the tuned learning rate and its schedule
+#                                 together (lr 1e-4, 10% warmup, linear decay)
 #
 # Each run trains into RUNS_DIR/<row>/seed<k>[/<task>]/ (RUNS_DIR defaults to runs/ablation); a
 # finished run (final_metrics.json) is skipped, so the same command carries on after a stop. At
@@ -115,7 +117,7 @@ runs_dir="${RUNS_DIR:-runs/ablation}"
 batches="${BATCHES:-600}"
 seeds=(${SEEDS:-0 1 2})
 all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat single-paper
-          lever-sts-weight lever-mean-pooling lever-linear-warmup lever-lr-1e-4 lever-uncertainty
+          lever-sts-weight lever-mean-pooling lever-linear-warmup lever-lr-1e-4 lever-uncertainty lever-lr-1e-4-linear
           multi-tuned-mnr multi-tuned-shared multi-tuned-concat-equal-norm multi-tuned-cosine-equal-norm
           multi-tuned-concat-private1 multi-tuned-cosine-private1 multi-tuned-cosine-private2
           multi-tuned-cosine-project multi-tuned-concat-project multi-tuned-cosine-private1-equal-norm
@@ -194,6 +196,7 @@ row_flags() {  # the flags of a multitask row
         lever-mean-pooling) echo "--recipe paper --sts-head concat --pooling mean" ;;
         lever-linear-warmup) echo "--recipe paper --sts-head concat --lr-schedule linear --warmup 0.1" ;;
         lever-lr-1e-4) echo "--recipe paper --sts-head concat --lr 1e-4" ;;
+        lever-lr-1e-4-linear) echo "--recipe paper --sts-head concat --lr 1e-4 --lr-schedule linear --warmup 0.1" ;;
         lever-uncertainty) echo "--recipe paper --sts-head concat --balance uncertainty" ;;
         *) echo "error: unknown row $1" >&2; return 2 ;;
     esac
