@@ -341,6 +341,13 @@ against=()
 for pair in multi-tuned-concat-head10=single-tuned-head10 multi-tuned-concat-head10-bam=single-tuned-head10 \
             multi-paper-concat=single-paper multi-tuned-concat-ls=single-tuned-ls multi-tuned-concat-lld=single-tuned-lld \
             multi-tuned-cosine-paired-private1-equal-norm-lld=single-tuned-lld; do
-    if [[ -d "$runs_dir/${pair%%=*}" ]]; then against+=(--against "$pair"); fi
+    row="${pair%%=*}" baseline="${pair#*=}"
+    [[ -d "$runs_dir/$row" ]] || continue
+    if [[ -d "$runs_dir/$baseline" ]]; then
+        against+=(--against "$pair")
+    else  # (naming it would stop the table; the runs are all there)
+        echo "note: $runs_dir has no $baseline row, so the table compares $row with single-tuned, another" \
+             "recipe; run the $baseline row (ROWS=$baseline) to compare it with its own" >&2
+    fi
 done
 "$PYTHON" -m multitask.ablation "$runs_dir" "${against[@]}"

@@ -71,6 +71,24 @@ def test_an_unknown_row_stops_the_script_before_any_run(tmp_path):
         assert refused.returncode == 2 and f"unknown row '{bad}'" in refused.stderr, (bad, refused.stderr)
 
 
+def test_the_closing_table_leaves_a_row_whose_own_baseline_is_missing_with_the_default(tmp_path):
+    # Finished runs are skipped, so this runs only the table at the script's end, which once
+    # stopped with a usage error when multi-paper-concat had no single-paper row beside it.
+    runs = tmp_path / "runs"
+    write_final(runs / "multi-paper-concat" / "seed0", sst_acc=0.3, qqp_acc=0.7, sts_corr=0.8, overall=0.6)
+    for row, sst in (("single-tuned", 0.4), ("single-paper", 0.2)):
+        for task, metric in (("sst", "sst_acc"), ("qqp", "qqp_acc"), ("sts", "sts_corr")):
+            write_final(runs / row / "seed0" / task, **{metric: sst if task == "sst" else 0.7})
+        if row == "single-tuned":
+            alone = run_script(RUNS_DIR=str(runs), SEEDS="0", ROWS="multi-paper-concat", PYTHON=sys.executable)
+            assert alone.returncode == 0, alone.stderr
+            assert "has no single-paper row, so the table compares multi-paper-concat with single-tuned" in alone.stderr
+            assert "| multi-paper-concat | -0.100 (-0.100) |" in (runs / "ablation.md").read_text()
+    both = run_script(RUNS_DIR=str(runs), SEEDS="0", ROWS="multi-paper-concat", PYTHON=sys.executable)
+    assert both.returncode == 0 and "has no" not in both.stderr, both.stderr
+    assert "| multi-paper-concat, minus single-paper | +0.100 (+0.100) |" in (runs / "ablation.md").read_text()
+
+
 def test_the_table_averages_seeds_and_joins_single_task_runs(tmp_path):
     write_final(tmp_path / "multi" / "seed0", sst_acc=0.4, qqp_acc=0.8, sts_corr=0.8, overall=0.7)
     write_final(tmp_path / "multi" / "seed1", sst_acc=0.5, qqp_acc=0.7, sts_corr=0.6, overall=0.65)
