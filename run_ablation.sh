@@ -341,12 +341,12 @@ against=()
 for pair in multi-tuned-concat-head10=single-tuned-head10 multi-tuned-concat-head10-bam=single-tuned-head10 \
             multi-paper-concat=single-paper multi-tuned-concat-ls=single-tuned-ls multi-tuned-concat-lld=single-tuned-lld \
             multi-tuned-cosine-paired-private1-equal-norm-lld=single-tuned-lld; do
-    row="${pair%%=*}" baseline="${pair#*=}"
-    [[ -d "$runs_dir/$row" ]] || continue
+    multi="${pair%%=*}" baseline="${pair#*=}"
+    [[ -d "$runs_dir/$multi" ]] || continue
     if [[ -d "$runs_dir/$baseline" ]]; then
         against+=(--against "$pair")
     else  # (naming it would stop the table; the runs are all there)
-        echo "note: $runs_dir has no $baseline row, so the table compares $row with single-tuned, another" \
+        echo "note: $runs_dir has no $baseline row, so the table compares $multi with single-tuned, another" \
              "recipe; run the $baseline row (ROWS=$baseline) to compare it with its own" >&2
     fi
 done

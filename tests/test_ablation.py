@@ -75,15 +75,17 @@ def test_the_closing_table_leaves_a_row_whose_own_baseline_is_missing_with_the_d
     # Finished runs are skipped, so this runs only the table at the script's end, which once
     # stopped with a usage error when multi-paper-concat had no single-paper row beside it.
     runs = tmp_path / "runs"
-    write_final(runs / "multi-paper-concat" / "seed0", sst_acc=0.3, qqp_acc=0.7, sts_corr=0.8, overall=0.6)
-    for row, sst in (("single-tuned", 0.4), ("single-paper", 0.2)):
+    def single_row(row: str, sst: float) -> None:  # a finished single-task row, seed 0
         for task, metric in (("sst", "sst_acc"), ("qqp", "qqp_acc"), ("sts", "sts_corr")):
             write_final(runs / row / "seed0" / task, **{metric: sst if task == "sst" else 0.7})
-        if row == "single-tuned":
-            alone = run_script(RUNS_DIR=str(runs), SEEDS="0", ROWS="multi-paper-concat", PYTHON=sys.executable)
-            assert alone.returncode == 0, alone.stderr
-            assert "has no single-paper row, so the table compares multi-paper-concat with single-tuned" in alone.stderr
-            assert "| multi-paper-concat | -0.100 (-0.100) |" in (runs / "ablation.md").read_text()
+
+    write_final(runs / "multi-paper-concat" / "seed0", sst_acc=0.3, qqp_acc=0.7, sts_corr=0.8, overall=0.6)
+    single_row("single-tuned", 0.4)
+    alone = run_script(RUNS_DIR=str(runs), SEEDS="0", ROWS="multi-paper-concat", PYTHON=sys.executable)
+    assert alone.returncode == 0, alone.stderr
+    assert "has no single-paper row, so the table compares multi-paper-concat with single-tuned" in alone.stderr
+    assert "| multi-paper-concat | -0.100 (-0.100) |" in (runs / "ablation.md").read_text()
+    single_row("single-paper", 0.2)
     both = run_script(RUNS_DIR=str(runs), SEEDS="0", ROWS="multi-paper-concat", PYTHON=sys.executable)
     assert both.returncode == 0 and "has no" not in both.stderr, both.stderr
     assert "| multi-paper-concat, minus single-paper | +0.100 (+0.100) |" in (runs / "ablation.md").read_text()
