@@ -316,7 +316,8 @@ class MultitaskBert(nn.Module):
         if self.paraphrase_from_sts:  # (the concat head) one pair encoding, read by two heads
             pooled = self.pooled(batch)  # (B, H)
             similarity = losses.similarity_mse_loss(self.concat_score(pooled), batch.labels, self.sts_unit_scale)
-            paraphrase = losses.paraphrase_loss_from_similarity(self.joint_paraphrase_logit(pooled), batch.labels)
+            paraphrase = losses.paraphrase_loss_from_similarity(self.joint_paraphrase_logit(pooled), batch.labels,
+                                                                  self.label_smoothing)
             return similarity + self.paraphrase_from_sts * paraphrase
         return losses.similarity_mse_loss(self.similarity_score(batch), batch.labels, self.sts_unit_scale)
 

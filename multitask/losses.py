@@ -145,11 +145,12 @@ def paraphrase_loss(logits: Tensor, labels: Tensor, smoothing: float = 0.0) -> T
     return F.binary_cross_entropy_with_logits(logits.float(), targets)
 
 
-def paraphrase_loss_from_similarity(logits: Tensor, labels_0_5: Tensor) -> Tensor:
+def paraphrase_loss_from_similarity(logits: Tensor, labels_0_5: Tensor, smoothing: float = 0.0) -> Tensor:
     """QQP's binary cross-entropy on STS pairs, with paraphrase labels read off their similarity:
 
         y_i = 1 where label_i >= 4 ("mostly equivalent"), 0 where label_i <= 2 ("not equivalent")
-        L = sum_i used_i * BCE(z_i, y_i) / max(1, sum_i used_i)       used_i: label_i outside (2, 4)
+        target_i = (1 - eps) * y_i + eps / 2      (paraphrase_loss's label smoothing, eps = smoothing)
+        L = sum_i used_i * BCE(z_i, target_i) / max(1, sum_i used_i)    used_i: label_i outside (2, 4)
 
     The pairs in between ("roughly equivalent, some important information differs") are left
     out: Quora's duplicates are questions with the same intent, and a pair scored 3 could be
@@ -158,12 +159,14 @@ def paraphrase_loss_from_similarity(logits: Tensor, labels_0_5: Tensor) -> Tenso
     rather than dropped, so that the shapes stay fixed (a captured CUDA graph needs that); a batch
     with no pair used gives 0, still attached to the graph.
 
-    logits: (B,) the paraphrase head's logits on the STS pairs; labels_0_5: (B,) their scores.
+    logits: (B,) the paraphrase head's logits on the STS pairs; labels_0_5: (B,) their scores
+    (under --teachers, the STS labels already moved towards the STS teacher's scores, so the
+    thresholds read the mixed score).
     """
     paraphrase = labels_0_5 >= PARAPHRASE_FROM_SIMILARITY  # (B,) bool
     used = paraphrase | (labels_0_5 <= NOT_PARAPHRASE_FROM_SIMILARITY)  # (B,) bool
-    per_pair = F.binary_cross_entropy_with_logits(logits.float(), paraphrase.float(),
-                                                  reduction="none")  # (B,)
+    targets = paraphrase.float() * (1.0 - smoothing) + smoothing / 2  # (B,) as in paraphrase_loss
+    per_pair = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")  # (B,)
     return (per_pair * used).sum() / used.sum().clamp(min=1)
 
 

@@ -474,6 +474,17 @@ def test_paraphrase_loss_from_similarity_by_hand():
         paraphrase_loss(logits[used], targets).item(), rel=1e-6)
 
 
+def test_paraphrase_loss_from_similarity_smooths_its_targets_as_paraphrase_loss_does():
+    """With eps, the read-off targets 1 and 0 become 1 - eps/2 and eps/2, on the pairs used only."""
+    logits, scores = torch.tensor([1.5, -0.5, 2.0, 0.3]), torch.tensor([4.5, 1.0, 3.0, 2.0])
+    targets = torch.tensor([0.95, 0.05, 0.05])  # eps 0.1 on the paraphrase, and on the two that are not
+    by_hand = nn.functional.binary_cross_entropy_with_logits(logits[[0, 1, 3]], targets)
+    assert paraphrase_loss_from_similarity(logits, scores, 0.1).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert paraphrase_loss_from_similarity(logits, scores, 0.1).item() == pytest.approx(
+        paraphrase_loss(logits[[0, 1, 3]], torch.tensor([1.0, 0.0, 0.0]), 0.1).item(), rel=1e-6)
+    assert paraphrase_loss_from_similarity(logits, scores, 0.1) != paraphrase_loss_from_similarity(logits, scores)
+
+
 def test_paraphrase_loss_from_similarity_averages_over_the_pairs_used_even_one():
     logits, scores = torch.tensor([0.4, 2.0, -1.0]), torch.tensor([4.2, 3.0, 2.5])  # one pair used
     alone = nn.functional.binary_cross_entropy_with_logits(torch.tensor([0.4]), torch.tensor([1.0]))

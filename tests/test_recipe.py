@@ -517,6 +517,11 @@ def test_paraphrase_from_sts_trains_the_paraphrase_head_on_the_sts_pairs():
     assert TrainConfig.from_dict(old).paraphrase_from_sts == 0.0
     with pytest.raises(ValueError, match="concat STS head and the joint paraphrase head"):
         tiny_model(paraphrase_from_sts=1.0, paraphrase_head="siamese")
+    # --label-smoothing reaches the paraphrase targets read off the STS pairs, as it reaches QQP's own
+    smoothed = tiny_model(sts_loss_scale="unit", paraphrase_from_sts=0.5, label_smoothing=0.2)
+    smoothed.load_state_dict(plain.state_dict())
+    paraphrase = paraphrase_loss(logits[:2], torch.tensor([1.0, 0.0]), 0.2)
+    assert smoothed.loss(sts).item() == pytest.approx((similarity + 0.5 * paraphrase).item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("flags, message", [
