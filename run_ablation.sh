@@ -13,7 +13,7 @@
 #                                 number of batches its task gets in the multitask run's plan (the
 #                                 same per-task steps)
 #   single-tuned-head10           the same with the heads' learning rate 10 times the encoder's
-#                                 (--head-lr-mult 10), the baseline of multi-tuned-concat-head10
+#                                 (--head-lr-mult 10), the baseline of the -head10 rows
 #   single-tuned-ls               the same with --label-smoothing 0.1, the baseline of multi-tuned-concat-ls
 #   single-tuned-lld              the same with --layer-lr-decay 0.8, the baseline of the -lld rows
 #   pair-sst-qqp, pair-sst-sts, pair-qqp-sts   two tasks of three (tuned, concat), as many batches
@@ -85,6 +85,8 @@
 #   multi-tuned-cosine-paired-private3-sts-equal-norm-schedules
 #                                 the same (three) with --task-schedules: STS's k-th step at the learning rate of
 #                                 step k of its single-task run
+#   multi-tuned-cosine-paired-private3-sts-equal-norm-head10
+#                                 the same (three) with --head-lr-mult 10; compared with single-tuned-head10
 #   multi-tuned-concat-lld, multi-tuned-cosine-paired-private1-equal-norm-lld
 #                                 --layer-lr-decay 0.8 (each encoder layer at 0.8 times the rate of the one
 #                                 above), with the concat head or with the cosine rows' levers
@@ -135,7 +137,8 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-concat-qqp-from-sts single-tuned-lld multi-tuned-concat-lld
           multi-tuned-cosine-paired-private1-equal-norm-lld
           multi-tuned-cosine-paired-private3-sts-equal-norm multi-tuned-cosine-paired-private4-sts-equal-norm
-          multi-tuned-cosine-paired-private5-sts-equal-norm multi-tuned-cosine-paired-private3-sts-equal-norm-schedules)
+          multi-tuned-cosine-paired-private5-sts-equal-norm multi-tuned-cosine-paired-private3-sts-equal-norm-schedules
+          multi-tuned-cosine-paired-private3-sts-equal-norm-head10)
 rows=(${ROWS:-${all_rows[@]}})
 # fp32 on every CPU, so that rows run on a CPU with native bf16 (where --precision auto picks bf16)
 # stay comparable with rows run on one without; an argument --precision overrides it.
@@ -190,6 +193,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-cosine-paired-private4-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 4 --private-tasks sts --balance equal-norm" ;;
         multi-tuned-cosine-paired-private5-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 5 --private-tasks sts --balance equal-norm" ;;
         multi-tuned-cosine-paired-private3-sts-equal-norm-schedules) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts --balance equal-norm --task-schedules" ;;
+        multi-tuned-cosine-paired-private3-sts-equal-norm-head10) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts --balance equal-norm --head-lr-mult 10" ;;
         multi-tuned-concat-lld) echo "--recipe tuned --sts-head concat --layer-lr-decay 0.8" ;;
         multi-tuned-cosine-paired-private1-equal-norm-lld) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 1 --balance equal-norm --layer-lr-decay 0.8" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
@@ -340,7 +344,8 @@ done
 against=()
 for pair in multi-tuned-concat-head10=single-tuned-head10 multi-tuned-concat-head10-bam=single-tuned-head10 \
             multi-paper-concat=single-paper multi-tuned-concat-ls=single-tuned-ls multi-tuned-concat-lld=single-tuned-lld \
-            multi-tuned-cosine-paired-private1-equal-norm-lld=single-tuned-lld; do
+            multi-tuned-cosine-paired-private1-equal-norm-lld=single-tuned-lld \
+            multi-tuned-cosine-paired-private3-sts-equal-norm-head10=single-tuned-head10; do
     multi="${pair%%=*}" baseline="${pair#*=}"
     [[ -d "$runs_dir/$multi" ]] || continue
     if [[ -d "$runs_dir/$baseline" ]]; then
