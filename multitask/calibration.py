@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from multitask.commands import program_name
 from multitask.config import DEVICES
 from multitask.data import DataError
 from multitask.evaluation import predict_split
+from multitask.fit import batches_taken, rows_trained
 from multitask.predict import open_checkpoint
 from multitask.runtime import RuntimeSetupError
 
@@ -69,17 +69,13 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 def unseen_rows(run: Path, data: dict, config, pad_id: int) -> np.ndarray:
     """The Quora training rows the run never trained on: its stream's first pass, after the
-    batches it took (all epochs' batches_qqp in metrics.jsonl)."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    taken = sum(record.get("batches_qqp") or 0 for record in records)
-    stream = training.make_streams(data, config, pad_id)["qqp"]  # the run's own stream, from its start
-    if taken >= len(stream):
-        raise ValueError(f"{run}: it trained {taken} Quora batches, at least one whole pass over the training "
-                         f"file ({len(stream)} batches), so no training pair is unseen; this tool needs a run "
-                         f"that stopped within its first pass")
-    for _ in range(taken):  # the batches the run trained on
-        stream.next_rows()
-    return np.sort(np.concatenate([stream.next_rows() for _ in range(len(stream) - taken)]))  # the rest of the pass
+    batches it took (all epochs' batches_qqp in metrics.jsonl; `multitask.fit.rows_trained`)."""
+    _, untouched = rows_trained(run, data, config, pad_id, "qqp")
+    if len(untouched) == 0:
+        raise ValueError(f"{run}: it trained {batches_taken(run, 'qqp')} Quora batches, at least one whole pass "
+                         f"over the training file, so no training pair is unseen; this tool needs a run that "
+                         f"stopped within its first pass")
+    return untouched
 
 
 def paraphrase_calibration(run: str | Path, device: str = "cpu", data_dir: str | None = None) -> dict[str, float]:
