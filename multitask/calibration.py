@@ -88,7 +88,7 @@ def paraphrase_calibration(run: str | Path, device: str = "cpu", data_dir: str |
     if "qqp" not in trained.config.task_names:
         raise CheckpointError(f"{run}: the run did not train the paraphrase task (--tasks {trained.config.tasks})")
     config = dataclasses.replace(trained.config, tasks="qqp", data_dir=data_dir or trained.config.data_dir)
-    data = training.prepare_data(config, trained.tokenizer, log=lambda message: None)
+    data = training.prepare_data(config, trained.tokenizer, log=lambda message: None, with_test=False)
     pad_id = trained.tokenizer.pad_token_id
     held = data["qqp"].train.subset(unseen_rows(run, data, config, pad_id))
     p_held, p_dev = (predict_split(trained.model, split, config.eval_batch_size, pad_id, trained.device, "fp32")

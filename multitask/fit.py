@@ -65,7 +65,7 @@ def fit_scores(run: str | Path, device: str = "cpu", data_dir: str | None = None
     batches_taken(run, "sst")  # (a folder that is no training run: refused before loading anything)
     trained = open_checkpoint(run, device)
     config = dataclasses.replace(trained.config, data_dir=data_dir or trained.config.data_dir)
-    data = training.prepare_data(config, trained.tokenizer, log=lambda message: None)
+    data = training.prepare_data(config, trained.tokenizer, log=lambda message: None, with_test=False)
     pad_id = trained.tokenizer.pad_token_id
     scores = {}
     for task in config.task_names:

@@ -564,15 +564,17 @@ def build_model(config: TrainConfig) -> tuple[MultitaskBert, BertTokenizer]:
     return checkpoint.build_heads(encoder, config), tokenizer
 
 
-def load_splits(config: TrainConfig, log: Callable[[str], None]) -> dict[str, dict[str, Split]]:
-    """Read the nine CS224N files (downloading missing ones); report skipped rows."""
+def load_splits(config: TrainConfig, log: Callable[[str], None],
+                with_test: bool = True) -> dict[str, dict[str, Split]]:
+    """Read the nine CS224N files (downloading missing ones; the test files only `with_test`);
+    report skipped rows."""
     paths = dataset_paths(config.data_dir)
     needed = [paths[f"{FILE_KEYS[t]}-{part}"].name for t in config.task_names for part in ("train", "dev")]
     ensure_files(config.data_dir, needed, progress=config.progress)
     splits: dict[str, dict[str, Split]] = {}
     for task in config.task_names:
         splits[task] = {}
-        for part in ("train", "dev", "test"):
+        for part in ("train", "dev", "test") if with_test else ("train", "dev"):
             path = paths[f"{FILE_KEYS[task]}-{part}"]
             if part == "test" and not path.is_file():
                 try:
@@ -595,9 +597,11 @@ def cap_examples(split: Split, limit: int | None, seed: int) -> Split:
     return Split(split.name, split.path, [split.examples[i] for i in keep], split.skipped)
 
 
-def prepare_data(config: TrainConfig, tokenizer: BertTokenizer, log: Callable[[str], None]) -> dict[str, TaskData]:
-    """Load and tokenize every split once, in the layouts the chosen heads need."""
-    splits = load_splits(config, log)
+def prepare_data(config: TrainConfig, tokenizer: BertTokenizer, log: Callable[[str], None],
+                 with_test: bool = True) -> dict[str, TaskData]:
+    """Load and tokenize every split once, in the layouts the chosen heads need (not `with_test`:
+    the training and dev splits only, for the tools that score a finished run)."""
+    splits = load_splits(config, log, with_test)
     task_layouts = layouts(config.sts_head, config.paraphrase_head)
     data = {}
     for task in config.task_names:

@@ -1,11 +1,13 @@
 """multitask.fit: each task's score on the training rows a run trained on, beside its dev score."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
 from bert import BertTokenizer
-from multitask import batching, fit, training
+from multitask import batching, calibration, fit, training
 from multitask.batching import collate
 from multitask.evaluation import METRIC_NAMES
 from multitask.predict import open_checkpoint
@@ -86,3 +88,22 @@ def test_the_training_scores_are_the_model_s_on_the_rows_it_trained_on(tiny_setu
     assert fit.main([str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
     assert "no metrics.jsonl" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("tool", [fit.fit_scores, calibration.paraphrase_calibration])
+def test_the_tools_neither_read_nor_fetch_the_test_files(tool, tiny_setup, tmp_path, monkeypatch, capsys):
+    """Scoring a finished run needs its training and dev files only: a data folder without the test
+    files (as offline copies often are) brings no download attempt and no note about one."""
+    config = tiny_config(tiny_setup, tmp_path / "run", epochs=1, batches_per_epoch=12)
+    training.train(config, log=lambda message: None)
+    data_dir = shutil.copytree(config.data_dir, tmp_path / "no-test-files")
+    for test_file in data_dir.glob("*test*"):
+        test_file.unlink()
+    asked = []
+    ensure_files = training.ensure_files
+    monkeypatch.setattr(training, "ensure_files", lambda folder, names, **kw: (asked.extend(names),
+                                                                               ensure_files(folder, names, **kw)))
+    capsys.readouterr()
+    assert tool(tmp_path / "run", data_dir=str(data_dir))  # (the scores, made from the files asked for)
+    assert asked and not [name for name in asked if "test" in name]
+    assert "download" not in capsys.readouterr().err
