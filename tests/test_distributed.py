@@ -240,6 +240,33 @@ def test_pals_under_two_processes_match_one(tiny_setup, tmp_path):
     assert_same_gradients(two["grads"], one["grads"])
 
 
+def test_the_ablation_levers_under_two_processes_match_one(tiny_setup, tmp_path):
+    """The multitask levers of the ablation, all in one run: STS's own top layer (outside the
+    DDP-wrapped encoder, averaged with the heads), the paper's shared layer, equal-norm balancing
+    (the norm of the all-reduced gradient), one AdamW per task, per-task schedules, layer-wise
+    decay and faster heads (parameter groups), label smoothing, paraphrase targets read off STS
+    pairs, and a teacher's targets for every task (each rank relabels its own share). Two
+    processes give one process's losses, gradients, weights and dev scores."""
+    teacher = tmp_path / "teacher"
+    training.train(TrainConfig(**config_values(tiny_setup, teacher, batches_per_epoch=6)), log=lambda m: None)
+    values = config_values(tiny_setup, tmp_path / "unused", private_layers=1, private_tasks="sts",
+                           balance="equal-norm", task_moments=True, task_schedules=True, shared_layer=True,
+                           layer_lr_decay=0.8, head_lr_mult=10.0, label_smoothing=0.1, paraphrase_from_sts=1.0,
+                           teachers=",".join(f"{task}={teacher}" for task in TASKS))
+    for processes in (2, 1):
+        (tmp_path / str(processes)).mkdir()
+        torchrun(processes, WORKER, json.dumps(values), 12, tmp_path / str(processes))
+    two, one = (torch.load(tmp_path / str(n) / "rank0.pt", weights_only=True) for n in (2, 1))
+    assert two["plan"] == one["plan"] and {task for (task,) in one["plan"]} == set(TASKS)
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
+    assert "private.tasks.sts.0.attention.self.query.weight" in one["model"]
+    assert two["grads"].keys() == one["grads"].keys()
+    assert_same_gradients(two["grads"], one["grads"])
+    for name, weights in one["model"].items():
+        torch.testing.assert_close(two["model"][name], weights, atol=1e-5, rtol=0, msg=name)
+    assert two["metrics"] == pytest.approx(one["metrics"], abs=1e-6)
+
+
 # ---- the command line under torchrun ---------------------------------------------------------
 
 
