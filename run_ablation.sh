@@ -102,7 +102,9 @@
 # Each run trains into RUNS_DIR/<row>/seed<k>[/<task>]/ (RUNS_DIR defaults to runs/ablation); a
 # finished run (final_metrics.json) is skipped, so the same command carries on after a stop. At
 # the end `python -m multitask.ablation RUNS_DIR` writes the table (mean and spread per task).
-# Arguments go to every multitask_classifier.py call. Environment: MODEL, DATA_DIR, RUNS_DIR,
+# Arguments go to every multitask_classifier.py call (not those that fix a run's steps: --epochs,
+# --sampler, --batches-per-epoch, --seed, --tasks; --max-train-examples N also caps the task sizes
+# the single-task runs' steps are counted from). Environment: MODEL, DATA_DIR, RUNS_DIR,
 # SEEDS, ROWS, PYTHON, and SINGLE_RUNS: which runs a single-* row trains (all seven by default:
 # sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent), e.g. "sst qqp sts". Every row
 # in ROWS is checked before the first run; LIST_ROWS=1 prints the multitask rows' flags and stops.
@@ -140,6 +142,23 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-cosine-paired-private5-sts-equal-norm multi-tuned-cosine-paired-private3-sts-equal-norm-schedules
           multi-tuned-cosine-paired-private3-sts-equal-norm-head10)
 rows=(${ROWS:-${all_rows[@]}})
+# The arguments go to every run, after the script's own. Those that fix which steps a run takes
+# are the script's: given here, a run would take them and its single-task partners would still
+# train the steps of the script's plan. --max-train-examples changes the plan's task sizes, so
+# the plan's counts take it too.
+plan_args=()
+for (( i = 1; i <= $#; i++ )); do
+    arg="${!i}"
+    case "$arg" in
+        --epochs|--epochs=*|--sampler|--sampler=*|--batches-per-epoch|--batches-per-epoch=*|--seed|--seed=*|\
+        --tasks|--tasks=*|--out-dir|--out-dir=*|--resume|--resume=*)
+            echo "error: run_ablation.sh sets ${arg%%=*} itself (one epoch of BATCHES annealed batches, the seeds" \
+                 "in SEEDS, the tasks and folders of each row); leave it out of the arguments" >&2
+            exit 2 ;;
+        --max-train-examples=*) plan_args=("$arg") ;;
+        --max-train-examples) j=$(( i + 1 )); plan_args=("$arg" "${!j:-}") ;;
+    esac
+done
 # fp32 on every CPU, so that rows run on a CPU with native bf16 (where --precision auto picks bf16)
 # stay comparable with rows run on one without; an argument --precision overrides it.
 common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --batch-size 32
@@ -273,7 +292,8 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
         if [[ "$row" == single-* || "$row" == pair-* ]]; then
             # Each task's share of the multitask plan of this seed: the same per-task steps.
             read -r n_sst n_qqp n_sts < <("$PYTHON" -m multitask.ablation --plan-counts \
-                --data-dir "$data_dir" --batches "$batches" --seed "$seed")
+                --data-dir "$data_dir" --batches "$batches" --seed "$seed" ${plan_args[@]+"${plan_args[@]}"}) || true
+            [[ -n "${n_sts:-}" ]] || { echo "error: could not count the plan's batches per task (above)" >&2; exit 2; }
         fi
         if [[ "$row" == single-* ]]; then  # single-<recipe>[-<lever>][-bam]: its recipe and lever
             base="${row%-bam}"

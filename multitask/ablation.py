@@ -37,7 +37,7 @@ from pathlib import Path
 
 import scipy.stats
 
-from multitask.config import COSINE_HEADS, TASKS
+from multitask.config import COSINE_HEADS, TASKS, positive_int
 from multitask.evaluation import overall_score
 
 METRICS = ("sst_acc", "qqp_acc", "sts_corr", "overall")
@@ -49,8 +49,9 @@ OTHER_HEAD_RUNS = {"qqp-siamese": ("qqp_acc", "qqp_acc_siamese"),  # the siamese
                    "sts-cosent": ("sts_corr", "sts_corr_cosent")}  # the cosine head, CoSENT
 
 
-def plan_counts(data_dir: str, batches: int, seed: int) -> dict[str, int]:
-    """Each task's number of batches in the one-epoch annealed plan of `batches` batches."""
+def plan_counts(data_dir: str, batches: int, seed: int, max_train_examples: int | None = None) -> dict[str, int]:
+    """Each task's number of batches in the one-epoch annealed plan of `batches` batches (of a
+    run with --max-train-examples, whose sizes are the capped ones)."""
     from multitask.data import dataset_paths, load_quora, load_sst, load_sts
     from multitask.samplers import epoch_plan
 
@@ -58,6 +59,8 @@ def plan_counts(data_dir: str, batches: int, seed: int) -> dict[str, int]:
     sizes = {"sst": len(load_sst(paths["sst-train"]).examples),
              "qqp": len(load_quora(paths["quora-train"]).examples),
              "sts": len(load_sts(paths["sts-train"]).examples)}
+    if max_train_examples is not None:
+        sizes = {task: min(size, max_train_examples) for task, size in sizes.items()}
     plan = epoch_plan("annealed", sizes, 1, 1, batches, seed)
     return {task: plan.count(task) for task in TASKS}
 
@@ -301,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="data", help="with --plan-counts: the training files")
     parser.add_argument("--batches", type=int, default=600, help="with --plan-counts: the run's batches")
     parser.add_argument("--seed", type=int, default=0, help="with --plan-counts: the run's --seed")
+    parser.add_argument("--max-train-examples", type=positive_int, default=None,
+                        help="with --plan-counts: the run's --max-train-examples (each task's size capped)")
     parser.add_argument("--baseline", default="single-tuned",
                         help="the single-task row the multitask rows are compared with, seed by seed")
     parser.add_argument("--against", action="append", default=[], metavar="ROW=BASELINE",
@@ -311,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                              "whose header matches one written here; may be repeated")
     args = parser.parse_args(argv)
     if args.plan_counts:
-        print(*plan_counts(args.data_dir, args.batches, args.seed).values())
+        print(*plan_counts(args.data_dir, args.batches, args.seed, args.max_train_examples).values())
         return 0
     if args.runs_dir is None or not args.runs_dir.is_dir():
         parser.error(f"{args.runs_dir}: not a folder of ablation runs")

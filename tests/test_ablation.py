@@ -6,12 +6,13 @@ import re
 import shlex
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from multitask import ablation
-from multitask.config import TASKS, config_from_args
+from multitask import ablation, training
+from multitask.config import TASKS, TrainConfig, config_from_args
 from multitask.data import dataset_paths, load_quora, load_sst, load_sts
 from multitask.samplers import epoch_plan
 
@@ -120,6 +121,56 @@ def test_plan_counts_are_the_multitask_plans_share_of_each_task(tmp_path, minilm
              "sts": len(load_sts(paths["sts-train"]).examples)}
     plan = epoch_plan("annealed", sizes, 1, 1, 50, 3)
     assert counts == {t: plan.count(t) for t in TASKS} and sum(counts.values()) == 50
+
+
+def uneven_dataset(folder: Path) -> Path:
+    """The synthetic files with SST's training file cut to 30 rows (QQP and STS keep 96), so that
+    a cap of 40 changes the tasks' shares of an annealed plan."""
+    data_dir = write_dataset(folder, train=96, dev=40, test=16)
+    sst_train = dataset_paths(data_dir)["sst-train"]
+    lines = sst_train.read_text().splitlines(keepends=True)
+    sst_train.write_text("".join(lines[:31]))  # the header and 30 rows
+    return data_dir
+
+
+def test_plan_counts_of_capped_tasks_are_the_capped_runs_counts(tmp_path, minilm_dir):
+    """--max-train-examples caps each task's training rows, and so the annealed plan's shares: the
+    counts the single-task runs train are those the capped multitask run draws."""
+    data_dir = uneven_dataset(tmp_path / "data")
+    model_dir = write_tiny_checkpoint(tmp_path / "model", minilm_dir)
+    config = TrainConfig(model=str(model_dir), data_dir=str(data_dir), out_dir=str(tmp_path / "run"), epochs=1,
+                         batches_per_epoch=300, seed=5, max_train_examples=40, device="cpu", progress=False)
+    trainer = training.Trainer(config, log=lambda m: None)
+    assert trainer.task_sizes == {"sst": 30, "qqp": 40, "sts": 40}
+    drawn = Counter(task for (task,) in trainer.epoch_plan(1))
+    counts = ablation.plan_counts(str(data_dir), 300, seed=5, max_train_examples=40)
+    assert counts == {task: drawn[task] for task in TASKS}
+    assert counts != ablation.plan_counts(str(data_dir), 300, seed=5)  # (the cap does change them)
+
+
+def test_arguments_that_fix_a_run_s_steps_are_refused_and_the_cap_reaches_the_plan(tmp_path, minilm_dir):
+    """The script sets each run's epochs, sampler, batches, seed and tasks itself: given as
+    arguments, a multitask run would take them and its single-task partners would not. A cap on
+    the training rows goes to every run and to the plan the single-task runs' steps come from."""
+    runs = tmp_path / "runs"
+    for flag in ("--epochs", "--sampler", "--batches-per-epoch", "--seed", "--tasks"):
+        refused = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh"), f"{flag}=2"],
+                                 env=script_env(RUNS_DIR=str(runs), PYTHON="false", ROWS="single-tuned"),
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and f"sets {flag} itself" in refused.stderr, (flag, refused.stderr)
+    assert not runs.exists()
+    data_dir = uneven_dataset(tmp_path / "data")
+    env = script_env(MODEL=str(write_tiny_checkpoint(tmp_path / "model", minilm_dir)), DATA_DIR=str(data_dir),
+                     RUNS_DIR=str(runs), PYTHON=sys.executable, OMP_NUM_THREADS="1", SEEDS="5", BATCHES="12",
+                     ROWS="single-tuned", SINGLE_RUNS="sst")
+    process = subprocess.run(["bash", str(REPO_ROOT / "run_ablation.sh"), "--max-train-examples", "40",
+                              "--batch-size", "8", "--eval-batch-size", "64"],
+                             env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    (record,) = [json.loads(line) for line in (runs / "single-tuned" / "seed5" / "sst" / "metrics.jsonl").open()]
+    capped = ablation.plan_counts(str(data_dir), 12, seed=5, max_train_examples=40)
+    assert capped != ablation.plan_counts(str(data_dir), 12, seed=5)  # (a test of the cap, not of the plan)
+    assert record["batches_sst"] == capped["sst"]
 
 
 def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, minilm_dir):
