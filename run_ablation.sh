@@ -52,7 +52,8 @@
 #   <row>-bam (multi-tuned-concat-bam, multi-tuned-cosine-bam, multi-tuned-concat-head10-bam)
 #                                 born-again distillation (--teachers): <row>, each task's targets
 #                                 annealed from the single-task run of the same seed and recipe
-#                                 (single-tuned, or single-tuned-head10 for a -head10 row; a cosine
+#                                 (the row <row> is compared with: single-tuned, single-tuned-head10 for
+#                                 a -head10 row, single-paper for the paper's; a cosine
 #                                 row's STS teacher is its sts-cosine run, a cosent row's its
 #                                 sts-cosent run) to the gold labels; needs those single-task runs
 #                                 first
@@ -338,8 +339,7 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
                 --batches-per-epoch "$n_sts" --seed "$seed"
         elif [[ "$row" == *-bam ]]; then
             # The teachers: this seed's single-task runs (the same per-task steps, the same recipe).
-            base="${row%-bam}"; single_row=single-tuned
-            [[ "$base" == *-head10 ]] && single_row=single-tuned-head10
+            base="${row%-bam}"; single_row="$("$PYTHON" -m multitask.ablation --own-baseline "$row")"
             single="$runs_dir/$single_row/seed$seed"; sts_teacher="$single/sts"; qqp_teacher="$single/qqp"
             [[ "$base" == *cosine* ]] && sts_teacher="$single/sts-cosine"
             [[ "$base" == *cosine-paired* ]] && sts_teacher="$single/sts-cosine-paired"
@@ -359,20 +359,7 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
     done
 done
 
-# The -head10, -ls and -lld rows and the paper's row changed the recipe: each is compared with the
-# single-task runs of its own (those of the rows in RUNS_DIR).
-against=()
-for pair in multi-tuned-concat-head10=single-tuned-head10 multi-tuned-concat-head10-bam=single-tuned-head10 \
-            multi-paper-concat=single-paper multi-tuned-concat-ls=single-tuned-ls multi-tuned-concat-lld=single-tuned-lld \
-            multi-tuned-cosine-paired-private1-equal-norm-lld=single-tuned-lld \
-            multi-tuned-cosine-paired-private3-sts-equal-norm-head10=single-tuned-head10; do
-    multi="${pair%%=*}" baseline="${pair#*=}"
-    [[ -d "$runs_dir/$multi" ]] || continue
-    if [[ -d "$runs_dir/$baseline" ]]; then
-        against+=(--against "$pair")
-    else  # (naming it would stop the table; the runs are all there)
-        echo "note: $runs_dir has no $baseline row, so the table compares $multi with single-tuned, another" \
-             "recipe; run the $baseline row (ROWS=$baseline) to compare it with its own" >&2
-    fi
-done
-"$PYTHON" -m multitask.ablation "$runs_dir" "${against[@]}"
+# Each multitask row is compared with the single-task runs of its own recipe and lever where it has
+# them (multitask.ablation's own_baseline: the paper's row with single-paper, a -head10 row with
+# single-tuned-head10, ...), else with single-tuned.
+"$PYTHON" -m multitask.ablation "$runs_dir"

@@ -158,6 +158,41 @@ def baseline_columns(seed_dir: Path) -> dict[str, str]:
     return columns
 
 
+# A lever that changes how single-task runs train too (its row name ends in it) is compared with
+# single-task runs trained with it; so is a row of the paper's recipe. run_ablation.sh trains these
+# baselines (and takes a -bam row's teachers from them).
+LEVER_BASELINES = {"-head10": "single-tuned-head10", "-ls": "single-tuned-ls", "-lld": "single-tuned-lld"}
+
+
+def own_baseline(row: str) -> str | None:
+    """The single-task row of a multitask row's own recipe and lever (`multi-tuned-concat-head10-bam`:
+    `single-tuned-head10`; `multi-paper-concat`: `single-paper`); None for a row of the plain
+    tuned recipe and for rows that are not multitask rows."""
+    if not row.startswith("multi-"):
+        return None
+    name = row.removesuffix("-bam")
+    if name.startswith("multi-paper-"):
+        return "single-paper"
+    return next((baseline for lever, baseline in LEVER_BASELINES.items() if name.endswith(lever)), None)
+
+
+def baselines(runs_dir: Path, default: str, against: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Each row's baseline where it is not `default`: `against`'s, else the row's own (where
+    RUNS_DIR holds it); and a note for each row whose own baseline is missing (it is then
+    compared with `default`, another recipe)."""
+    chosen, notes = dict(against), []
+    for row in (p.name for p in row_dirs(runs_dir) if p.name not in against and p.name != default):
+        own = own_baseline(row)
+        if own is None or own == default:
+            continue
+        if (runs_dir / own).is_dir():
+            chosen[row] = own
+        else:
+            notes.append(f"note: {runs_dir} has no {own} row, so the table compares {row} with {default}, "
+                         f"another recipe; run the {own} row (ROWS={own}) to compare it with its own")
+    return chosen, notes
+
+
 def paired_differences(runs_dir: Path, baseline: str,
                        against: dict[str, str] | None = None) -> dict[str, dict[str, list[float]]]:
     """row -> metric -> (row - baseline) for each seed both have: a multitask row's scores
@@ -165,8 +200,10 @@ def paired_differences(runs_dir: Path, baseline: str,
     two tasks (pair-*) is compared on its two tasks only. `against` names another baseline for
     some rows (a row trained with another recipe, against single-task runs of that recipe)."""
     differences: dict[str, dict[str, list[float]]] = {}
-    for row_dir in (p for p in row_dirs(runs_dir) if p.name != baseline):
+    for row_dir in row_dirs(runs_dir):
         base_dir = runs_dir / (against or {}).get(row_dir.name, baseline)
+        if base_dir == row_dir:
+            continue
         for seed_dir in seed_dirs(row_dir):
             ours, theirs = seed_scores(seed_dir), seed_scores(base_dir / seed_dir.name)
             if not (seed_dir / "final_metrics.json").is_file() or not theirs or "overall" not in theirs:
@@ -307,14 +344,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train-examples", type=positive_int, default=None,
                         help="with --plan-counts: the run's --max-train-examples (each task's size capped)")
     parser.add_argument("--baseline", default="single-tuned",
-                        help="the single-task row the multitask rows are compared with, seed by seed")
+                        help="the single-task row the multitask rows are compared with, seed by seed (a "
+                             "row of the paper's recipe, or whose name ends in a lever single-task runs "
+                             "take too, -head10, -ls, -lld, with its own: single-paper, single-tuned-head10, "
+                             "..., where RUNS_DIR has it)")
     parser.add_argument("--against", action="append", default=[], metavar="ROW=BASELINE",
-                        help="compare ROW with BASELINE instead (a row of another recipe against the "
-                             "single-task runs of that recipe); may be repeated")
+                        help="compare ROW with BASELINE instead; may be repeated")
+    parser.add_argument("--own-baseline", metavar="ROW",
+                        help="print the single-task row ROW is compared with by default, and stop")
     parser.add_argument("--update", action="append", default=[], type=Path, metavar="MARKDOWN",
                         help="also replace the tables of this Markdown file (docs/ablation.md) "
                              "whose header matches one written here; may be repeated")
     args = parser.parse_args(argv)
+    if args.own_baseline:
+        print(own_baseline(args.own_baseline) or args.baseline)
+        return 0
     if args.plan_counts:
         print(*plan_counts(args.data_dir, args.batches, args.seed, args.max_train_examples).values())
         return 0
@@ -336,9 +380,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.runs_dir}: no finished run (final_metrics.json) yet", file=sys.stderr)
         return 1
     text = table(rows)
-    if (args.runs_dir / args.baseline).is_dir():
-        text += "\n" + difference_table(paired_differences(args.runs_dir, args.baseline, against), args.baseline,
-                                        against)
+    against, notes = baselines(args.runs_dir, args.baseline, against)
+    for note in notes:
+        print(note, file=sys.stderr)
+    differences = paired_differences(args.runs_dir, args.baseline, against)
+    if differences:
+        text += "\n" + difference_table(differences, args.baseline, against)
     gradients = diagnostics(args.runs_dir)
     if gradients:
         text += "\n" + diagnostics_table(gradients)

@@ -173,6 +173,40 @@ def test_arguments_that_fix_a_run_s_steps_are_refused_and_the_cap_reaches_the_pl
     assert record["batches_sst"] == capped["sst"]
 
 
+@pytest.mark.parametrize("row, baseline", [
+    ("multi-tuned-concat", None), ("multi-tuned-cosine-paired-private3-sts-equal-norm", None),
+    ("multi-tuned-concat-bam", None), ("multi-paper-concat", "single-paper"),
+    ("multi-tuned-concat-head10", "single-tuned-head10"), ("multi-tuned-concat-head10-bam", "single-tuned-head10"),
+    ("multi-tuned-cosine-paired-private3-sts-equal-norm-head10", "single-tuned-head10"),
+    ("multi-tuned-concat-ls", "single-tuned-ls"), ("multi-tuned-cosine-paired-private1-equal-norm-lld", "single-tuned-lld"),
+    ("single-tuned-head10", None), ("pair-qqp-sts", None), ("lever-lr-1e-4", None)])
+def test_a_row_of_another_recipe_or_lever_has_its_own_baseline(row, baseline):
+    assert ablation.own_baseline(row) == baseline
+
+
+def test_rows_are_compared_with_their_own_single_task_row_where_there_is_one(tmp_path, capsys):
+    def single_row(row: str, sst: float) -> None:
+        for task, metric in (("sst", "sst_acc"), ("qqp", "qqp_acc"), ("sts", "sts_corr")):
+            write_final(tmp_path / row / "seed0" / task, **{metric: sst if task == "sst" else 0.7})
+
+    single_row("single-tuned", 0.40)
+    single_row("single-tuned-head10", 0.50)
+    for row, sst in (("multi-tuned-concat", 0.45), ("multi-tuned-concat-head10", 0.55), ("multi-tuned-concat-ls", 0.47)):
+        write_final(tmp_path / row / "seed0", sst_acc=sst, qqp_acc=0.7, sts_corr=0.7, overall=0.6)
+    assert ablation.main([str(tmp_path)]) == 0
+    table, notes = capsys.readouterr()
+    assert "| multi-tuned-concat | +0.050 (+0.050) |" in table
+    assert "| multi-tuned-concat-head10, minus single-tuned-head10 | +0.050 (+0.050) |" in table
+    assert "| multi-tuned-concat-ls | +0.070 (+0.070) |" in table  # its own is missing: the default, said so
+    assert "has no single-tuned-ls row, so the table compares multi-tuned-concat-ls with single-tuned" in notes
+    assert ablation.main([str(tmp_path), "--against", "multi-tuned-concat-head10=single-tuned"]) == 0
+    assert "| multi-tuned-concat-head10, minus single-tuned | +0.150 (+0.150) |" in capsys.readouterr().out
+    assert ablation.main(["--own-baseline", "multi-tuned-concat-head10-bam"]) == 0  # what run_ablation.sh asks
+    assert capsys.readouterr().out == "single-tuned-head10\n"
+    assert ablation.main(["--own-baseline", "multi-tuned-concat-bam"]) == 0
+    assert capsys.readouterr().out == "single-tuned\n"
+
+
 def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, minilm_dir):
     model_dir = write_tiny_checkpoint(tmp_path / "model", minilm_dir)
     data_dir = write_dataset(tmp_path / "data", train=96, dev=40, test=16)
