@@ -27,6 +27,12 @@ def write_final(folder: Path, **metrics) -> None:
     (folder / "final_metrics.json").write_text(json.dumps(metrics))
 
 
+def write_single_row(row_dir: Path, sst: float) -> None:
+    """A finished single-task row, seed 0: SST at `sst`, QQP and STS at 0.7."""
+    for task, metric in (("sst", "sst_acc"), ("qqp", "qqp_acc"), ("sts", "sts_corr")):
+        write_final(row_dir / "seed0" / task, **{metric: sst if task == "sst" else 0.7})
+
+
 def script_env(**settings: str) -> dict[str, str]:
     """This process's environment without run_ablation.sh's own settings, plus `settings`."""
     own = ("ROWS", "SEEDS", "SINGLE_RUNS", "LIST_ROWS", "RUNS_DIR", "BATCHES")
@@ -76,17 +82,13 @@ def test_the_closing_table_leaves_a_row_whose_own_baseline_is_missing_with_the_d
     # Finished runs are skipped, so this runs only the table at the script's end, which once
     # stopped with a usage error when multi-paper-concat had no single-paper row beside it.
     runs = tmp_path / "runs"
-    def single_row(row: str, sst: float) -> None:  # a finished single-task row, seed 0
-        for task, metric in (("sst", "sst_acc"), ("qqp", "qqp_acc"), ("sts", "sts_corr")):
-            write_final(runs / row / "seed0" / task, **{metric: sst if task == "sst" else 0.7})
-
     write_final(runs / "multi-paper-concat" / "seed0", sst_acc=0.3, qqp_acc=0.7, sts_corr=0.8, overall=0.6)
-    single_row("single-tuned", 0.4)
+    write_single_row(runs / "single-tuned", 0.4)
     alone = run_script(RUNS_DIR=str(runs), SEEDS="0", ROWS="multi-paper-concat", PYTHON=sys.executable)
     assert alone.returncode == 0, alone.stderr
     assert "has no single-paper row, so the table compares multi-paper-concat with single-tuned" in alone.stderr
     assert "| multi-paper-concat | -0.100 (-0.100) |" in (runs / "ablation.md").read_text()
-    single_row("single-paper", 0.2)
+    write_single_row(runs / "single-paper", 0.2)
     both = run_script(RUNS_DIR=str(runs), SEEDS="0", ROWS="multi-paper-concat", PYTHON=sys.executable)
     assert both.returncode == 0 and "has no" not in both.stderr, both.stderr
     assert "| multi-paper-concat, minus single-paper | +0.100 (+0.100) |" in (runs / "ablation.md").read_text()
@@ -185,12 +187,8 @@ def test_a_row_of_another_recipe_or_lever_has_its_own_baseline(row, baseline):
 
 
 def test_rows_are_compared_with_their_own_single_task_row_where_there_is_one(tmp_path, capsys):
-    def single_row(row: str, sst: float) -> None:
-        for task, metric in (("sst", "sst_acc"), ("qqp", "qqp_acc"), ("sts", "sts_corr")):
-            write_final(tmp_path / row / "seed0" / task, **{metric: sst if task == "sst" else 0.7})
-
-    single_row("single-tuned", 0.40)
-    single_row("single-tuned-head10", 0.50)
+    write_single_row(tmp_path / "single-tuned", 0.40)
+    write_single_row(tmp_path / "single-tuned-head10", 0.50)
     for row, sst in (("multi-tuned-concat", 0.45), ("multi-tuned-concat-head10", 0.55), ("multi-tuned-concat-ls", 0.47)):
         write_final(tmp_path / row / "seed0", sst_acc=sst, qqp_acc=0.7, sts_corr=0.7, overall=0.6)
     assert ablation.main([str(tmp_path)]) == 0
