@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,11 @@ def write_final(folder: Path, **metrics) -> None:
     (folder / "final_metrics.json").write_text(json.dumps(metrics))
 
 
-def write_single_row(row_dir: Path, sst: float) -> None:
-    """A finished single-task row, seed 0: SST at `sst`, QQP and STS at 0.7."""
-    for task, metric in (("sst", "sst_acc"), ("qqp", "qqp_acc"), ("sts", "sts_corr")):
-        write_final(row_dir / "seed0" / task, **{metric: sst if task == "sst" else 0.7})
+def write_single_row(row_dir: Path, sst: float, seeds: Iterable[int] = (0,)) -> None:
+    """A finished single-task row, of seed 0 or `seeds`: SST at `sst`, QQP and STS at 0.7."""
+    for seed in seeds:
+        for task, metric in (("sst", "sst_acc"), ("qqp", "qqp_acc"), ("sts", "sts_corr")):
+            write_final(row_dir / f"seed{seed}" / task, **{metric: sst if task == "sst" else 0.7})
 
 
 def script_env(**settings: str) -> dict[str, str]:
@@ -348,3 +350,37 @@ def test_update_replaces_only_the_generated_tables_of_a_markdown_file(tmp_path):
     assert "| a | 0.500 (n=1) |" in page.read_text() and "| old |" not in page.read_text()
     with pytest.raises(SystemExit):
         ablation.main([str(tmp_path / "runs"), "--update", str(tmp_path / "missing.md")])
+
+
+def test_block_shares_count_the_three_seed_blocks_at_or_above_single_task():
+    differences = {"sst_acc": [0.03, -0.01, -0.01, -0.04],  # blocks (0,1,2) (0,1,3) (0,2,3) (1,2,3)
+                   "qqp_acc": [0.01, 0.01, 0.01, -0.05],    # means +0.003 -0.007 -0.007 -0.020 on SST
+                   "sts_corr": [0.02, 0.02, 0.02, 0.02]}
+    shares = ablation.block_shares(differences)
+    assert shares == {"sst_acc": (1, 4), "qqp_acc": (1, 4), "sts_corr": (4, 4), "every": (1, 4)}
+    assert ablation.block_shares(differences, size=2)["sst_acc"] == (2, 6)  # seed 0 with seed 1 or 2: +0.010
+    # "every" asks all three tasks of the same block: SST's and QQP's one good block differ here.
+    apart = {**differences, "qqp_acc": [-0.05, 0.01, 0.01, 0.01]}
+    assert ablation.block_shares(apart)["qqp_acc"] == (1, 4) and ablation.block_shares(apart)["every"] == (0, 4)
+
+
+def test_an_exact_tie_counts_as_at_single_task():
+    tie = [0.3, -0.1, -0.2]  # sums to -2.8e-17 in floating point: a tie, not a loss
+    assert sum(tie) < 0
+    shares = ablation.block_shares({"sst_acc": tie, "qqp_acc": tie, "sts_corr": [-0.001] * 3})
+    assert shares["sst_acc"] == (1, 1) and shares["sts_corr"] == (0, 1) and shares["every"] == (0, 1)
+
+
+def test_the_table_gives_block_shares_for_rows_of_more_than_three_seeds(tmp_path, capsys):
+    write_single_row(tmp_path / "single-tuned", 0.40, seeds=range(4))
+    for seed, sst in enumerate((0.45, 0.35, 0.42, 0.41)):  # SST against 0.40: +0.05 -0.05 +0.02 +0.01
+        write_final(tmp_path / "multi-tuned-concat" / f"seed{seed}", sst_acc=sst, qqp_acc=0.7, sts_corr=0.7, overall=0.6)
+        if seed < 3:
+            write_final(tmp_path / "multi-tuned-shared" / f"seed{seed}", sst_acc=sst, qqp_acc=0.7, sts_corr=0.7,
+                        overall=0.6)
+    assert ablation.main([str(tmp_path)]) == 0
+    blocks = capsys.readouterr().out.split("blocks of 3 seeds")[1]
+    # Block means on SST: (0,1,2) +0.007, (0,1,3) +0.003, (0,2,3) +0.027, (1,2,3) -0.007.
+    assert "| multi-tuned-concat | 0.75 (3 of 4) | 0.75 (3 of 4) | 1.00 (4 of 4) | 1.00 (4 of 4) |" in blocks
+    assert "multi-tuned-shared" not in blocks  # three seeds: one block, the mean of the table above
+    assert (tmp_path / "ablation.md").read_text().count("blocks of 3 seeds") == 1
