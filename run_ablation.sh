@@ -88,8 +88,8 @@
 #                                 step k of its single-task run
 #   multi-tuned-cosine-paired-private3-sts-equal-norm-head10
 #                                 the same (three) with --head-lr-mult 10; compared with single-tuned-head10
-#   multi-tuned-concat-private3-sts
-#                                 the concat head with STS's own top three layers (--private-layers 3
+#   multi-tuned-concat-private3-sts, multi-tuned-concat-private5-sts
+#                                 the concat head with STS's own top three (five) layers (--private-layers 3
 #                                 --private-tasks sts), SST and QQP sharing all six
 #   multi-tuned-concat-lld, multi-tuned-cosine-paired-private1-equal-norm-lld
 #                                 --layer-lr-decay 0.8 (each encoder layer at 0.8 times the rate of the one
@@ -144,7 +144,8 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-cosine-paired-private1-equal-norm-lld
           multi-tuned-cosine-paired-private3-sts-equal-norm multi-tuned-cosine-paired-private4-sts-equal-norm
           multi-tuned-cosine-paired-private5-sts-equal-norm multi-tuned-cosine-paired-private3-sts-equal-norm-schedules
-          multi-tuned-cosine-paired-private3-sts-equal-norm-head10 multi-tuned-concat-private3-sts)
+          multi-tuned-cosine-paired-private3-sts-equal-norm-head10 multi-tuned-concat-private3-sts
+          multi-tuned-concat-private5-sts)
 rows=(${ROWS:-${all_rows[@]}})
 # The arguments go to every run, after the script's own. Those that fix which steps a run takes
 # are the script's: given here, a run would take them and its single-task partners would still
@@ -213,6 +214,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat-qqp2) echo "--recipe tuned --sts-head concat --loss-weights qqp=2" ;;
         multi-tuned-concat-qqp-from-sts) echo "--recipe tuned --sts-head concat --paraphrase-from-sts 1" ;;
         multi-tuned-concat-private3-sts) echo "--recipe tuned --sts-head concat --private-layers 3 --private-tasks sts" ;;
+        multi-tuned-concat-private5-sts) echo "--recipe tuned --sts-head concat --private-layers 5 --private-tasks sts" ;;
         multi-tuned-cosine-paired-private3-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts --balance equal-norm" ;;
         multi-tuned-cosine-paired-private4-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 4 --private-tasks sts --balance equal-norm" ;;
         multi-tuned-cosine-paired-private5-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 5 --private-tasks sts --balance equal-norm" ;;
