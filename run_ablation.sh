@@ -89,7 +89,7 @@
 #   multi-tuned-cosine-paired-private3-sts-equal-norm-head10
 #                                 the same (three) with --head-lr-mult 10; compared with single-tuned-head10
 #   multi-tuned-concat-private3-sts, multi-tuned-concat-private5-sts
-#                                 the concat head with STS's own top three (five) layers (--private-layers 3
+#                                 the concat head with STS's own top three (five) layers (--private-layers 3 (5)
 #                                 --private-tasks sts), SST and QQP sharing all six
 #   multi-tuned-concat-lld, multi-tuned-cosine-paired-private1-equal-norm-lld
 #                                 --layer-lr-decay 0.8 (each encoder layer at 0.8 times the rate of the one
