@@ -248,7 +248,7 @@ def difference_table(differences: dict[str, dict[str, list[float]]], baseline: s
     return "\n".join(lines) + "\n"
 
 
-TARGET_TASKS = ("sst_acc", "qqp_acc", "sts_corr")
+TARGET_TASKS = tuple(SINGLE_TASK_RUNS.values())  # sst_acc, qqp_acc, sts_corr: the scores the target asks for
 
 
 def block_shares(values: dict[str, list[float]], size: int = 3) -> dict[str, tuple[int, int]]:
