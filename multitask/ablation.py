@@ -282,8 +282,9 @@ def block_table(differences: dict[str, dict[str, list[float]]], size: int = 3) -
     lines = [f"| row: blocks of {size} seeds whose mean is at or above single-task | every task | "
              + " | ".join(TARGET_TASKS) + " |", "|---" * (len(TARGET_TASKS) + 2) + "|"]
     for row, shares in rows.items():
-        lines.append(f"| {row} | " + " | ".join(f"{passed / blocks:.2f} ({passed} of {blocks})" for passed, blocks in
-                                                (shares[key] for key in ("every", *TARGET_TASKS))) + " |")
+        cells = [shares[key] for key in ("every", *TARGET_TASKS)]  # (blocks passing, blocks) per column
+        lines.append(f"| {row} | " + " | ".join(f"{passed / total:.2f} ({passed} of {total})" for passed, total in cells)
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
