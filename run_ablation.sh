@@ -16,6 +16,7 @@
 #                                 (--head-lr-mult 10), the baseline of the -head10 rows
 #   single-tuned-ls               the same with --label-smoothing 0.1, the baseline of multi-tuned-concat-ls
 #   single-tuned-lld              the same with --layer-lr-decay 0.8, the baseline of the -lld rows
+#   single-tuned-avg10            the same with --average-last 0.1, the baseline of the -avg10 rows
 #   pair-sst-qqp, pair-sst-sts, pair-qqp-sts   two tasks of three (tuned, concat), as many batches
 #                                 as the two get in the three-task plan: which task hurts which
 #   multi-paper-concat            the paper's recipe (annealed + concat)
@@ -41,6 +42,8 @@
 #                                 the tuned recipe with --task-schedules (each task's lr schedule over its
 #                                 own steps), alone and with --task-moments
 #   multi-tuned-concat-head10     the tuned recipe with --head-lr-mult 10
+#   multi-tuned-concat-avg10      the tuned recipe with --average-last 0.1 (the mean of the weights over
+#                                 the last tenth of the steps is evaluated and kept)
 #   multi-tuned-concat-ls         the tuned recipe with --label-smoothing 0.1 (SST's and QQP's targets
 #                                 smoothed: the teachers' soft targets without the teachers)
 #   multi-tuned-concat-mix        the tuned recipe with --mix-tasks (each step one batch of several
@@ -206,6 +209,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat-lr2e-4) echo "--recipe tuned --sts-head concat --lr 2e-4" ;;
         multi-tuned-concat-lr5e-5) echo "--recipe tuned --sts-head concat --lr 5e-5" ;;
         multi-tuned-concat-head10) echo "--recipe tuned --sts-head concat --head-lr-mult 10" ;;
+        multi-tuned-concat-avg10) echo "--recipe tuned --sts-head concat --average-last 0.1" ;;
         multi-tuned-concat-ls) echo "--recipe tuned --sts-head concat --label-smoothing 0.1" ;;
         multi-tuned-concat-mix) echo "--recipe tuned --sts-head concat --mix-tasks" ;;
         multi-tuned-concat-pals) echo "--recipe tuned --sts-head concat --pals 96" ;;
@@ -242,6 +246,7 @@ single_lever() {  # single-<recipe>[-<lever>][-bam]: prints "<recipe> <the lever
         -head10) echo "$recipe --head-lr-mult 10" ;;
         -ls) echo "$recipe --label-smoothing 0.1" ;;
         -lld) echo "$recipe --layer-lr-decay 0.8" ;;
+        -avg10) echo "$recipe --average-last 0.1" ;;
         *) return 2 ;;
     esac
 }

@@ -164,7 +164,8 @@ def baseline_columns(seed_dir: Path) -> dict[str, str]:
 # A lever that changes how single-task runs train too (its row name ends in it) is compared with
 # single-task runs trained with it; so is a row of the paper's recipe. run_ablation.sh trains these
 # baselines (and takes a -bam row's teachers from them).
-LEVER_BASELINES = {"-head10": "single-tuned-head10", "-ls": "single-tuned-ls", "-lld": "single-tuned-lld"}
+LEVER_BASELINES = {"-head10": "single-tuned-head10", "-ls": "single-tuned-ls", "-lld": "single-tuned-lld",
+                   "-avg10": "single-tuned-avg10"}
 
 
 def own_baseline(row: str) -> str | None:
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="single-tuned",
                         help="the single-task row the multitask rows are compared with, seed by seed (a "
                              "row of the paper's recipe, or whose name ends in a lever single-task runs "
-                             "take too, -head10, -ls, -lld, with its own: single-paper, single-tuned-head10, "
+                             "take too, -head10, -ls, -lld, -avg10, with its own: single-paper, single-tuned-head10, "
                              "..., where RUNS_DIR has it)")
     parser.add_argument("--against", action="append", default=[], metavar="ROW=BASELINE",
                         help="compare ROW with BASELINE instead; may be repeated")

@@ -163,6 +163,7 @@ def save_training_state(trainer, progress=None, next_epoch: int | None = None) -
         "optimizer": optimizers if trainer.config.task_moments else optimizers[0],
         "scaler": trainer.scaler.state_dict(),
         "surgery": trainer.surgery.state_dict() if trainer.surgery is not None else None,  # --project-conflicts
+        "average": trainer.average.state_dict() if trainer.average is not None else None,  # --average-last
         "rng": rng[0],
         "rng_of_ranks": rng,  # one per rank; rank 0's is also "rng"
         "streams": {name: stream.state() for name, stream in trainer.streams.items()},
@@ -204,6 +205,8 @@ def resume_training(trainer, path: Path) -> dict | None:
     trainer.scaler.load_state_dict(state["scaler"])
     if trainer.surgery is not None and state.get("surgery"):
         trainer.surgery.load_state_dict(state["surgery"])
+    if trainer.average is not None and state.get("average"):
+        trainer.average.load_state_dict(state["average"])
     for name, stream_state in state["streams"].items():
         trainer.streams[name].load_state(stream_state)
     trainer.best_overall, trainer.history, trainer.start_epoch = state["best_overall"], state["history"], state["epoch"]

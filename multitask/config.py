@@ -164,6 +164,10 @@ class TrainConfig:
                                    "sst=runs/a,qqp=runs/b,sts=runs/c; each named task's targets move from its "
                                    "teacher run's predictions to the gold labels over the run (multitask/distill.py)",
                                    "recipe")
+    average_last: float = setting(0.0, "evaluate and keep the mean of the weights over this share of the run's last "
+                                  "steps (tail averaging, Polyak & Juditsky 1992; 0.1: the last tenth) instead "
+                                  "of the last step's; training goes on from the last step's (multitask/averaging.py); "
+                                  "0: off", "recipe")
     probe_every: int | None = setting(None, "every N steps, each task's encoder gradient on a fixed probe "
                                       "batch and the cosine between tasks, in metrics.jsonl (3 extra "
                                       "forward and backward passes each time; unset: none)", "recipe",
@@ -302,6 +306,9 @@ class TrainConfig:
             raise ValueError(f"--warmup is a share of all steps, in [0, 1]; got {self.warmup}")
         if not (math.isfinite(self.head_lr_mult) and self.head_lr_mult > 0):
             raise ValueError(f"--head-lr-mult must be a positive number, got {self.head_lr_mult}")
+        if not 0.0 <= self.average_last <= 1.0:  # also false for NaN
+            raise ValueError(f"--average-last is a share of the run's steps, in [0, 1] (0.1: the last tenth; "
+                             f"0: off), got {self.average_last}")
         if not 0.0 < self.layer_lr_decay <= 1.0:  # also false for NaN
             raise ValueError(f"--layer-lr-decay is a factor in (0, 1] (0.8 is common; 1 turns it off), "
                              f"got {self.layer_lr_decay}")

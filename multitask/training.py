@@ -5,6 +5,7 @@
         for each planned step: take its task's next batch, compute the loss, one AdamW step
             (with --mix-tasks a step takes a batch of several tasks and adds up their gradients)
         evaluate on the three dev sets; keep the weights if the overall score is the best so far
+            (with --average-last, the mean of the last steps' weights is what is evaluated and kept)
     reload the best weights, evaluate in full, write predictions for the dev and test files
 
 The file reads top-down: `train` (the run), `Trainer.run` (the epochs), `Trainer.train_epoch`
@@ -24,6 +25,7 @@ Everything a run produces lands in its output folder:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -40,6 +42,7 @@ from tqdm import tqdm
 
 from bert import AdamW, BertModel, BertTokenizer, CheckpointError
 from multitask import checkpoint
+from multitask.averaging import WeightAverage, window_start
 from multitask.batching import BatchStream, TokenizedSplit, collate, tokenize_split
 from multitask.config import TrainConfig
 from multitask.diagnostics import encoder_gradient_norm, encoder_gradients, probe_batches, task_gradient_cosines
@@ -127,6 +130,8 @@ class Trainer:
             {task: self.data[task].train for task in config.task_names}, config.batch_size, tokenizer.pad_token_id)
         self.plans: dict[int, list[tuple[str, ...]]] = {}  # epoch -> the tasks of each step (epoch_plan)
         self.plan_counts: list[Counter] | None = None  # each epoch's steps per task (--task-schedules)
+        self.average = (WeightAverage(self.model, window_start(self.steps_before(config.epochs + 1), config.average_last))
+                        if config.average_last else None)  # --average-last: multitask/averaging.py
         self.best_overall, self.history = -math.inf, []
         self.start_epoch, self.resumed_progress = 1, None  # where `run` starts (see `resume`)
 
@@ -144,13 +149,14 @@ class Trainer:
             progress, self.resumed_progress = self.resumed_progress or EpochProgress(epoch), None
             record = {"epoch": epoch, **self.train_epoch(progress)}
             eval_start = time.perf_counter()
-            dev_metrics, _ = self.evaluate(config.qqp_eval_examples)
-            record.update(dev_metrics, eval_seconds=time.perf_counter() - eval_start)
-            record["best"] = dev_metrics["overall"] > self.best_overall  # the same on every rank
-            if record["best"]:
-                self.best_overall = dev_metrics["overall"]
-                if main:
-                    checkpoint.save(self.out_dir / "best", self.model, self.tokenizer, config, record)
+            with self.averaged_weights():  # --average-last: the mean of the last steps' weights, if begun
+                dev_metrics, _ = self.evaluate(config.qqp_eval_examples)
+                record.update(dev_metrics, eval_seconds=time.perf_counter() - eval_start)
+                record["best"] = dev_metrics["overall"] > self.best_overall  # the same on every rank
+                if record["best"]:
+                    self.best_overall = dev_metrics["overall"]
+                    if main:
+                        checkpoint.save(self.out_dir / "best", self.model, self.tokenizer, config, record)
             record["epoch_seconds"] = record["train_seconds"] + record["eval_seconds"]
             self.history.append(record)
             self.report.scalars(epoch, {k: v for k, v in record.items() if isinstance(v, float)}, "epoch")
@@ -183,6 +189,8 @@ class Trainer:
                 progress.loss_sums[task] += loss  # stays on the device: no wait for the GPU
                 progress.counts[task] += 1
                 watch.add(step, task, ids, loss)
+            if self.average is not None:  # --average-last: the new weights join the mean, in its window
+                self.average.update(self.steps_before(epoch) + step)
             progress.step = step + 1
             if config.probe_every and progress.step % config.probe_every == 0:  # how tasks interfere
                 progress.add_probe(task_gradient_cosines(self.model, self.probes, self.device, self.precision))
@@ -305,6 +313,11 @@ class Trainer:
         for optimizer in self.distinct_optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
+
+    def averaged_weights(self) -> contextlib.AbstractContextManager:
+        """A block in which the model holds what an evaluation should see: with --average-last, once
+        its window has begun, the mean of the weights over it; else the weights as trained."""
+        return self.average.swapped_in() if self.average is not None else contextlib.nullcontext()
 
     def current_lr(self, task: str) -> float:
         """The rate the schedule set for `task`'s last step: --lr's share, before any group's multiplier."""

@@ -183,6 +183,7 @@ def test_arguments_that_fix_a_run_s_steps_are_refused_and_the_cap_reaches_the_pl
     ("multi-tuned-concat-head10", "single-tuned-head10"), ("multi-tuned-concat-head10-bam", "single-tuned-head10"),
     ("multi-tuned-cosine-paired-private3-sts-equal-norm-head10", "single-tuned-head10"),
     ("multi-tuned-concat-ls", "single-tuned-ls"), ("multi-tuned-cosine-paired-private1-equal-norm-lld", "single-tuned-lld"),
+    ("multi-tuned-concat-avg10", "single-tuned-avg10"),
     ("single-tuned-head10", None), ("pair-qqp-sts", None), ("lever-lr-1e-4", None)])
 def test_a_row_of_another_recipe_or_lever_has_its_own_baseline(row, baseline):
     assert ablation.own_baseline(row) == baseline
