@@ -130,7 +130,8 @@ class Trainer:
             {task: self.data[task].train for task in config.task_names}, config.batch_size, tokenizer.pad_token_id)
         self.plans: dict[int, list[tuple[str, ...]]] = {}  # epoch -> the tasks of each step (epoch_plan)
         self.plan_counts: list[Counter] | None = None  # each epoch's steps per task (--task-schedules)
-        self.average = (WeightAverage(self.model, window_start(self.steps_before(config.epochs + 1), config.average_last))
+        self.average = (WeightAverage(self.model, start=window_start(self.steps_before(config.epochs + 1),
+                                                                     config.average_last))
                         if config.average_last else None)  # --average-last: multitask/averaging.py
         self.best_overall, self.history = -math.inf, []
         self.start_epoch, self.resumed_progress = 1, None  # where `run` starts (see `resume`)
