@@ -175,7 +175,7 @@ class Trainer:
         config, epoch = self.config, progress.epoch
         self.model.train()
         use_mnr = config.sts_head == "mnr" and epoch <= mnr_epochs(config.epochs)  # then cosine
-        plan = self.epoch_plan(epoch)
+        plan, earlier = self.epoch_plan(epoch), self.steps_before(epoch)  # (earlier: the run's steps before this epoch)
         self.distributed.check_same(f"the task plan of epoch {epoch}", plan_fingerprint(plan))
         for task in TASKS:
             progress.loss_sums.setdefault(task, torch.zeros((), device=self.device))
@@ -185,13 +185,13 @@ class Trainer:
         start = time.perf_counter()
         for step in range(progress.step, len(plan)):
             tasks = plan[step]  # the step's task (with --mix-tasks, its tasks: one batch of each)
-            self.set_learning_rate(tasks[0], self.steps_before(epoch) + step, progress)  # --lr-schedule
+            self.set_learning_rate(tasks[0], earlier + step, progress)  # --lr-schedule
             for task, (loss, ids) in zip(tasks, self.train_step(tasks, use_mnr, progress)):
                 progress.loss_sums[task] += loss  # stays on the device: no wait for the GPU
                 progress.counts[task] += 1
                 watch.add(step, task, ids, loss)
             if self.average is not None:  # --average-last: the new weights join the mean, in its window
-                self.average.update(self.steps_before(epoch) + step)
+                self.average.update(earlier + step)
             progress.step = step + 1
             if config.probe_every and progress.step % config.probe_every == 0:  # how tasks interfere
                 progress.add_probe(task_gradient_cosines(self.model, self.probes, self.device, self.precision))
@@ -200,7 +200,7 @@ class Trainer:
                 watch.check(epoch)  # one wait for the device every `every` steps
                 means = progress.mean_losses(self.distributed)
                 bar.set_postfix({t: f"{v:.3f}" for t, v in means.items() if v is not None})
-                self.report.scalars(self.steps_before(epoch) + progress.step, {
+                self.report.scalars(earlier + progress.step, {
                     **{f"loss_{t}": v for t, v in means.items()}, "lr": self.current_lr(tasks[0]),
                     **{f"grad_norm_{t}": v for t, v in progress.mean_grad_norms().items()}}, "train")
             if config.save_every and progress.step % config.save_every == 0 and progress.step < len(plan):
