@@ -11,6 +11,7 @@
 import json
 import logging
 import re
+import shutil
 
 import pytest
 import torch
@@ -87,7 +88,8 @@ def test_minilm_loads_from_folder_path_identically(minilm_dir):
 
 @pytest.fixture(scope="module")
 def bert_base_random(tmp_path_factory, minilm_dir):
-    """A random bert-base-uncased-shaped BertForPreTraining written by transformers, twice."""
+    """A random bert-base-uncased-shaped BertForPreTraining written by transformers, twice (about
+    1 GB on disk, removed when this module's tests end)."""
     torch.manual_seed(0)
     config = transformers.BertConfig()  # the bert-base-uncased shape
     reference = transformers.BertForPreTraining(config).eval()
@@ -102,7 +104,9 @@ def bert_base_random(tmp_path_factory, minilm_dir):
         name.startswith(("bert.", "cls.")) for name in state)
     torch.save(state, legacy / "pytorch_model.bin")
     (legacy / "config.json").write_text(json.dumps(config.to_dict()))
-    return reference.bert, modern, legacy
+    yield reference.bert, modern, legacy
+    shutil.rmtree(modern, ignore_errors=True)
+    shutil.rmtree(legacy, ignore_errors=True)
 
 
 def test_bert_base_shape_safetensors_parity(bert_base_random, minilm_tokenizer):
