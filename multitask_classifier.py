@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from bert import CheckpointError
+from bert.files import WriteError
 from multitask.config import TrainConfig, add_arguments, config_from_args
 from multitask.data import DataError
 from multitask.runtime import RuntimeSetupError
@@ -120,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         train(config, resume=resume)
+    except WriteError as err:  # a full disk mid-run: the checkpoint before it is whole
+        print(f"{error_prefix()}{err}; then --resume {config.out_dir} continues from the last checkpoint",
+              file=sys.stderr)
+        return 1
     except (DataError, CheckpointError, RuntimeSetupError, NonFiniteLossError) as err:
         print(f"{error_prefix()}{err}", file=sys.stderr)
         return 1

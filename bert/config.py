@@ -14,7 +14,7 @@ import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
-from bert.files import CheckpointError
+from bert.files import CheckpointError, write_text
 
 
 # What a config.json value must be for the encoder to be built: (type, smallest, largest). The
@@ -125,7 +125,7 @@ class BertConfig:
         return values
 
     def save(self, folder: str | Path) -> None:
-        Path(folder, "config.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_text(Path(folder, "config.json"), json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def _is_real(value: object) -> bool:

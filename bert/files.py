@@ -1,4 +1,5 @@
-"""Files: the error a bad checkpoint file raises, and writes that a crash cannot leave half done.
+"""Files: the error a bad checkpoint file raises, and writes that a crash cannot leave half done
+and a full disk reports by name.
 
 Both serve the model package (reading and writing checkpoints) and the trainer (training
 checkpoints, metrics, run folders), so they live here, below both.
@@ -6,8 +7,10 @@ checkpoints, metrics, run folders), so they live here, below both.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -31,20 +34,74 @@ class CheckpointError(Exception):
         super().__init__(strip_ansi(str(message)))
 
 
+class WriteError(CheckpointError):
+    """A file could not be written (a full disk, a folder without write permission); the message
+    names the file and the reason. Whatever the file would have replaced is left as it was."""
+
+
+# Less than this free after a failed write means the write failed because the disk is full
+# (the failed write itself used up what was left, so a full disk reads as 0 or nearly).
+_FULL_BELOW_BYTES = 1 << 20
+
+
+def _why_write_failed(error: Exception, folder: Path) -> str | None:
+    """The reason a write into `folder` failed, in words, or None if `error` is not about the
+    file system (a bug in the caller, which must surface as it is).
+
+    torch.save reports a full disk only as "unexpected pos ..." and safetensors as its own error
+    type, so the free space decides as well as the error number.
+    """
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    quota = getattr(error, "errno", None) == errno.EDQUOT
+    full = quota or getattr(error, "errno", None) == errno.ENOSPC
+    full = full or "no space left on device" in str(error).lower() or (free is not None and free < _FULL_BELOW_BYTES)
+    if full:
+        if quota:
+            detail = "the disk quota is used up"
+        else:
+            detail = f"{free / 2**20:.1f} MiB free on its disk" if free is not None else "its disk is full"
+        return f"no space left in {folder} ({detail}); free some space or write elsewhere"
+    if isinstance(error, OSError):
+        return strip_ansi(error.strerror or str(error))
+    return None
+
+
 def atomic_write(path: Path, write) -> None:
     """Call write(temp_path) then rename onto `path`, so a crash never leaves half a file.
 
     The temporary file is PATH.<random>.tmp beside `path` (a rename is atomic only within one
-    filesystem); a process killed mid-write leaves it behind, never a damaged `path`.
+    filesystem); a process killed mid-write leaves it behind, never a damaged `path`. A write
+    that fails for want of space or permission raises WriteError naming `path`.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    path = Path(path)
+    temp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(handle)
         write(temp)
         with open(temp, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
+    except Exception as error:
+        reason = _why_write_failed(error, path.parent)  # measured while the partial file still fills the disk
+        _remove(temp)
+        if reason is None:
+            raise
+        raise WriteError(f"cannot write {path}: {reason}") from error
+    except BaseException:  # an interrupt: the process is going, and so does the partial file
+        _remove(temp)
         raise
+
+
+def _remove(temp: str | None) -> None:
+    if temp is not None:
+        Path(temp).unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a UTF-8 text file through atomic_write."""
+    atomic_write(path, lambda temp: Path(temp).write_text(text, encoding="utf-8"))

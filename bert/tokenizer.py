@@ -26,7 +26,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from bert.config import BertConfig
-from bert.files import CheckpointError
+from bert.files import CheckpointError, write_text
 
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -118,10 +118,10 @@ class BertTokenizer:
         folder.mkdir(parents=True, exist_ok=True)
         vocab = self.backend.get_vocab()
         tokens = sorted(vocab, key=vocab.__getitem__)
-        (folder / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+        write_text(folder / "vocab.txt", "".join(t + "\n" for t in tokens))
         settings = {**self.settings, "model_max_length": self.model_max_length,
                     "tokenizer_class": "BertTokenizer"}
-        (folder / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        write_text(folder / "tokenizer_config.json", json.dumps(settings, indent=2) + "\n")
 
     @property
     def vocab_size(self) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from bert import BertConfig, BertModel, BertTokenizer, CheckpointError
-from bert.files import atomic_write
+from bert.files import atomic_write, write_text
 from bert.loading import load_state_dict
 from multitask.config import TrainConfig
 from multitask.heads import MultitaskBert
@@ -40,8 +40,7 @@ def save(folder: Path, model: MultitaskBert, tokenizer: BertTokenizer, config: T
     tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
     atomic_write(folder / "model.safetensors", lambda temp: save_file(tensors, temp, metadata={"format": "pt"}))
     info = {"train_config": config.to_dict(), "metrics": record}
-    atomic_write(folder / "multitask.json",
-                 lambda temp: Path(temp).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8"))
+    write_text(folder / "multitask.json", json.dumps(info, indent=2) + "\n")
 
 
 def build_heads(encoder: BertModel, config: TrainConfig) -> MultitaskBert:
@@ -241,13 +240,13 @@ def start_run(out_dir: Path, config: TrainConfig) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for leftover in [*out_dir.glob("*.*.tmp"), *out_dir.glob("best/*.*.tmp")]:
         leftover.unlink()
-    (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    write_text(out_dir / "train_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def write_metrics(out_dir: Path, history: list[dict]) -> None:
     """Rewrite metrics.jsonl from the history (so a resumed run drops lines it redoes)."""
     text = "".join(json.dumps(record) + "\n" for record in history)
-    atomic_write(out_dir / "metrics.jsonl", lambda temp: Path(temp).write_text(text))
+    write_text(out_dir / "metrics.jsonl", text)
 
 
 def load_training_state(path: Path) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bert.files import write_text
 from multitask.batching import TokenizedSplit, evaluation_batches
 from multitask.distributed import SINGLE_PROCESS, Distributed
 from multitask.heads import MultitaskBert
@@ -103,12 +104,9 @@ def evaluate(model: MultitaskBert, dev: dict[str, TokenizedSplit], batch_size: i
 
 def write_predictions(path: Path, task: str, ids: list[str], predictions: np.ndarray) -> None:
     """One prediction file in CS224N's format: one row per input id, in the input's order."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     decided = decide(task, predictions)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(f"id \t {PREDICTION_HEADERS[task]} \n")
-        for example_id, value in zip(ids, decided):
-            handle.write(f"{example_id} , {value} \n")
+    rows = "".join(f"{example_id} , {value} \n" for example_id, value in zip(ids, decided))
+    write_text(path, f"id \t {PREDICTION_HEADERS[task]} \n" + rows)
 
 
 def prediction_path(out_dir: Path, task: str, split: str) -> Path:

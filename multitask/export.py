@@ -65,6 +65,7 @@ from pathlib import Path
 import torch
 
 from bert import BertModel, CheckpointError
+from bert.files import atomic_write, write_text
 from bert.loading import load_state_dict
 from multitask.commands import program_name
 from multitask.predict import SENTIMENT_NAMES, TrainedModel, input_limit, open_checkpoint
@@ -249,7 +250,7 @@ def choose_parts(trained: TrainedModel, only: list[str] | None) -> list[str]:
 
 
 def _write_json(path: Path, values: dict) -> None:
-    path.write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(values, indent=2) + "\n")
 
 
 def _write_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -257,8 +258,7 @@ def _write_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
     tensors = {name: t.detach().float().contiguous().cpu() for name, t in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"format": "pt"})
+    atomic_write(path, lambda temp: save_file(tensors, temp, metadata={"format": "pt"}))
     reloaded = load_state_dict(path)
     for name, tensor in tensors.items():
         if name not in reloaded or not torch.equal(reloaded[name], tensor):
@@ -300,7 +300,7 @@ def _labels(names) -> dict:
 
 
 def _readme(folder: Path, title: str, body: str) -> None:
-    (folder / "README.md").write_text(f"# {title}\n\n{body.strip()}\n", encoding="utf-8")
+    write_text(folder / "README.md", f"# {title}\n\n{body.strip()}\n")
 
 
 def write_sst(folder: Path, trained: TrainedModel) -> None:
@@ -371,9 +371,9 @@ def write_sentence_transformer(folder: Path, trained: TrainedModel) -> None:
     modules = [("sentence_transformers.models.Transformer", ""),
                ("sentence_transformers.models.Pooling", "1_Pooling")]
     modules += [("sentence_transformers.models.Dense", f"{i}_Dense") for i in range(2, 2 + cls + projected)]
-    (folder / "modules.json").write_text(json.dumps(
+    write_text(folder / "modules.json", json.dumps(
         [{"idx": i, "name": str(i), "path": path, "type": kind} for i, (kind, path) in enumerate(modules)],
-        indent=2) + "\n", encoding="utf-8")
+        indent=2) + "\n")
     _write_json(folder / "config.json", _bert_config(trained, "BertModel"))
     _write_weights(folder / "model.safetensors", _encoder_tensors(trained, "", "sts"))
     _write_tokenizer(folder, trained)

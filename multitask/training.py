@@ -41,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from bert import AdamW, BertModel, BertTokenizer, CheckpointError
+from bert.files import write_text
 from multitask import checkpoint
 from multitask.averaging import WeightAverage, window_start
 from multitask.batching import BatchStream, TokenizedSplit, collate, tokenize_split
@@ -373,7 +374,7 @@ class Trainer:
         self.distributed.broadcast_module(self.model)  # rank 0's copy: no shared filesystem needed
         metrics, predictions = self.evaluate()
         if main:
-            (self.out_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            write_text(self.out_dir / "final_metrics.json", json.dumps(metrics, indent=2) + "\n")
         for task in self.config.task_names:
             dev, test = self.data[task].dev, self.data[task].test
             if main:

@@ -1,8 +1,11 @@
-"""Reliability: a killed run resumes exactly, checkpoints survive a crash mid-write, loading
-never runs pickled code, and a NaN loss stops the run (or is skipped) as documented."""
+"""Reliability: a killed run resumes exactly, checkpoints survive a crash mid-write, a full disk
+stops a run with one line and the run resumes from its last checkpoint, loading never runs
+pickled code, and a NaN loss stops the run (or is skipped) as documented."""
 
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
 import multitask_classifier
-from bert import CheckpointError
+from bert import CheckpointError, files
+from bert.files import WriteError
 from multitask import checkpoint, training
 from multitask.config import TrainConfig
 from multitask.heads import MultitaskBert
@@ -210,3 +215,84 @@ def test_training_reports_the_inputs_it_cuts(tiny_setup, tmp_path):
     assert all("longer than 8 tokens" in line for line in cut)
     count = int(cut[0].split(": ")[2].split()[0])
     assert count > 0
+
+
+# --------------------------------------------------------------------------------------------
+# A full disk: each library reports it its own way; every write names the file and keeps the old
+# --------------------------------------------------------------------------------------------
+
+def fill_disk_then(error: Exception):
+    """A writer that puts part of a file down, as a write does before the disk runs out, then fails."""
+    def write(temp):
+        Path(temp).write_bytes(b"part of a file")
+        raise error
+    return write
+
+
+NO_ROOM = shutil.disk_usage(".")._replace(free=4096)  # what the disk reports once a write filled it
+
+
+@pytest.mark.parametrize("error, free", [
+    (OSError(errno.ENOSPC, "No space left on device"), None),  # Python's own writes
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), None),
+    (SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"), None),
+    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 640 vs 534"), NO_ROOM),  # torch.save
+], ids=["oserror", "quota", "safetensors", "torch-save"])
+def test_a_full_disk_is_named_and_the_file_it_would_replace_is_kept(tmp_path, monkeypatch, error, free):
+    if free is not None:
+        monkeypatch.setattr(files.shutil, "disk_usage", lambda folder: free)
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"the last good checkpoint")
+    with pytest.raises(WriteError) as info:
+        files.atomic_write(target, fill_disk_then(error))
+    detail = "the disk quota is used up" if error.args[0] == errno.EDQUOT else "MiB free on its disk"
+    assert str(info.value).startswith(f"cannot write {target}: no space left in {tmp_path} (")
+    assert f"{detail}); free some space or write elsewhere" in str(info.value)
+    assert isinstance(info.value, CheckpointError)  # every command that reports one reports this
+    assert target.read_bytes() == b"the last good checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no partial file left
+
+
+def test_a_write_refused_by_the_file_system_is_named(tmp_path):
+    with pytest.raises(WriteError, match=r"cannot write .*metrics\.jsonl: Permission denied$"):
+        files.atomic_write(tmp_path / "metrics.jsonl", fill_disk_then(PermissionError(errno.EACCES, "Permission denied")))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bug_in_the_writer_is_not_mistaken_for_a_full_disk(tmp_path):
+    # With room on the disk, an error that is not the file system's passes through as it is.
+    with pytest.raises(TypeError, match="a bug"):
+        files.atomic_write(tmp_path / "x.json", fill_disk_then(TypeError("a bug")))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_that_fills_the_disk_stops_with_one_line_and_resumes_to_the_same_end(tiny_setup, tmp_path,
+                                                                                   monkeypatch, capsys):
+    reference = tmp_path / "reference"
+    assert multitask_classifier.main(cli_args(tiny_setup, reference)) == 0
+
+    real_save, saves = torch.save, []
+    def save_until_the_disk_fills(obj, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 5:  # the fifth training checkpoint, in epoch 1 (40 steps, one every 3)
+            monkeypatch.setattr(files.shutil, "disk_usage", lambda folder: NO_ROOM)
+            fill_disk_then(RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos 64 vs 0"))(path)
+        real_save(obj, path, *args, **kwargs)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    capsys.readouterr()
+    assert multitask_classifier.main(cli_args(tiny_setup, run)) == 1
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: cannot write {run / 'checkpoint.pt'}: no space left in {run} (0.0 MiB "
+                        f"free on its disk); free some space or write elsewhere; then --resume {run} "
+                        f"continues from the last checkpoint\n"), err
+    assert "Traceback" not in err
+    assert checkpoint_position(run / "checkpoint.pt") == (1, 12)  # the fourth checkpoint, whole
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+    assert multitask_classifier.main(["--resume", str(run), "--no-progress"]) == 0
+    assert (json.loads((run / "final_metrics.json").read_text())
+            == json.loads((reference / "final_metrics.json").read_text()))
+    assert without_timings(read_metrics(run)) == without_timings(read_metrics(reference))
