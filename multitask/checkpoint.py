@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,31 @@ def save_training_state(trainer, progress=None, next_epoch: int | None = None) -
         "history": trainer.history,
     }
     atomic_write(training_state_path(trainer.out_dir), lambda temp: torch.save(state, temp))
+
+
+def bytes_needed(trainer) -> int:
+    """About the most disk the run's files take at once: checkpoint.pt (the weights, two Adam
+    moments a weight in each AdamW, and --average-last's running mean) and best/'s weights, each
+    while its previous copy is still there (atomic_write renames the new one over it)."""
+    weights = sum(tensor.numel() * tensor.element_size() for tensor in trainer.model.state_dict().values())
+    copies_in_state = 1 + 2 * len(trainer.distinct_optimizers) + (trainer.average is not None)
+    return 2 * ((copies_in_state + 1) * weights + OTHER_STATE_BYTES)
+
+
+# checkpoint.pt's random generators, data positions and history: 60 KB on the full CS224N files
+OTHER_STATE_BYTES = 4 << 20
+
+
+def warn_if_short_of_space(trainer) -> None:
+    """Say at the start, not hours later, that the run's checkpoints will not fit on the disk."""
+    out_dir = trainer.out_dir
+    written = [training_state_path(out_dir), out_dir / "best" / "model.safetensors"]  # a resumed run's
+    need = bytes_needed(trainer) - sum(path.stat().st_size for path in written if path.is_file())
+    free = shutil.disk_usage(out_dir).free
+    if free < need:
+        trainer.log(f"warning: {out_dir} has {free / 2**20:,.0f} MiB free, and this run's checkpoints need "
+                    f"about {need / 2**20:,.0f} MiB more: the run will stop when the disk fills. Free "
+                    f"some space or choose another --out-dir now (a stopped run continues with --resume)")
 
 
 def training_state_path(out_dir: Path) -> Path:

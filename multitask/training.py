@@ -144,6 +144,7 @@ class Trainer:
         config, main = self.config, self.distributed.is_main
         if main:
             checkpoint.start_run(self.out_dir, config)  # train_config.json; no leftover temp files
+            checkpoint.warn_if_short_of_space(self)  # now, not when the disk fills hours later
         processes = f" x {self.distributed.world_size} processes" if self.distributed.enabled else ""
         self.log(f"training on {self.device}{processes} ({self.precision}); {self.batches_per_epoch} batches "
                  f"per epoch; train sizes " + ", ".join(f"{t} {n}" for t, n in self.task_sizes.items()))

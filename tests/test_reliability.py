@@ -296,3 +296,32 @@ def test_a_run_that_fills_the_disk_stops_with_one_line_and_resumes_to_the_same_e
     assert (json.loads((run / "final_metrics.json").read_text())
             == json.loads((reference / "final_metrics.json").read_text()))
     assert without_timings(read_metrics(run)) == without_timings(read_metrics(reference))
+
+
+def test_a_run_says_at_the_start_when_its_checkpoints_will_not_fit(tiny_setup, tmp_path, monkeypatch):
+    messages = []
+    trainer = training.Trainer(small_config(tiny_setup, tmp_path / "short"), log=messages.append)
+    need = checkpoint.bytes_needed(trainer)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda folder: NO_ROOM._replace(free=need - 1))
+    trainer.run()
+    warnings = [i for i, message in enumerate(messages) if message.startswith("warning:")]
+    assert warnings == [0], messages  # before the first step
+    assert f"short has {(need - 1) / 2**20:,.0f} MiB free" in messages[0]
+    assert f"need about {need / 2**20:,.0f} MiB more" in messages[0] and "--resume" in messages[0]
+    # The estimate is the files' real size, twice (each beside its old copy while it is written),
+    # with room to spare for what checkpoint.pt holds besides tensors.
+    written = (tmp_path / "short" / "checkpoint.pt").stat().st_size + (
+        tmp_path / "short" / "best" / "model.safetensors").stat().st_size
+    assert written <= need / 2 <= written + checkpoint.OTHER_STATE_BYTES
+
+    # Enough room: no warning.
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda folder: NO_ROOM._replace(free=need))
+    messages.clear()
+    training.Trainer(small_config(tiny_setup, tmp_path / "roomy"), log=messages.append).run()
+    assert not [message for message in messages if message.startswith("warning:")], messages
+    # A resumed run's files are already on the disk: only the rest is needed.
+    for free, warned in [(need - written, False), (need - written - 1, True)]:
+        monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda folder: NO_ROOM._replace(free=free))
+        messages.clear()
+        checkpoint.warn_if_short_of_space(trainer)
+        assert bool(messages) == warned, (free, messages)
