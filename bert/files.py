@@ -69,6 +69,15 @@ def _why_write_failed(error: Exception, folder: Path) -> str | None:
     return None
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+_NEW_FILE_MODE = 0o666 & ~_umask()  # the permissions open() gives a new file in this process
+
+
 def atomic_write(path: Path, write) -> None:
     """Call write(temp_path) then rename onto `path`, so a crash never leaves half a file.
 
@@ -85,6 +94,7 @@ def atomic_write(path: Path, write) -> None:
         write(temp)
         with open(temp, "rb") as written:
             os.fsync(written.fileno())
+        os.chmod(temp, _NEW_FILE_MODE)  # mkstemp's file is private (0600); a plain open's is not
         os.replace(temp, path)
     except Exception as error:
         reason = _why_write_failed(error, path.parent)  # measured while the partial file still fills the disk

@@ -325,3 +325,10 @@ def test_a_run_says_at_the_start_when_its_checkpoints_will_not_fit(tiny_setup, t
         messages.clear()
         checkpoint.warn_if_short_of_space(trainer)
         assert bool(messages) == warned, (free, messages)
+
+
+def test_a_file_written_whole_has_the_permissions_of_a_plain_write(tmp_path):
+    # mkstemp makes its file readable by its owner only; the renamed result must not stay so.
+    (tmp_path / "plain.json").write_text("{}")
+    files.write_text(tmp_path / "whole.json", "{}")
+    assert (tmp_path / "whole.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
