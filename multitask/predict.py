@@ -27,7 +27,6 @@ import argparse
 import csv
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from bert import BertTokenizer, CheckpointError
+from bert.files import atomic_write
 from multitask import checkpoint
 from multitask.batching import collate, tokenize_split
 from multitask.commands import program_name
@@ -358,21 +358,22 @@ def truncated_inputs(trained: TrainedModel, texts: list[tuple[str, ...]]) -> lis
 def predict_file(trained: TrainedModel, inputs: Inputs, output: Path, batch_size: int = 64,
                  progress: bool = True) -> list[str]:
     """Score every input of `inputs` in batches of `batch_size` and write the --output CSV
-    (written whole or not at all: into a temporary file, renamed at the end). Returns the
+    (written whole or not at all: bert.files.atomic_write). Returns the
     warnings to show (inputs the model reads cut short)."""
     from tqdm import tqdm
 
     cut = []  # the lines of inputs the model reads cut short
-    handle = tempfile.NamedTemporaryFile("w", newline="", encoding="utf-8", dir=output.parent,
-                                         prefix=f".{output.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle, tqdm(total=len(inputs.texts), unit="input", disable=not progress,
-                          file=sys.stderr, desc="predicting") as bar:
+
+    def write(temp: str) -> None:
+        with open(temp, "w", newline="", encoding="utf-8") as handle, tqdm(
+                total=len(inputs.texts), unit="input", disable=not progress, file=sys.stderr,
+                desc="predicting") as bar:
             writer = csv.writer(handle)
             writer.writerow(output_header(inputs))
             for start in range(0, len(inputs.texts), batch_size):
                 texts = inputs.texts[start:start + batch_size]
-                cut += [line for line, short in zip(inputs.lines[start:], truncated_inputs(trained, texts)) if short]
+                cut.extend(line for line, short in zip(inputs.lines[start:], truncated_inputs(trained, texts))
+                           if short)
                 if inputs.pairs:
                     paraphrase, similarity = predict_pairs(trained, texts)
                     scores = [[repr(p), repr(s)] for p, s in zip(paraphrase.tolist(), similarity.tolist())]
@@ -384,10 +385,8 @@ def predict_file(trained: TrainedModel, inputs: Inputs, output: Path, batch_size
                     row_id = [inputs.ids[start + offset]] if inputs.ids is not None else []
                     writer.writerow(row_id + list(row_texts) + row_scores)
                 bar.update(len(texts))
-        os.replace(handle.name, output)
-    finally:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
+
+    atomic_write(output, write)
     if not cut:
         return []
     limit, source = input_limit(trained)

@@ -2,6 +2,7 @@
 batches; the scores equal the one-input mode's, and bad files are clear errors (file:line)."""
 
 import csv
+import errno
 import subprocess
 import sys
 
@@ -149,3 +150,28 @@ def test_usage_errors_and_no_traceback(run, tmp_path):
     process = call("--input", str(source), "--output", str(source))
     assert process.returncode == 1 and "the same file as --input" in process.stderr
     assert source.read_text() == "a fine film\n"
+
+
+def test_the_output_is_written_whole_or_not_at_all(run, trained, tmp_path, monkeypatch, capsys):
+    source, output = tmp_path / "sentences.txt", tmp_path / "scores.csv"
+    source.write_text("a fine film\n" * 10)
+    output.write_text("the scores of an earlier run\n")
+    real, batches = predict.predict_sentiments, []
+    def fail_on_the_second_batch(model, texts):
+        batches.append(texts)
+        if len(batches) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(model, texts)
+
+    monkeypatch.setattr(predict, "predict_sentiments", fail_on_the_second_batch)
+    assert predict.main([str(run), "--input", str(source), "--output", str(output), "--batch-size", "4",
+                         "--no-progress"]) == 1
+    assert f"error: cannot write {output}: no space left in {tmp_path}" in capsys.readouterr().err
+    assert output.read_text() == "the scores of an earlier run\n"  # the old file, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv", "sentences.txt"]  # no partial file
+
+    monkeypatch.undo()
+    assert predict.main([str(run), "--input", str(source), "--output", str(output), "--no-progress"]) == 0
+    assert len(read_csv(output)) == 10
+    (tmp_path / "plain.csv").write_text("")
+    assert output.stat().st_mode == (tmp_path / "plain.csv").stat().st_mode  # not mkstemp's 0600
