@@ -40,6 +40,7 @@ from pathlib import Path
 
 import scipy.stats
 
+from bert.files import WriteError, atomic_write, write_text
 from multitask.config import COSINE_HEADS, TASKS, positive_int
 from multitask.evaluation import overall_score
 
@@ -328,7 +329,7 @@ def plot(rows: dict[str, dict[str, list[float]]], path: Path) -> bool:
     figure.suptitle("dev scores: seeds (dots), mean (bar); single-task, other heads: siamese paraphrase (^), "
                     "cosine STS with its squared error (x), with paired dropout (*), with CoSENT (+)", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    atomic_write(path, lambda temp: figure.savefig(temp, dpi=110, format="png"))
     plt.close(figure)
     return True
 
@@ -436,20 +437,24 @@ def main(argv: list[str] | None = None) -> int:
     gradients = diagnostics(args.runs_dir)
     if gradients:
         text += "\n" + diagnostics_table(gradients)
-    (args.runs_dir / "ablation.md").write_text(text)
-    plot(rows, args.runs_dir / "ablation.png")
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["row", "metric", "seed_values"])
     for row, metrics in rows.items():
         for metric, values in metrics.items():
             writer.writerow([row, metric, " ".join(f"{v:.4f}" for v in values)])
-    (args.runs_dir / "ablation.csv").write_text(out.getvalue())
-    print(text, end="")
-    for path in args.update:
-        updated, replaced = update_tables(path.read_text(), text)
-        path.write_text(updated)
-        print(f"{path}: {replaced} table(s) replaced", file=sys.stderr)
+    try:  # each file whole or not at all: a full disk never leaves a page of docs cut short
+        write_text(args.runs_dir / "ablation.md", text)
+        plot(rows, args.runs_dir / "ablation.png")
+        write_text(args.runs_dir / "ablation.csv", out.getvalue())
+        print(text, end="")
+        for path in args.update:
+            updated, replaced = update_tables(path.read_text(), text)
+            write_text(path, updated)
+            print(f"{path}: {replaced} table(s) replaced", file=sys.stderr)
+    except WriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bert.files import WriteError, atomic_write, write_text
 from multitask.commands import program_name
 
 # The seven configurations of the paper (section 5.3), in the order of its results table.
@@ -241,7 +242,7 @@ def write_markdown(results: list[RunResult], path: Path) -> None:
     text += ["QQP: runs on the offline stand-in data (../shared/data) train and evaluate on a "
              "split of the public Quora dev file, so their QQP numbers are not comparable with "
              "the paper's.", ""]
-    path.write_text("\n".join(text), encoding="utf-8")
+    write_text(path, "\n".join(text))
 
 
 CSV_COLUMNS = ("model", "sampler", "sts_head", "status", *METRICS, "best_epoch", "epochs_done",
@@ -249,6 +250,10 @@ CSV_COLUMNS = ("model", "sampler", "sts_head", "status", *METRICS, "best_epoch",
 
 
 def write_csv(results: list[RunResult], path: Path) -> None:
+    atomic_write(path, lambda temp: _write_rows(results, temp))
+
+
+def _write_rows(results: list[RunResult], path: str) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
@@ -297,7 +302,7 @@ def write_plot(results: list[RunResult], path: Path) -> bool:
         figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
     figure.suptitle("Multi-BERT: dev metrics after each epoch (dashed: unfinished runs)")
     figure.tight_layout(rect=(0, 0.08, 1, 1))  # leave room for the legend
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda temp: figure.savefig(temp, dpi=120, format="png"))
     plt.close(figure)
     return True
 
@@ -334,7 +339,7 @@ def write_interference_plot(results: list[RunResult], path: Path) -> bool:
         if axis.lines:
             axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda temp: figure.savefig(temp, dpi=120, format="png"))
     plt.close(figure)
     return True
 
@@ -372,18 +377,22 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(config.out_dir or runs_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = collect_runs(runs_dir)
-    write_markdown(results, out_dir / "results.md")
-    write_csv(results, out_dir / "results.csv")
-    print(markdown_table(results), end="")
-    written = [out_dir / "results.md", out_dir / "results.csv"]
-    if config.plot:
-        if write_plot(results, out_dir / "dev_metrics.png"):
-            written.append(out_dir / "dev_metrics.png")
-        if write_interference_plot(results, out_dir / "task_interference.png"):
-            written.append(out_dir / "task_interference.png")
-        else:
-            print("matplotlib is not installed, so there is no plot "
-                  "(pip install 'multibert[plots]'); the tables are written.")
+    try:  # each file whole or not at all (bert.files.atomic_write)
+        write_markdown(results, out_dir / "results.md")
+        write_csv(results, out_dir / "results.csv")
+        print(markdown_table(results), end="")
+        written = [out_dir / "results.md", out_dir / "results.csv"]
+        if config.plot:
+            if write_plot(results, out_dir / "dev_metrics.png"):
+                written.append(out_dir / "dev_metrics.png")
+            if write_interference_plot(results, out_dir / "task_interference.png"):
+                written.append(out_dir / "task_interference.png")
+            else:
+                print("matplotlib is not installed, so there is no plot "
+                      "(pip install 'multibert[plots]'); the tables are written.")
+    except WriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     unfinished = [r.name for r in results if not r.done]
     if unfinished:
         print(f"not finished: {', '.join(unfinished)}")

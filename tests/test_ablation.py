@@ -1,5 +1,6 @@
 """run_ablation.sh (issue 15's ablation) end to end on a tiny model, and its table."""
 
+import errno
 import json
 import os
 import re
@@ -385,3 +386,22 @@ def test_the_table_gives_block_shares_for_rows_of_more_than_three_seeds(tmp_path
     assert "| multi-tuned-concat | 0.75 (3 of 4) | 0.75 (3 of 4) | 1.00 (4 of 4) | 1.00 (4 of 4) |" in blocks
     assert "multi-tuned-shared" not in blocks  # three seeds: one block, the mean of the table above
     assert (tmp_path / "ablation.md").read_text().count("blocks of 3 seeds") == 1
+
+
+def test_a_full_disk_leaves_an_updated_page_as_it_was(tmp_path, monkeypatch, capsys):
+    write_final(tmp_path / "runs" / "a" / "seed0", sst_acc=0.5, qqp_acc=0.8, sts_corr=0.8, overall=0.7)
+    page = tmp_path / "page.md"
+    before = "hand-written prose\n\n| row | sst_acc |\n|---|---|\n| old | 0 |\n\nmore prose\n"
+    page.write_text(before)
+    real = Path.write_text
+    def fill_the_disk_writing_the_page(self, data, *args, **kwargs):
+        if self.name.startswith("page.md."):  # atomic_write's temporary copy of the page
+            real(self, data[:10], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", fill_the_disk_writing_the_page)
+    assert ablation.main([str(tmp_path / "runs"), "--update", str(page)]) == 1
+    assert f"error: cannot write {page}: no space left in {tmp_path}" in capsys.readouterr().err
+    assert page.read_text() == before  # not cut short
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["page.md", "runs"]

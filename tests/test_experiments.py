@@ -5,6 +5,7 @@ configurations once for the whole module; the other tools are tested on its chec
 """
 
 import csv
+import errno
 import json
 import os
 import subprocess
@@ -214,6 +215,19 @@ def test_results_table_from_hand_written_runs(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "bare" / "results.md").is_file()
     assert not (tmp_path / "bare" / "dev_metrics.png").exists()
     assert results.main([str(tmp_path / "nowhere")]) == 1
+
+    # A full disk while the table is written: an error naming it, and the last table kept whole.
+    before = (tmp_path / "bare" / "results.md").read_text()
+    real = Path.write_text
+    def fill_the_disk(self, data, *args, **kwargs):
+        real(self, data[:10], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", fill_the_disk)
+    capsys.readouterr()
+    assert results.main([str(runs), "--out", str(tmp_path / "bare")]) == 1
+    assert f"error: cannot write {tmp_path / 'bare' / 'results.md'}: no space left" in capsys.readouterr().err
+    assert (tmp_path / "bare" / "results.md").read_text() == before
+    assert not [p for p in (tmp_path / "bare").iterdir() if p.name.endswith(".tmp")]
 
 
 # --------------------------------------------------------------------------------------------
