@@ -40,9 +40,10 @@ from pathlib import Path
 
 import scipy.stats
 
-from bert.files import WriteError, atomic_write, write_text
+from bert.files import WriteError, write_text
 from multitask.config import COSINE_HEADS, TASKS, positive_int
 from multitask.evaluation import overall_score
+from multitask.results import save_png
 
 METRICS = ("sst_acc", "qqp_acc", "sts_corr", "overall")
 SINGLE_TASK_RUNS = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_corr"}
@@ -329,8 +330,7 @@ def plot(rows: dict[str, dict[str, list[float]]], path: Path) -> bool:
     figure.suptitle("dev scores: seeds (dots), mean (bar); single-task, other heads: siamese paraphrase (^), "
                     "cosine STS with its squared error (x), with paired dropout (*), with CoSENT (+)", fontsize=10)
     figure.tight_layout()
-    atomic_write(path, lambda temp: figure.savefig(temp, dpi=110, format="png"))
-    plt.close(figure)
+    save_png(figure, path, dpi=110)
     return True
 
 

@@ -302,8 +302,7 @@ def write_plot(results: list[RunResult], path: Path) -> bool:
         figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
     figure.suptitle("Multi-BERT: dev metrics after each epoch (dashed: unfinished runs)")
     figure.tight_layout(rect=(0, 0.08, 1, 1))  # leave room for the legend
-    atomic_write(path, lambda temp: figure.savefig(temp, dpi=120, format="png"))
-    plt.close(figure)
+    save_png(figure, path, dpi=120)
     return True
 
 
@@ -339,9 +338,19 @@ def write_interference_plot(results: list[RunResult], path: Path) -> bool:
         if axis.lines:
             axis.legend(fontsize=7)
     figure.tight_layout()
-    atomic_write(path, lambda temp: figure.savefig(temp, dpi=120, format="png"))
-    plt.close(figure)
+    save_png(figure, path, dpi=120)
     return True
+
+
+def save_png(figure, path: Path, dpi: int) -> None:
+    """Write a matplotlib `figure` to `path` as PNG, whole or not at all (`atomic_write`), and
+    close it, also when the write fails (WriteError: a full disk), so no figure stays open."""
+    import matplotlib.pyplot as plt
+
+    try:
+        atomic_write(path, lambda temp: figure.savefig(temp, dpi=dpi, format="png"))
+    finally:
+        plt.close(figure)
 
 
 @dataclass

@@ -88,6 +88,32 @@ def test_interference_plot_needs_logged_gradients(tmp_path):
     assert not (tmp_path / "none.png").exists()
 
 
+def test_a_plot_that_cannot_be_written_leaves_no_figure_open(tmp_path, monkeypatch):
+    """Each command's plots: a failed write (a full disk) raises its WriteError, and the figure is
+    closed all the same, so a caller that goes on (a notebook, a loop over runs) leaks nothing."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from bert.files import WriteError
+    from multitask import ablation
+
+    def full_disk(path, write):
+        raise WriteError(f"cannot write {path}: no space left")
+
+    monkeypatch.setattr(results, "atomic_write", full_disk)
+    history = [{"epoch": 1, "sst_acc": 0.4, "qqp_acc": 0.8, "sts_corr": 0.8, "overall": 0.7,
+                "grad_norm_sst": 1.0, "grad_norm_qqp": 2.0, "grad_norm_sts": 3.0}]
+    run = results.RunResult("annealed", "concat", tmp_path, "done", history=history)
+    plots = [lambda path: results.write_plot([run], path),
+             lambda path: results.write_interference_plot([run], path),
+             lambda path: ablation.plot({"row": {"sst_acc": [0.4], "qqp_acc": [0.8], "sts_corr": [0.8],
+                                                 "overall": [0.7]}}, path)]
+    plt.close("all")
+    for draw in plots:
+        with pytest.raises(WriteError, match="no space left"):
+            draw(tmp_path / "plot.png")
+        assert plt.get_fignums() == []
+    assert not (tmp_path / "plot.png").exists()
+
+
 def test_second_call_skips_finished_runs(smoke):
     runs_dir, _, env, _ = smoke
     watched = [runs_dir / name / f for name in CONFIGURATIONS
