@@ -16,6 +16,7 @@
 #                                 (--head-lr-mult 10), the baseline of the -head10 rows
 #   single-tuned-ls               the same with --label-smoothing 0.1, the baseline of multi-tuned-concat-ls
 #   single-tuned-lld              the same with --layer-lr-decay 0.8, the baseline of the -lld rows
+#   single-tuned-lld0.9           the same with --layer-lr-decay 0.9, the baseline of the -lld0.9 rows
 #   single-tuned-avg10            the same with --average-last 0.1, the baseline of the -avg10 rows
 #   pair-sst-qqp, pair-sst-sts, pair-qqp-sts   two tasks of three (tuned, concat), as many batches
 #                                 as the two get in the three-task plan: which task hurts which
@@ -100,6 +101,8 @@
 #   multi-tuned-concat-lld, multi-tuned-cosine-paired-private1-equal-norm-lld
 #                                 --layer-lr-decay 0.8 (each encoder layer at 0.8 times the rate of the one
 #                                 above), with the concat head or with the cosine rows' levers
+#   multi-tuned-concat-lld0.9     the concat head with --layer-lr-decay 0.9 (the bottom layer at 0.53 times
+#                                 the top one's rate, against 0.26 with 0.8)
 #   multi-tuned-concat-qqp-from-sts   the tuned recipe with --paraphrase-from-sts 1: every STS batch
 #                                 also trains the paraphrase head on its pairs (scored >= 4: a
 #                                 paraphrase; <= 2: not), from the same pair encoding
@@ -148,7 +151,7 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-cosine-paired-private2-equal-norm single-tuned-bam single-tuned-ls multi-tuned-concat-ls
           multi-tuned-concat-mix multi-tuned-concat-pals multi-tuned-cosine-paired-pals-equal-norm
           multi-tuned-concat-qqp-from-sts single-tuned-lld multi-tuned-concat-lld
-          multi-tuned-cosine-paired-private1-equal-norm-lld
+          multi-tuned-cosine-paired-private1-equal-norm-lld single-tuned-lld0.9 multi-tuned-concat-lld0.9
           multi-tuned-cosine-paired-private3-sts-equal-norm multi-tuned-cosine-paired-private4-sts-equal-norm
           multi-tuned-cosine-paired-private5-sts-equal-norm multi-tuned-cosine-paired-private3-sts-equal-norm-schedules
           multi-tuned-cosine-paired-private3-sts-equal-norm-head10 multi-tuned-concat-private3-sts
@@ -231,6 +234,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-cosine-paired-private3-sts-equal-norm-schedules) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts --balance equal-norm --task-schedules" ;;
         multi-tuned-cosine-paired-private3-sts-equal-norm-head10) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts --balance equal-norm --head-lr-mult 10" ;;
         multi-tuned-concat-lld) echo "--recipe tuned --sts-head concat --layer-lr-decay 0.8" ;;
+        multi-tuned-concat-lld0.9) echo "--recipe tuned --sts-head concat --layer-lr-decay 0.9" ;;
         multi-tuned-cosine-paired-private1-equal-norm-lld) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 1 --balance equal-norm --layer-lr-decay 0.8" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
         lever-mean-pooling) echo "--recipe paper --sts-head concat --pooling mean" ;;
@@ -252,6 +256,7 @@ single_lever() {  # single-<recipe>[-<lever>][-bam]: prints "<recipe> <the lever
         -head10) echo "$recipe --head-lr-mult 10" ;;
         -ls) echo "$recipe --label-smoothing 0.1" ;;
         -lld) echo "$recipe --layer-lr-decay 0.8" ;;
+        -lld0.9) echo "$recipe --layer-lr-decay 0.9" ;;
         -avg10) echo "$recipe --average-last 0.1" ;;
         *) return 2 ;;
     esac

@@ -167,7 +167,7 @@ def baseline_columns(seed_dir: Path) -> dict[str, str]:
 # single-task runs trained with it; so is a row of the paper's recipe. run_ablation.sh trains these
 # baselines (and takes a -bam row's teachers from them).
 LEVER_BASELINES = {"-head10": "single-tuned-head10", "-ls": "single-tuned-ls", "-lld": "single-tuned-lld",
-                   "-avg10": "single-tuned-avg10"}
+                   "-lld0.9": "single-tuned-lld0.9", "-avg10": "single-tuned-avg10"}
 
 
 def own_baseline(row: str) -> str | None:
@@ -391,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="single-tuned",
                         help="the single-task row the multitask rows are compared with, seed by seed (a "
                              "row of the paper's recipe, or whose name ends in a lever single-task runs "
-                             "take too, -head10, -ls, -lld, -avg10, with its own: single-paper, single-tuned-head10, "
-                             "..., where RUNS_DIR has it)")
+                             "take too, -head10, -ls, -lld, -lld0.9, -avg10, with its own: single-paper, "
+                             "single-tuned-head10, ..., where RUNS_DIR has it)")
     parser.add_argument("--against", action="append", default=[], metavar="ROW=BASELINE",
                         help="compare ROW with BASELINE instead; may be repeated")
     parser.add_argument("--own-baseline", metavar="ROW",
