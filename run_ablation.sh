@@ -101,8 +101,8 @@
 #   multi-tuned-concat-lld, multi-tuned-cosine-paired-private1-equal-norm-lld
 #                                 --layer-lr-decay 0.8 (each encoder layer at 0.8 times the rate of the one
 #                                 above), with the concat head or with the cosine rows' levers
-#   multi-tuned-concat-lld0.9     the concat head with --layer-lr-decay 0.9 (the bottom layer at 0.53 times
-#                                 the top one's rate, against 0.26 with 0.8)
+#   multi-tuned-concat-lld0.9     the concat head with --layer-lr-decay 0.9 (the embeddings at 0.9^6 = 0.53
+#                                 of --lr, against 0.8^6 = 0.26)
 #   multi-tuned-concat-qqp-from-sts   the tuned recipe with --paraphrase-from-sts 1: every STS batch
 #                                 also trains the paraphrase head on its pairs (scored >= 4: a
 #                                 paraphrase; <= 2: not), from the same pair encoding
