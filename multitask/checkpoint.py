@@ -176,6 +176,11 @@ def save_training_state(trainer, progress=None, next_epoch: int | None = None) -
     atomic_write(training_state_path(trainer.out_dir), lambda temp: torch.save(state, temp))
 
 
+# Room for what checkpoint.pt holds besides tensors: random generators, data positions, history
+# (60 KB measured on the full CS224N files)
+OTHER_STATE_BYTES = 4 << 20
+
+
 def bytes_needed(trainer) -> int:
     """About the most disk the run's files take at once: checkpoint.pt (the weights, two Adam
     moments a weight in each AdamW, and --average-last's running mean) and best/'s weights, each
@@ -183,11 +188,6 @@ def bytes_needed(trainer) -> int:
     weights = sum(tensor.numel() * tensor.element_size() for tensor in trainer.model.state_dict().values())
     copies_in_state = 1 + 2 * len(trainer.distinct_optimizers) + (trainer.average is not None)
     return 2 * ((copies_in_state + 1) * weights + OTHER_STATE_BYTES)
-
-
-# Room for what checkpoint.pt holds besides tensors: random generators, data positions, history
-# (60 KB measured on the full CS224N files)
-OTHER_STATE_BYTES = 4 << 20
 
 
 def warn_if_short_of_space(trainer) -> None:
