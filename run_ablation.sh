@@ -18,6 +18,7 @@
 #   single-tuned-lld              the same with --layer-lr-decay 0.8, the baseline of the -lld rows
 #   single-tuned-lld0.9           the same with --layer-lr-decay 0.9, the baseline of the -lld0.9 rows
 #   single-tuned-avg10            the same with --average-last 0.1, the baseline of the -avg10 rows
+#   single-tuned-drop0.1          the same with --dropout 0.1, the baseline of the -drop0.1 rows
 #   pair-sst-qqp, pair-sst-sts, pair-qqp-sts   two tasks of three (tuned, concat), as many batches
 #                                 as the two get in the three-task plan: which task hurts which
 #   multi-paper-concat            the paper's recipe (annealed + concat)
@@ -103,6 +104,8 @@
 #                                 above), with the concat head or with the cosine rows' levers
 #   multi-tuned-concat-lld0.9     the concat head with --layer-lr-decay 0.9 (the embeddings at 0.9^6 = 0.53
 #                                 of --lr, against 0.8^6 = 0.26)
+#   multi-tuned-concat-drop0.1    the concat head with --dropout 0.1 before every task head (BERT's own
+#                                 classifier dropout) in place of the paper's 0.3
 #   multi-tuned-concat-qqp-from-sts   the tuned recipe with --paraphrase-from-sts 1: every STS batch
 #                                 also trains the paraphrase head on its pairs (scored >= 4: a
 #                                 paraphrase; <= 2: not), from the same pair encoding
@@ -152,6 +155,7 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-concat-mix multi-tuned-concat-pals multi-tuned-cosine-paired-pals-equal-norm
           multi-tuned-concat-qqp-from-sts single-tuned-lld multi-tuned-concat-lld
           multi-tuned-cosine-paired-private1-equal-norm-lld single-tuned-lld0.9 multi-tuned-concat-lld0.9
+          single-tuned-drop0.1 multi-tuned-concat-drop0.1
           multi-tuned-cosine-paired-private3-sts-equal-norm multi-tuned-cosine-paired-private4-sts-equal-norm
           multi-tuned-cosine-paired-private5-sts-equal-norm multi-tuned-cosine-paired-private3-sts-equal-norm-schedules
           multi-tuned-cosine-paired-private3-sts-equal-norm-head10 multi-tuned-concat-private3-sts
@@ -235,6 +239,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-cosine-paired-private3-sts-equal-norm-head10) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts --balance equal-norm --head-lr-mult 10" ;;
         multi-tuned-concat-lld) echo "--recipe tuned --sts-head concat --layer-lr-decay 0.8" ;;
         multi-tuned-concat-lld0.9) echo "--recipe tuned --sts-head concat --layer-lr-decay 0.9" ;;
+        multi-tuned-concat-drop0.1) echo "--recipe tuned --sts-head concat --dropout 0.1" ;;
         multi-tuned-cosine-paired-private1-equal-norm-lld) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 1 --balance equal-norm --layer-lr-decay 0.8" ;;
         lever-sts-weight) echo "--recipe paper --sts-head concat --sts-loss-scale unit" ;;
         lever-mean-pooling) echo "--recipe paper --sts-head concat --pooling mean" ;;
@@ -258,6 +263,7 @@ single_lever() {  # single-<recipe>[-<lever>][-bam]: prints "<recipe> <the lever
         -lld) echo "$recipe --layer-lr-decay 0.8" ;;
         -lld0.9) echo "$recipe --layer-lr-decay 0.9" ;;
         -avg10) echo "$recipe --average-last 0.1" ;;
+        -drop0.1) echo "$recipe --dropout 0.1" ;;
         *) return 2 ;;
     esac
 }

@@ -167,7 +167,8 @@ def baseline_columns(seed_dir: Path) -> dict[str, str]:
 # single-task runs trained with it; so is a row of the paper's recipe. run_ablation.sh trains these
 # baselines (and takes a -bam row's teachers from them).
 LEVER_BASELINES = {"-head10": "single-tuned-head10", "-ls": "single-tuned-ls", "-lld": "single-tuned-lld",
-                   "-lld0.9": "single-tuned-lld0.9", "-avg10": "single-tuned-avg10"}
+                   "-lld0.9": "single-tuned-lld0.9", "-avg10": "single-tuned-avg10",
+                   "-drop0.1": "single-tuned-drop0.1"}
 
 
 def own_baseline(row: str) -> str | None:
@@ -391,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="single-tuned",
                         help="the single-task row the multitask rows are compared with, seed by seed (a "
                              "row of the paper's recipe, or whose name ends in a lever single-task runs "
-                             "take too, -head10, -ls, -lld, -lld0.9, -avg10, with its own: single-paper, "
+                             "take too, -head10, -ls, -lld, -lld0.9, -avg10, -drop0.1, with its own: single-paper, "
                              "single-tuned-head10, ..., where RUNS_DIR has it)")
     parser.add_argument("--against", action="append", default=[], metavar="ROW=BASELINE",
                         help="compare ROW with BASELINE instead; may be repeated")

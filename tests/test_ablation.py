@@ -185,6 +185,7 @@ def test_arguments_that_fix_a_run_s_steps_are_refused_and_the_cap_reaches_the_pl
     ("multi-tuned-cosine-paired-private3-sts-equal-norm-head10", "single-tuned-head10"),
     ("multi-tuned-concat-ls", "single-tuned-ls"), ("multi-tuned-cosine-paired-private1-equal-norm-lld", "single-tuned-lld"),
     ("multi-tuned-concat-avg10", "single-tuned-avg10"), ("multi-tuned-concat-lld0.9", "single-tuned-lld0.9"),
+    ("multi-tuned-concat-drop0.1", "single-tuned-drop0.1"),
     ("single-tuned-head10", None), ("pair-qqp-sts", None), ("lever-lr-1e-4", None)])
 def test_a_row_of_another_recipe_or_lever_has_its_own_baseline(row, baseline):
     assert ablation.own_baseline(row) == baseline
@@ -249,12 +250,13 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     assert "| multi-tuned-cosine-siamese-bam |" in table and "| single-tuned |" in table
     # SINGLE_RUNS: a single-task row trains only the runs named
     part = subprocess.run(command, env={**env, "SINGLE_RUNS": "sts",
-                                        "ROWS": "single-tuned-head10 single-tuned-lld single-tuned-lld0.9 single-tuned-ls"},
+                                        "ROWS": "single-tuned-head10 single-tuned-lld single-tuned-lld0.9 "
+                                                "single-tuned-ls single-tuned-drop0.1"},
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert part.returncode == 0, part.stdout[-3000:] + part.stderr[-3000:]
     for row, flag, value in (("single-tuned-head10", "head_lr_mult", 10.0),
                              ("single-tuned-lld", "layer_lr_decay", 0.8), ("single-tuned-lld0.9", "layer_lr_decay", 0.9),
-                             ("single-tuned-ls", "label_smoothing", 0.1)):
+                             ("single-tuned-ls", "label_smoothing", 0.1), ("single-tuned-drop0.1", "dropout", 0.1)):
         assert sorted(p.name for p in (runs / row / "seed0").iterdir()) == ["sts"]
         assert json.loads((runs / row / "seed0" / "sts" / "train_config.json").read_text())[flag] == value  # its lever
 
