@@ -43,7 +43,7 @@ import scipy.stats
 from bert.files import WriteError, write_text
 from multitask.config import COSINE_HEADS, TASKS, positive_int
 from multitask.evaluation import overall_score
-from multitask.results import save_png
+from multitask.results import pyplot, save_png
 
 METRICS = ("sst_acc", "qqp_acc", "sts_corr", "overall")
 SINGLE_TASK_RUNS = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_corr"}
@@ -300,12 +300,8 @@ def plot(rows: dict[str, dict[str, list[float]]], path: Path) -> bool:
     heads' single-task scores: the cosine head's STS (crosses: its squared error; stars: the
     same with --paired-dropout; pluses: CoSENT), the siamese paraphrase head's QQP (triangles);
     False when matplotlib is absent."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     names = list(rows)
     figure, axes = plt.subplots(1, len(METRICS), figsize=(3.6 * len(METRICS), 0.4 * len(names) + 1.6), sharey=True)
@@ -446,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
             writer.writerow([row, metric, " ".join(f"{v:.4f}" for v in values)])
     try:  # each file whole or not at all: a full disk never leaves a page of docs cut short
         write_text(args.runs_dir / "ablation.md", text)
-        plot(rows, args.runs_dir / "ablation.png")
+        if not plot(rows, args.runs_dir / "ablation.png"):
+            print("matplotlib is not installed, so there is no ablation.png "
+                  "(pip install 'multibert[plots]')", file=sys.stderr)
         write_text(args.runs_dir / "ablation.csv", out.getvalue())
         print(text, end="")
         for path in args.update:

@@ -276,14 +276,11 @@ def write_plot(results: list[RunResult], path: Path) -> bool:
     These are the per-epoch evaluations the trainer chose its best checkpoint by (with QQP capped
     where --qqp-eval-examples was given), so they may differ slightly from the table's numbers.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display needed
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
+    from matplotlib.ticker import MaxNLocator
+
     figure, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
     plotted = [r for r in results if any("overall" in record for record in r.history)]
     for axis, metric in zip(axes.flat, METRICS):
@@ -313,14 +310,8 @@ def write_interference_plot(results: list[RunResult], path: Path) -> bool:
     series = {"grad_norm": ("mean encoder gradient norm", ("sst", "qqp", "sts")),
               "grad_cosine": ("gradient cosine between tasks", ("sst_qqp", "sst_sts", "qqp_sts"))}
     logged = [r for r in results if any(k.startswith("grad_") for record in r.history for k in record)]
-    if not logged:
-        return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if not logged or plt is None:
         return False
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for axis, (prefix, (title, names)) in zip(axes, series.items()):
@@ -340,6 +331,19 @@ def write_interference_plot(results: list[RunResult], path: Path) -> bool:
     figure.tight_layout()
     save_png(figure, path, dpi=120)
     return True
+
+
+def pyplot():
+    """matplotlib.pyplot drawing into files only (no display needed), or None when matplotlib is
+    not installed (it is optional: pip install 'multibert[plots]')."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save_png(figure, path: Path, dpi: int) -> None:
@@ -391,14 +395,17 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(results, out_dir / "results.csv")
         print(markdown_table(results), end="")
         written = [out_dir / "results.md", out_dir / "results.csv"]
-        if config.plot:
-            if write_plot(results, out_dir / "dev_metrics.png"):
-                written.append(out_dir / "dev_metrics.png")
+        if config.plot and pyplot() is None:
+            print("matplotlib is not installed, so there are no plots "
+                  "(pip install 'multibert[plots]'); the tables are written.")
+        elif config.plot:
+            write_plot(results, out_dir / "dev_metrics.png")
+            written.append(out_dir / "dev_metrics.png")
             if write_interference_plot(results, out_dir / "task_interference.png"):
                 written.append(out_dir / "task_interference.png")
             else:
-                print("matplotlib is not installed, so there is no plot "
-                      "(pip install 'multibert[plots]'); the tables are written.")
+                print("no run logged its tasks' gradient norms on the encoder, so there is no "
+                      "task_interference.png")
     except WriteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -322,6 +322,15 @@ def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head
     assert (tmp_path / "ablation.png").stat().st_size > 0
 
 
+def test_without_matplotlib_the_tables_are_written_and_the_output_says_why_there_is_no_plot(
+        tmp_path, capsys, monkeypatch):
+    write_final(tmp_path / "multi" / "seed0", sst_acc=0.4, qqp_acc=0.8, sts_corr=0.8, overall=0.7)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    assert ablation.main([str(tmp_path)]) == 0
+    assert "matplotlib is not installed, so there is no ablation.png" in capsys.readouterr().err
+    assert (tmp_path / "ablation.md").is_file() and not (tmp_path / "ablation.png").exists()
+
+
 def test_gradient_diagnostics_are_the_last_epochs_averaged_over_seeds(tmp_path):
     for seed, (norm, cosine) in enumerate([(2.0, 0.1), (4.0, -0.3)]):
         folder = tmp_path / "multi" / f"seed{seed}"

@@ -232,12 +232,18 @@ def test_results_table_from_hand_written_runs(tmp_path, capsys, monkeypatch):
             "| done |") in table
     assert "| Ann + CoSim | - | 0.524 | - | 0.900 | - | 0.388 | - | 0.706 | - | - | missing |" in table
     assert (tmp_path / "out" / "dev_metrics.png").is_file()
-    assert "not finished: Ann + CoSim, Ann + CoSim + MNR" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not finished: Ann + CoSim, Ann + CoSim + MNR" in out
+    # These runs logged no gradient norms: the output says that is why there is no interference
+    # plot, and does not blame matplotlib, which drew dev_metrics.png.
+    assert "no run logged its tasks' gradient norms" in out and "matplotlib" not in out
+    assert not (tmp_path / "out" / "task_interference.png").exists()
 
     # Without matplotlib the tables are still written, and the output says why there is no plot.
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     assert results.main([str(runs), "--out", str(tmp_path / "bare")]) == 0
-    assert "matplotlib is not installed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "matplotlib is not installed" in out and "gradient norms" not in out
     assert (tmp_path / "bare" / "results.md").is_file()
     assert not (tmp_path / "bare" / "dev_metrics.png").exists()
     assert results.main([str(tmp_path / "nowhere")]) == 1
