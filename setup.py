@@ -31,7 +31,7 @@ setup(
             "matplotlib",  # the results plot, tested too
             "tensorboard",  # the TensorBoard reporter, whose event files the tests read back
         ],
-        "plots": ["matplotlib"],  # python -m multitask.results draws dev_metrics.png with it
+        "plots": ["matplotlib"],  # the plots of python -m multitask.results and multitask.ablation
         "tensorboard": ["tensorboard"],  # --report-to tensorboard (multitask/report.py)
     },
     # The tools as installed commands; `python multitask_classifier.py` and `python -m
