@@ -333,9 +333,13 @@ def write_interference_plot(results: list[RunResult], path: Path) -> bool:
     return True
 
 
+# matplotlib is optional: the setup.py extra "plots" installs it (as report.py's hint for tensorboard)
+PLOTS_INSTALL_HINT = "pip install -e '.[plots]'"
+
+
 def pyplot():
     """matplotlib.pyplot drawing into files only (no display needed), or None when matplotlib is
-    not installed (it is optional: pip install 'multibert[plots]')."""
+    not installed (PLOTS_INSTALL_HINT)."""
     try:
         import matplotlib
     except ImportError:
@@ -396,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(results), end="")
         written = [out_dir / "results.md", out_dir / "results.csv"]
         if config.plot and pyplot() is None:
-            print("matplotlib is not installed, so there are no plots "
-                  "(pip install 'multibert[plots]'); the tables are written.")
+            print(f"matplotlib is not installed, so there are no plots ({PLOTS_INSTALL_HINT}); "
+                  "the tables are written.")
         elif config.plot:
             write_plot(results, out_dir / "dev_metrics.png")
             written.append(out_dir / "dev_metrics.png")
