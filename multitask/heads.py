@@ -147,6 +147,11 @@ class PrivateTop(nn.Module):
 
 
 class MultitaskBert(nn.Module):
+    """One BERT encoder and the three tasks' heads: `loss(batch)` and `predict(batch)` for the
+    task the batch names. Each keyword is a command-line flag of the same name
+    (checkpoint.build_heads passes them); left out, they give the paper's model, the one
+    `--recipe paper` builds."""
+
     def __init__(self, encoder: BertModel, *, sts_head: str = "concat", dropout: float = 0.3,
                  pooling: str = "cls", loss_weights: dict[str, float] | None = None,
                  balance: str = "fixed", sts_loss_scale: str = "label", shared_layer: bool = False,

@@ -63,7 +63,8 @@ class ConflictProjection:
             torch._foreach_sub_(grads, torch._foreach_mul(average, coefficient.to(grads[0].dtype)))
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "averages": {t: [m.cpu() for m in ms] for t, ms in self.averages.items()}}
+        """What a training checkpoint keeps, to resume with the same running averages."""
+        return {"averages": {t: [m.cpu() for m in ms] for t, ms in self.averages.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         for task, saved in state["averages"].items():

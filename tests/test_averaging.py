@@ -56,6 +56,18 @@ def test_the_mean_holds_the_weights_after_each_step_of_the_window_and_nothing_be
         assert torch.equal(weights, last[name]), name
 
 
+def test_a_checkpoint_from_before_the_window_resumes_with_no_mean_and_one_from_inside_with_its_mean():
+    model = torch.nn.Linear(3, 2)
+    average = WeightAverage(model, start=2)
+    average.update(0)  # before the window: nothing to keep yet
+    resumed = WeightAverage(model, start=2)
+    resumed.load_state_dict(average.state_dict())
+    assert (resumed.count, resumed.mean) == (0, None)
+    average.update(2)
+    resumed.load_state_dict(average.state_dict())
+    assert resumed.count == 1 and all(torch.equal(a, b) for a, b in zip(resumed.mean, average.mean, strict=True))
+
+
 def test_before_its_window_an_average_changes_nothing(tiny_setup, tmp_path):
     config = tiny_config(tiny_setup, tmp_path, epochs=1, batches_per_epoch=4)
     trainer = training.Trainer(config, log=lambda m: None)

@@ -18,11 +18,12 @@ from test_training import tiny_config
 
 @pytest.fixture(scope="module")
 def teacher_runs(tiny_setup, tmp_path_factory):
-    """Three short runs to serve as teachers: all three tasks with the concat head, STS alone with
-    the cosine head, and QQP alone with the siamese paraphrase head."""
+    """Four short runs to serve as teachers: all three tasks with the concat head, STS alone with
+    the cosine head, QQP alone with the siamese paraphrase head, and STS alone with the dot head."""
     runs = {}
     for name, overrides in {"concat": {}, "cosine": {"tasks": "sts", "sts_head": "cosine"},
-                            "siamese": {"tasks": "qqp", "paraphrase_head": "siamese"}}.items():
+                            "siamese": {"tasks": "qqp", "paraphrase_head": "siamese"},
+                            "dot": {"tasks": "sts", "sts_head": "dot"}}.items():
         out_dir = tmp_path_factory.mktemp(f"teacher-{name}")
         training.train(tiny_config(tiny_setup, out_dir, epochs=1, batches_per_epoch=12, **overrides),
                        log=lambda message: None)
@@ -76,6 +77,8 @@ def test_the_first_step_trains_on_the_teacher_s_predictions(tiny_setup, teacher_
         gold = before.loss(batch)  # what the step would have been without a teacher
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     assert abs(loss.item() - gold.item()) > 1e-3  # (the teacher's targets are not the labels)
+    teacher = trainer.teachers.models[task]  # targets only: no dropout, and no gradient kept for it
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
 
 def test_a_siamese_student_trains_on_its_siamese_teacher_s_probabilities(tiny_setup, teacher_runs, tmp_path):
@@ -135,6 +138,8 @@ def test_bad_teacher_flags_are_usage_errors(tiny_setup, tmp_path, capsys, flags,
                                                  "but the student's paraphrase head is siamese"),
     ("siamese", [], "its paraphrase head is siamese, which reads each sentence of a pair alone, but the "
                     "student's paraphrase head is joint"),
+    ("dot", ["--sts-head", "cosine"], "its STS head is dot; a teacher's STS score must be on the 0-5 scale, "
+                                      "which the dot head's raw product is not"),  # (laid out as the cosine head's)
 ])
 def test_unusable_teachers_stop_the_run_before_training(tiny_setup, teacher_runs, tmp_path, capsys, teacher,
                                                          flags, message):

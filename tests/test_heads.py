@@ -8,6 +8,7 @@ with std 0.5 instead of BERT's 0.02: at 0.02 a random encoder's pooled outputs b
 input (their spread across a batch is ~4e-4), too little to tell one row from another.
 """
 
+import copy
 import dataclasses
 import math
 
@@ -17,9 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from bert import BertModel, Encoded
-from multitask import losses
+from multitask import checkpoint, losses
 from multitask.batching import Batch, TokenizedSplit, collate
-from multitask.heads import STS_HEADS, MultitaskBert, layouts
+from multitask.config import TrainConfig
+from multitask.heads import STS_HEADS, MultitaskBert, PrivateTop, layouts
 from test_model import tiny_config
 
 PAD = 0
@@ -135,14 +137,48 @@ def test_dot_head_has_no_similarity_parameters():
 
 
 def test_unknown_head_lists_the_choices():
-    with pytest.raises(ValueError) as info:
+    assert STS_HEADS == ("dot", "cosine", "concat", "mnr")
+    with pytest.raises(ValueError, match="^unknown STS head 'bilinear'; choose one of dot, cosine, concat, mnr$"):
         make_model("bilinear")
-    message = str(info.value)
-    assert "bilinear" in message
-    for head in STS_HEADS:
-        assert head in message
-    with pytest.raises(ValueError, match="unknown paraphrase head 'bilinear'; choose one of joint, siamese"):
+    with pytest.raises(ValueError, match="^unknown paraphrase head 'bilinear'; choose one of joint, siamese$"):
         make_model("cosine", paraphrase_head="bilinear")
+
+
+@pytest.mark.parametrize("sts_head, paraphrase_head", [("cosine", "joint"), ("concat", "siamese")])
+def test_paraphrase_labels_from_sts_pairs_need_the_heads_that_read_a_pair_as_one_input(sts_head, paraphrase_head):
+    with pytest.raises(ValueError, match="^paraphrase_from_sts trains the paraphrase head on the STS step's pair "
+                                         "encoding: it needs the concat STS head and the joint paraphrase head$"):
+        MultitaskBert(BertModel(tiny_config()), sts_head=sts_head, paraphrase_head=paraphrase_head,
+                      paraphrase_from_sts=1.0)
+
+
+def test_the_keyword_defaults_build_the_paper_s_model():
+    # MultitaskBert(encoder) with no settings is the model --recipe paper builds: the concat head,
+    # dropout 0.3, the pooler's [CLS] output, the STS loss on the 0-5 scale, every task weighted 1.
+    torch.manual_seed(0)
+    encoder = BertModel(tiny_config())
+    torch.manual_seed(1)
+    by_hand = MultitaskBert(copy.deepcopy(encoder)).train()
+    torch.manual_seed(1)
+    paper = checkpoint.build_heads(copy.deepcopy(encoder), TrainConfig(recipe="paper")).train()
+    mine, theirs = by_hand.state_dict(), paper.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[name], theirs[name]) for name in theirs)
+    for task, layout in layouts("concat").items():
+        batch = make_batch(task, layout, size=6)
+        torch.manual_seed(2)
+        loss = by_hand.loss(batch)
+        torch.manual_seed(2)  # the same dropout draws
+        assert loss.item() == paper.loss(batch).item()
+        assert by_hand.task_weighting(task, loss).item() == paper.task_weighting(task, loss).item() == loss.item()
+
+
+@pytest.mark.parametrize("n", [0, 2])  # tiny_config: two layers
+def test_private_layers_leave_at_least_one_layer_shared(n):
+    encoder = BertModel(tiny_config())
+    with pytest.raises(ValueError, match=rf"^private_layers={n}: the encoder has 2 layers and at least one must "
+                                         r"stay shared; choose 1 to 1$"):
+        PrivateTop(encoder, n, [("sst",), ("qqp", "sts")])
+    assert len(encoder.encoder.layer) == 2  # refused before any layer was taken out
 
 
 def test_unknown_task_in_loss():
@@ -395,6 +431,27 @@ def manual_mnr(u: torch.Tensor, v: torch.Tensor) -> float:
         scores = [float(torch.dot(u[i].double(), v[j].double())) for j in range(k)]
         total += -math.log(math.exp(scores[i]) / sum(math.exp(s) for s in scores))
     return total / k
+
+
+@pytest.mark.parametrize("use_mnr, sts_loss", [(True, "mse"), (False, "cosent")])
+def test_a_ranking_loss_under_torchrun_takes_every_process_s_rows(use_mnr, sts_loss):
+    # `gather_rows` stacks every process's rows of a tensor; the stand-in here is a second process
+    # holding this one's rows in reverse order. The loss must be the one over all the rows, each
+    # pair's label still beside its embeddings.
+    torch.manual_seed(0)
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.5)
+    model = MultitaskBert(BertModel(config), sts_head="mnr", dropout=0.0, sts_loss=sts_loss).eval()
+    batch = sts_batch("mnr", size=6)
+    def both_processes(rows: torch.Tensor) -> torch.Tensor:
+        return torch.cat([rows, rows.flip(0)])  # (2B, ...)
+    loss = model.loss(batch, use_mnr=use_mnr, gather_rows=both_processes)
+    with torch.no_grad():
+        u, v = (both_processes(half) for half in projected_halves(model, batch))  # (12, H) each
+        labels = both_processes(batch.labels)  # (12,)
+        expected = losses.multiple_negatives_ranking_loss(u, v) if use_mnr else losses.cosent_loss(u, v, labels)
+        alone = model.loss(batch, use_mnr=use_mnr)  # one process: its own rows only
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(alone.item(), rel=1e-3)
 
 
 def test_mnr_loss_uses_in_batch_negatives(deterministic):

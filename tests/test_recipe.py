@@ -2,6 +2,7 @@
 groups, mean pooling, fixed and learned task weights, and --recipe itself."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from multitask import training
 from multitask.batching import Batch
 from multitask.checkpoint import build_heads
 from multitask.config import RECIPES, TrainConfig, task_values
-from multitask.diagnostics import encoder_gradient_norm, task_gradient_cosines
+from multitask.diagnostics import encoder_gradient_norm, encoder_gradients, task_gradient_cosines
 from multitask.heads import MultitaskBert
 from multitask.losses import TaskWeighting, paraphrase_loss, sentiment_loss, similarity_mse_loss
 
@@ -570,6 +571,18 @@ def test_encoder_gradient_norm_is_the_norm_of_all_encoder_gradients():
     model.loss(batch_of([[2, 7, 9, 3], [2, 11, 3]], 4)).backward()
     expected = torch.cat([p.grad.reshape(-1) for p in model.bert.parameters() if p.grad is not None]).norm()
     assert encoder_gradient_norm(model.bert).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_one_task_s_part_of_a_mixed_step_s_gradient_counts_in_full_a_weight_new_to_the_step():
+    # --mix-tasks: a step's tasks add their gradients up, and a task's norm is that of what it
+    # added since `encoder_gradients` was taken, None where the earlier tasks reached no weight.
+    encoder = torch.nn.Linear(3, 2)
+    encoder.weight.grad = torch.ones(2, 3)  # an earlier task's part; the bias: none yet
+    earlier = encoder_gradients(encoder)
+    encoder.weight.grad += 2.0  # this task's part: 2 on every weight ...
+    encoder.bias.grad = torch.tensor([3.0, 4.0])  # ... and the bias, which only it reached
+    assert encoder_gradient_norm(encoder, minus=earlier).item() == pytest.approx(7.0)  # sqrt(6 * 4 + 9 + 16)
+    assert encoder_gradient_norm(encoder).item() == pytest.approx(math.sqrt(6 * 9 + 25))  # the whole step's
 
 
 def test_a_task_probed_twice_has_cosine_one_and_the_model_is_left_as_it_was():

@@ -65,7 +65,7 @@ def test_projection_against_two_tasks_in_order_and_the_average_takes_the_raw_gra
     if gv @ flat(m_sts) > 0:
         m_sts = [-t for t in m_sts]
     params = parameters_with(g)
-    surgery = ConflictProjection(TASKS, params, decay=0.9)
+    surgery = ConflictProjection(TASKS, params)  # the default decay, 0.9: what the trainer uses
     surgery.averages["sst"] = [torch.ones_like(t) for t in g]
     surgery.averages["qqp"], surgery.averages["sts"] = [t.clone() for t in m_qqp], [t.clone() for t in m_sts]
     surgery.project("sst")
@@ -78,6 +78,22 @@ def test_projection_against_two_tasks_in_order_and_the_average_takes_the_raw_gra
     # sst's running average: 0.9 * ones + 0.1 * the gradient before the projection
     torch.testing.assert_close(flat(surgery.averages["sst"]), 0.9 + 0.1 * gv, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(flat(surgery.averages["qqp"]), flat(m_qqp))  # the others' untouched
+
+
+def test_a_weight_the_step_did_not_reach_counts_as_a_zero_gradient():
+    # (the pooler under mean pooling, say: trainable, but no task's loss reads it)
+    generator = torch.Generator().manual_seed(3)
+    g, m = random_lists(generator)
+    if flat(g) @ flat(m) > 0:  # make them conflict
+        m = [-t for t in m]
+    params = parameters_with(g)
+    params[1].grad = None  # the step left the second weight alone
+    surgery = ConflictProjection(TASKS, params)
+    surgery.averages["qqp"] = [t.clone() for t in m]
+    surgery.project("sst")
+    gv, mv = torch.cat([g[0].flatten(), torch.zeros(5)]).double(), flat(m)
+    torch.testing.assert_close(flat(p.grad for p in params), gv - (gv @ mv) / (mv @ mv) * mv, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(surgery.averages["sst"][1], torch.zeros(5))  # 0.9 * 0 + 0.1 * 0
 
 
 def test_the_trainer_projects_and_a_resumed_run_gets_the_averages_back(tiny_setup, tmp_path):  # noqa: F811
