@@ -14,6 +14,7 @@ from bert import BertTokenizer, Encoded
 from multitask.batching import (
     BUCKETS,
     MAX_BUCKETS,
+    POOL_BATCHES,
     Batch,
     BatchStream,
     TokenizedSplit,
@@ -93,7 +94,7 @@ def hand_split(lengths_first, lengths_second=None, task="sts", labels=None) -> T
 
 def test_single_layout_for_sst(tokenizer):
     split = tokenize_split(sst_split(), "sst", tokenizer, "single")
-    assert split.task == "sst" and split.layout == "single" and split.second is None
+    assert split.task == "sst" and split.name == "sst-dev" and split.layout == "single" and split.second is None
     assert split.ids == ["s0", "s1", "s2"]
     tokens = tokenizer.convert_ids_to_tokens(split.first[0].input_ids)
     assert tokens == ["[CLS]", "a", "gorgeous", "film", ".", "[SEP]"]
@@ -173,18 +174,30 @@ def test_unknown_layout(tokenizer):
         tokenize_split(sst_split(), "sst", tokenizer, "stacked")
 
 
-def test_max_length_truncates(tokenizer):
-    split = tokenize_split(pair_split(), "sts", tokenizer, "joint", max_length=6)
-    assert max(len(e.input_ids) for e in split.first) == 6
-    assert all(e.input_ids[-1] == tokenizer.sep_token_id for e in split.first)
+@pytest.mark.parametrize("layout", ["single", "joint", "separate"])
+def test_max_length_truncates_every_layout(tokenizer, layout):
+    examples, task = (sst_split(), "sst") if layout == "single" else (pair_split(), "sts")
+    whole = tokenize_split(examples, task, tokenizer, layout)
+    split = tokenize_split(examples, task, tokenizer, layout, max_length=6)
+    encodings, long = split.first + (split.second or []), whole.first + (whole.second or [])
+    assert max(len(e.input_ids) for e in encodings) == 6
+    assert all(e.input_ids[-1] == tokenizer.sep_token_id for e in encodings)
+    assert split.truncated() == sum(len(e.input_ids) > 6 for e in long) > 0 and whole.truncated() == 0
+
+
+def test_an_empty_split_tokenizes_to_nothing(tokenizer):
+    split = tokenize_split(Split("sst-dev", "ids-sst-dev.csv", []), "sst", tokenizer, "single")
+    assert (len(split), split.first, split.labels, split.lengths().tolist()) == (0, [], None, [])
 
 
 def test_subset_picks_rows_and_labels(tokenizer):
     split = tokenize_split(pair_split(), "sts", tokenizer, "separate")
     sub = split.subset(np.array([2, 0]), "picked")
-    assert sub.name == "picked" and sub.ids == ["p2", "p0"]
+    assert (sub.task, sub.name, sub.layout, sub.ids) == ("sts", "picked", "separate", ["p2", "p0"])
     assert sub.first == [split.first[2], split.first[0]] and sub.second == [split.second[2], split.second[0]]
     assert sub.labels.tolist() == pytest.approx([0.4, 4.2])
+    unlabelled = tokenize_split(sst_split(labelled=False), "sst", tokenizer, "single").subset(np.array([1]))
+    assert (unlabelled.name, unlabelled.second, unlabelled.labels) == ("sst-dev", None, None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -208,6 +221,20 @@ def test_evaluation_plan_is_a_sorted_partition(n, batch_size):
     flat = np.concatenate(batches)
     assert np.all(np.diff(lengths[flat]) >= 0)  # sorted by length across the whole split
     assert plan_batches(lengths, batch_size, rng=None)[0].tolist() == batches[0].tolist()
+
+
+def test_equal_lengths_keep_their_order_on_every_machine():
+    # numpy's default argsort is not stable, and on CPUs with AVX-512 it sorts with SIMD code
+    # that orders equal keys its own way: the plans sort stably, so every machine plans alike.
+    lengths = np.tile([7, 3, 5], 40)  # 120 examples, 40 of each length
+    evaluation = np.concatenate(plan_batches(lengths, 16, rng=None))
+    assert evaluation.tolist() == sorted(range(120), key=lambda i: lengths[i])  # (Python's sort is stable)
+    rng = np.random.default_rng(0)  # training: the same draws as plan_batches, written out
+    shuffled, pool = rng.permutation(120), 16 * POOL_BATCHES
+    rows = [i for start in range(0, 120, pool) for i in sorted(shuffled[start:start + pool], key=lambda i: lengths[i])]
+    batches = [rows[i:i + 16] for i in range(0, 120, 16)]
+    expected = [batches[i] for i in rng.permutation(len(batches))]
+    assert [b.tolist() for b in plan_batches(lengths, 16, np.random.default_rng(0))] == expected
 
 
 def test_empty_plan():
@@ -291,7 +318,7 @@ def test_pad_encodings_empty():
 def test_collate_single_layout(tokenizer):
     split = tokenize_split(sst_split(), "sst", tokenizer, "single")
     batch = collate(split, np.array([2, 0]), tokenizer.pad_token_id)
-    assert batch.task == "sst" and batch.rows.tolist() == [2, 0]
+    assert batch.task == "sst" and batch.rows.tolist() == [2, 0] and batch.ids == ["s2", "s0"]
     longest = len(split.first[2].input_ids)
     assert batch.inputs["input_ids"].shape == (2, longest)
     short = len(split.first[0].input_ids)
@@ -345,7 +372,7 @@ def test_batch_token_counts_and_to():
     assert separate.padded_tokens == 4 * 6
     moved = batch.to(torch.device("cpu"))
     assert isinstance(moved, Batch) and moved.task == batch.task
-    assert moved.rows.tolist() == [0, 1, 2]
+    assert moved.rows.tolist() == [0, 1, 2] and moved.ids == batch.ids == ["e0", "e1", "e2"]
     assert moved.labels.tolist() == [1, 2, 3]
     for key in batch.inputs:
         assert torch.equal(moved.inputs[key], batch.inputs[key])
@@ -403,6 +430,14 @@ def test_stream_visits_every_example_once_per_pass(group):
     assert stream.state() == {"passes": 2, "position": per_pass}
     # each pass is a fresh shuffle
     assert passes[0] != passes[1] != passes[2]
+
+
+def test_a_stream_groups_by_length_unless_told_not_to():
+    split = stream_split(800)
+    def padding(stream: BatchStream) -> float:  # over one pass
+        return padding_fraction([stream.next_rows() for _ in range(len(stream))], split.lengths())
+    grouped = padding(BatchStream(split, 8, seed=0, pad_id=PAD))  # the default
+    assert grouped < 0.1 and padding(BatchStream(split, 8, seed=0, pad_id=PAD, group_by_length=False)) > 0.25
 
 
 def test_stream_batches_carry_their_rows_labels():
@@ -474,7 +509,7 @@ def test_bucket_length_rounds_up():
     buckets = length_buckets(128)
     assert [bucket_length(n, buckets) for n in (1, 16, 17, 33, 64, 65, 97, 128)] == [16, 16, 24, 40, 64, 96, 128, 128]
     assert bucket_length(17, None) == 17  # no buckets: the longest, as before
-    with pytest.raises(ValueError, match="longer than the largest bucket"):
+    with pytest.raises(ValueError, match=r"^a batch of 129 tokens is longer than the largest bucket \(128\); "):
         bucket_length(129, buckets)
 
 
