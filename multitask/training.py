@@ -470,12 +470,13 @@ def mnr_epochs(num_epochs: int) -> int:
 def scheduled_lr(config: TrainConfig, step: int, total_steps: int) -> float:
     """--lr-schedule at global step `step` of `total_steps` (0-based): constant (the paper), or
     linear: a warmup from near 0 over the first --warmup of the steps, then a linear decay that
-    reaches 0 just after the last step (Devlin et al. 2019)."""
+    reaches 0 just after the last step (Devlin et al. 2019). The warmup never passes --lr: where
+    --warmup of the steps is not a whole number (10% of 168 steps: 16.8), its last step is at --lr."""
     if config.lr_schedule == "constant":
         return config.lr
     warmup_steps = config.warmup * total_steps
     if step < warmup_steps:
-        return config.lr * (step + 1) / warmup_steps
+        return config.lr * min(1.0, (step + 1) / warmup_steps)
     return config.lr * (total_steps - step) / max(total_steps - warmup_steps, 1.0)
 
 

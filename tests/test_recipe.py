@@ -50,6 +50,25 @@ def test_linear_schedule_without_warmup_starts_at_the_peak():
     config = TrainConfig(lr=2.0, lr_schedule="linear", warmup=0.0)
     assert training.scheduled_lr(config, 0, 4) == pytest.approx(2.0)
     assert training.scheduled_lr(config, 3, 4) == pytest.approx(0.5)
+    assert training.scheduled_lr(config, 0, 1) == pytest.approx(2.0)  # a one-step run: its step at the peak
+
+
+@pytest.mark.parametrize("total, expected", [
+    (168, [(s + 1) / 16.8 for s in range(16)] + [1.0] + [(168 - s) / 151.2 for s in range(17, 168)]),
+    (5, [1.0, 4 / 4.5, 3 / 4.5, 2 / 4.5, 1 / 4.5]),
+    (1, [1.0]),
+])
+def test_the_warmup_ends_at_the_peak_when_its_share_is_not_a_whole_number_of_steps(total, expected):
+    # 10% of 168 steps is 16.8: steps 0-16 warm up, and step 16 is at the peak, not 17 / 16.8 of it;
+    # 10% of 5 steps is half a step: the first step is already at the peak, not twice it.
+    config = TrainConfig(lr=1.0, lr_schedule="linear", warmup=0.1)
+    lrs = [training.scheduled_lr(config, s, total) for s in range(total)]
+    assert lrs == pytest.approx(expected) and max(lrs) == 1.0
+
+
+@pytest.mark.parametrize("epochs, ranking", [(1, 1), (2, 1), (3, 2), (4, 2)])
+def test_the_mnr_head_ranks_for_the_first_half_of_the_epochs_rounded_up(epochs, ranking):
+    assert training.mnr_epochs(epochs) == ranking
 
 
 # ---- parameter groups -----------------------------------------------------------------------
