@@ -144,10 +144,15 @@ def test_separate_layout_stores_each_sentence_alone(tokenizer):
 
 
 def test_quora_labels_are_float(tokenizer):
-    split = Split("quora-dev", "quora-dev.csv", [PairExample("q0", "a", "b", 1.0), PairExample("q1", "c", "d", 0.0)])
+    split = Split("quora-dev", "quora-dev.csv", [PairExample("q0", "a", "b", 1), PairExample("q1", "c", "d", 0)])
     tokenized = tokenize_split(split, "qqp", tokenizer, "joint")
-    assert tokenized.labels.dtype == torch.float32
+    assert tokenized.labels.dtype == torch.float32  # (even from whole numbers: the loss needs floats)
     assert tokenized.labels.tolist() == [1.0, 0.0]
+
+
+def test_a_split_of_one_example_keeps_its_label(tokenizer):
+    split = tokenize_split(Split("sst-dev", "ids-sst-dev.csv", [SentenceExample("s0", "fine", 3)]), "sst", tokenizer, "single")
+    assert split.labels.tolist() == [3] and split.labels.dtype == torch.long
 
 
 @pytest.mark.parametrize("layout", ["single", "joint", "separate"])
@@ -486,6 +491,8 @@ def test_length_buckets_end_at_the_cap():
     assert length_buckets(40) == (16, 24, 32, 40)  # the cap replaces the boundaries above it
     assert length_buckets(48) == (16, 24, 32, 40, 48)  # a cap on a boundary: not twice
     assert length_buckets(10) == (10,)
+    assert length_buckets(1) == (1,)  # the smallest cap there is
+    assert length_buckets(8, boundaries=(0, 1, 4)) == (1, 4, 8)  # a boundary must be a length, >= 1
     assert len(length_buckets(512)) <= MAX_BUCKETS
 
 
@@ -503,6 +510,7 @@ def test_training_buckets_end_at_the_longest_input_rounded_up():
     assert training_buckets(splits, 512) == BUCKETS + (104,)
     assert training_buckets(splits, 100) == BUCKETS + (100,)
     assert training_buckets([hand_split([5, 20])], 512) == (16, 24)
+    assert training_buckets([], 512) == training_buckets([hand_split([])], 512) == (8,)  # no input at all
 
 
 def test_bucket_length_rounds_up():
