@@ -152,6 +152,36 @@ def test_predict_split_keeps_the_class_axis_and_handles_an_empty_split():
     assert empty.shape == (0,) and empty.dtype == np.float32
 
 
+class TwoRanks:
+    """Rank `rank` of a two-process run, as evaluation sees multitask.distributed.Distributed:
+    `gather` hands back what each rank computed, the other rank's share made up by `other`."""
+
+    def __init__(self, rank: int, other):
+        self.rank, self.world_size, self.other, self.shared = rank, 2, other, []
+
+    def gather(self, value):
+        self.shared.append(value)  # this rank's (rows, outputs)
+        return [value, self.other(value)] if self.rank == 0 else [self.other(value), value]
+
+
+def test_under_torchrun_each_rank_predicts_every_other_batch_and_all_get_every_prediction():
+    tokens = [13, 2, 57, 40, 9, 31, 64, 5, 22]  # batches of 2 in length order: 5 batches
+    split = make_split("qqp", tokens, [1.0] * 9)
+    order = np.argsort(split.lengths(), kind="stable")
+    batches = [order[i:i + 2].tolist() for i in range(0, 9, 2)]
+    def others(rank):  # the other rank's share: its batches, predicted as the stand-in would
+        theirs = batches[1 - rank::2]
+        return lambda mine: ([np.array(b) for b in theirs], [np.array(tokens)[b] / 100 for b in theirs])
+    for rank in (0, 1):
+        distributed = TwoRanks(rank, others(rank))
+        metrics, predictions = evaluate(StandInModel(), {"qqp": split}, 2, PAD, torch.device("cpu"), "fp32",
+                                        distributed)
+        [(rows, _)] = distributed.shared
+        assert [r.tolist() for r in rows] == batches[rank::2]  # batches rank, rank + 2, ...
+        np.testing.assert_allclose(predictions["qqp"], np.array(tokens) / 100, rtol=1e-6)  # all of them
+        assert metrics["qqp_acc"] == pytest.approx(2 / 9)  # 57 and 64 over 1/2
+
+
 def test_evaluate_reports_each_metric_and_the_overall_score():
     sst = make_split("sst", [1, 2, 3, 4, 6], [1, 2, 0, 4, 0])  # predicted 1, 2, 3, 4, 1: 3 of 5
     qqp = make_split("qqp", [20, 49, 50, 51, 90], [0.0, 0.0, 1.0, 1.0, 1.0])  # 0, 0, 0, 1, 1: 4 of 5
