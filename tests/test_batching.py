@@ -151,7 +151,8 @@ def test_quora_labels_are_float(tokenizer):
 
 
 def test_a_split_of_one_example_keeps_its_label(tokenizer):
-    split = tokenize_split(Split("sst-dev", "ids-sst-dev.csv", [SentenceExample("s0", "fine", 3)]), "sst", tokenizer, "single")
+    one = Split("sst-dev", "ids-sst-dev.csv", [SentenceExample("s0", "fine", 3)])
+    split = tokenize_split(one, "sst", tokenizer, "single")
     assert split.labels.tolist() == [3] and split.labels.dtype == torch.long
 
 
@@ -229,8 +230,8 @@ def test_evaluation_plan_is_a_sorted_partition(n, batch_size):
 
 
 def test_equal_lengths_keep_their_order_on_every_machine():
-    # numpy's default argsort is not stable, and on CPUs with AVX-512 it sorts with SIMD code
-    # that orders equal keys its own way: the plans sort stably, so every machine plans alike.
+    # numpy's default argsort is not stable (on this project's AVX-512 machine its SIMD sort put
+    # these ties in another order): the plans sort stably, so every machine plans alike.
     lengths = np.tile([7, 3, 5], 40)  # 120 examples, 40 of each length
     evaluation = np.concatenate(plan_batches(lengths, 16, rng=None))
     assert evaluation.tolist() == sorted(range(120), key=lambda i: lengths[i])  # (Python's sort is stable)

@@ -81,7 +81,7 @@ def test_projection_against_two_tasks_in_order_and_the_average_takes_the_raw_gra
 
 
 def test_a_weight_the_step_did_not_reach_counts_as_a_zero_gradient():
-    # (the pooler under mean pooling, say: trainable, but no task's loss reads it)
+    # (a trainable weight that no part of this step's loss reached has no .grad at all)
     generator = torch.Generator().manual_seed(3)
     g, m = random_lists(generator)
     if flat(g) @ flat(m) > 0:  # make them conflict
