@@ -154,14 +154,14 @@ def test_predict_split_keeps_the_class_axis_and_handles_an_empty_split():
 
 class TwoRanks:
     """Rank `rank` of a two-process run, as evaluation sees multitask.distributed.Distributed:
-    `gather` hands back what each rank computed, the other rank's share made up by `other`."""
+    `gather` hands back both ranks' (rows, outputs), the other rank's given as `theirs`."""
 
-    def __init__(self, rank: int, other):
-        self.rank, self.world_size, self.other, self.shared = rank, 2, other, []
+    def __init__(self, rank: int, theirs):
+        self.rank, self.world_size, self.theirs, self.shared = rank, 2, theirs, []
 
     def gather(self, value):
         self.shared.append(value)  # this rank's (rows, outputs)
-        return [value, self.other(value)] if self.rank == 0 else [self.other(value), value]
+        return [value, self.theirs] if self.rank == 0 else [self.theirs, value]
 
 
 def test_under_torchrun_each_rank_predicts_every_other_batch_and_all_get_every_prediction():
@@ -169,11 +169,9 @@ def test_under_torchrun_each_rank_predicts_every_other_batch_and_all_get_every_p
     split = make_split("qqp", tokens, [1.0] * 9)
     order = np.argsort(split.lengths(), kind="stable")
     batches = [order[i:i + 2].tolist() for i in range(0, 9, 2)]
-    def others(rank):  # the other rank's share: its batches, predicted as the stand-in would
-        theirs = batches[1 - rank::2]
-        return lambda mine: ([np.array(b) for b in theirs], [np.array(tokens)[b] / 100 for b in theirs])
     for rank in (0, 1):
-        distributed = TwoRanks(rank, others(rank))
+        theirs = batches[1 - rank::2]  # the other rank's batches, predicted as the stand-in would
+        distributed = TwoRanks(rank, ([np.array(b) for b in theirs], [np.array(tokens)[b] / 100 for b in theirs]))
         metrics, predictions = evaluate(StandInModel(), {"qqp": split}, 2, PAD, torch.device("cpu"), "fp32",
                                         distributed)
         [(rows, _)] = distributed.shared

@@ -88,12 +88,17 @@ def test_each_task_has_its_own_projections_shared_by_its_layers():
     assert model.pals.tasks["sst"].down is not model.pals.tasks["qqp"].down
 
 
+def four_head_encoder(**settings) -> BertModel:
+    """A small encoder with 4 attention heads (tiny_model has 2): hidden 32, two layers."""
+    return BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=32, **settings))
+
+
 def test_pals_start_as_bert_s_weights_and_attend_as_its_layers_do():
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, initializer_range=0.05,
-                        attention_probs_dropout_prob=0.25, attention_implementation="reference")
-    pals = PALs(BertModel(config), 8, TASKS).tasks["sts"]
+    encoder = four_head_encoder(initializer_range=0.05, attention_probs_dropout_prob=0.25,
+                                attention_implementation="reference")
+    pals = PALs(encoder, 8, TASKS).tasks["sts"]
     drawn = [pals.down.weight] + [lin.weight for a in pals.attention for lin in (a.query, a.key, a.value)]
     weights = torch.cat([w.detach().flatten() for w in drawn])  # 32 x 8 + 2 x 3 x 8 x 8 = 640 draws
     assert 0.045 < weights.std().item() < 0.055 and abs(weights.mean().item()) < 0.005  # N(0, 0.05)
@@ -104,12 +109,10 @@ def test_pals_start_as_bert_s_weights_and_attend_as_its_layers_do():
 
 @pytest.mark.parametrize("width", [0, -8, 6])
 def test_a_pals_width_that_does_not_fit_the_heads_is_refused(width):
-    encoder = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                   intermediate_size=64, max_position_embeddings=32))
     example = {0: 4, -8: 4, 6: 8}[width]
     with pytest.raises(ValueError, match=rf"^--pals {width}: the width must be a positive multiple of the encoder's "
                                          rf"4 attention heads \(for example {example}\)$"):
-        PALs(encoder, width, TASKS)
+        PALs(four_head_encoder(), width, TASKS)
 
 
 def test_pals_train_at_the_encoder_s_rate():
