@@ -43,7 +43,7 @@ import scipy.stats
 from bert.files import WriteError, write_text
 from multitask.config import COSINE_HEADS, TASKS, positive_int
 from multitask.evaluation import overall_score
-from multitask.results import PLOTS_INSTALL_HINT, pyplot, save_png
+from multitask.results import no_plot_message, pyplot, save_png
 
 METRICS = ("sst_acc", "qqp_acc", "sts_corr", "overall")
 SINGLE_TASK_RUNS = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_corr"}
@@ -443,8 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # each file whole or not at all: a full disk never leaves a page of docs cut short
         write_text(args.runs_dir / "ablation.md", text)
         if not plot(rows, args.runs_dir / "ablation.png"):
-            print(f"matplotlib is not installed, so there is no ablation.png ({PLOTS_INSTALL_HINT})",
-                  file=sys.stderr)
+            print(no_plot_message("ablation.png"), file=sys.stderr)
         write_text(args.runs_dir / "ablation.csv", out.getvalue())
         print(text, end="")
         for path in args.update:

@@ -337,6 +337,11 @@ def write_interference_plot(results: list[RunResult], path: Path) -> bool:
 PLOTS_INSTALL_HINT = "pip install -e '.[plots]'"
 
 
+def no_plot_message(what: str) -> str:
+    """Why `what` (a plot) was not drawn: matplotlib is missing, and how to install it."""
+    return f"matplotlib is not installed, so {what} could not be drawn ({PLOTS_INSTALL_HINT})"
+
+
 def pyplot():
     """matplotlib.pyplot drawing into files only (no display needed), or None when matplotlib is
     not installed (PLOTS_INSTALL_HINT)."""
@@ -353,12 +358,10 @@ def pyplot():
 def save_png(figure, path: Path, dpi: int) -> None:
     """Write a matplotlib `figure` to `path` as PNG, whole or not at all (`atomic_write`), and
     close it, also when the write fails (WriteError: a full disk), so no figure stays open."""
-    import matplotlib.pyplot as plt
-
     try:
         atomic_write(path, lambda temp: figure.savefig(temp, dpi=dpi, format="png"))
     finally:
-        plt.close(figure)
+        pyplot().close(figure)  # (matplotlib is there: it drew the figure)
 
 
 @dataclass
@@ -399,11 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(results, out_dir / "results.csv")
         print(markdown_table(results), end="")
         written = [out_dir / "results.md", out_dir / "results.csv"]
-        if config.plot and pyplot() is None:
-            print(f"matplotlib is not installed, so there are no plots ({PLOTS_INSTALL_HINT}); "
-                  "the tables are written.")
+        if config.plot and not write_plot(results, out_dir / "dev_metrics.png"):
+            print(no_plot_message("the plots") + "; the tables are written.")
         elif config.plot:
-            write_plot(results, out_dir / "dev_metrics.png")
             written.append(out_dir / "dev_metrics.png")
             if write_interference_plot(results, out_dir / "task_interference.png"):
                 written.append(out_dir / "task_interference.png")

@@ -327,7 +327,7 @@ def test_without_matplotlib_the_tables_are_written_and_the_output_says_why_there
     write_final(tmp_path / "multi" / "seed0", sst_acc=0.4, qqp_acc=0.8, sts_corr=0.8, overall=0.7)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     assert ablation.main([str(tmp_path)]) == 0
-    assert "matplotlib is not installed, so there is no ablation.png" in capsys.readouterr().err
+    assert "matplotlib is not installed, so ablation.png could not be drawn (pip install -e '.[plots]')" in capsys.readouterr().err
     assert (tmp_path / "ablation.md").is_file() and not (tmp_path / "ablation.png").exists()
 
 
