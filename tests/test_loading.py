@@ -155,6 +155,24 @@ def test_cut_off_json_files_are_clear_errors_in_the_tokenizer(tiny_checkpoint):
     assert BertTokenizer.from_pretrained(folder).model_max_length == 16
 
 
+def test_a_saved_model_loads_in_transformers_and_computes_the_same(tiny_checkpoint):
+    """save_pretrained writes what transformers needs to rebuild the same model: config.json names
+    the architecture and the position embeddings, and the weights keep the standard names."""
+    transformers = pytest.importorskip("transformers")
+    ours, folder = tiny_checkpoint
+    config = transformers.AutoConfig.from_pretrained(str(folder))
+    assert config.model_type == "bert" and config.architectures == ["BertModel"]
+    assert config.position_embedding_type == "absolute"
+    theirs = transformers.BertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
+    input_ids = torch.tensor([[2, 5, 7, 9, 3, 0], [2, 8, 4, 3, 0, 0]])
+    attention_mask = (input_ids != 0).long()
+    with torch.no_grad():
+        expected = theirs(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        got = ours.eval()(input_ids=input_ids, attention_mask=attention_mask)["last_hidden_state"]
+    real = attention_mask.bool()  # padding positions' outputs are not defined the same way
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-4)
+
+
 def test_config_overrides(tiny_checkpoint):
     _, folder = tiny_checkpoint
     model = BertModel.from_pretrained(folder, hidden_dropout_prob=0.3, attention_implementation="reference")

@@ -1,6 +1,8 @@
 """BertTokenizer against transformers' BertTokenizerFast: ids, token types and masks identical."""
 
 import csv
+import json
+import shutil
 
 import pytest
 import torch
@@ -69,7 +71,45 @@ def test_padding_to_longest(tokenizers):
     assert batch["input_ids"].shape == (2, 7)
     assert batch["attention_mask"][0].tolist() == [1, 1, 1, 0, 0, 0, 0]
     assert batch["input_ids"][0, 3:].eq(ours.pad_token_id).all()
-    assert batch["input_ids"].dtype == torch.long
+    assert all(tensor.dtype == torch.long for tensor in batch.values())  # what nn.Embedding and the mask expect
+    nothing = ours.pad([])  # an empty batch pads to (0, 0), not to one column of padding
+    assert all(tensor.shape == (0, 0) for tensor in nothing.values())
+
+
+def test_one_string_is_one_input_not_its_characters(tokenizers):
+    ours, _ = tokenizers
+    one, listed = ours("hello world"), ours(["hello world"])
+    assert all(torch.equal(one[key], listed[key]) for key in listed)
+    pair, listed = ours("hello world", "good morning"), ours(["hello world"], ["good morning"])
+    assert all(torch.equal(pair[key], listed[key]) for key in listed)
+
+
+def test_decode_keeps_the_special_tokens_when_asked(tokenizers):
+    ours, _ = tokenizers
+    ids = ours(["hello world"])["input_ids"][0].tolist()
+    assert ours.decode(ids) == "hello world"
+    assert ours.decode(ids, skip_special_tokens=False) == "[CLS] hello world [SEP]"
+
+
+@pytest.mark.parametrize("settings", [
+    None,  # no tokenizer_config.json: the defaults of the original BERT (uncased, CJK split, accents stripped)
+    {"do_lower_case": False},  # a cased checkpoint: case and accents kept
+    {"do_lower_case": True, "strip_accents": False},  # lower-cased, accents kept (as multilingual-uncased)
+    {"tokenize_chinese_chars": False},
+])
+def test_tokenizer_settings_read_as_transformers_reads_them(tmp_path, minilm_dir, settings):
+    """Each normalisation setting of tokenizer_config.json, and its default when the file or the
+    key is missing, gives the ids transformers gives, on text where the setting matters."""
+    shutil.copy(minilm_dir / "vocab.txt", tmp_path / "vocab.txt")
+    if settings is not None:
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+    ours = BertTokenizer.from_pretrained(tmp_path)
+    theirs = transformers.BertTokenizerFast.from_pretrained(str(tmp_path))
+    assert_same(ours, theirs, HARD_CASES)
+    if settings is None:  # built from the vocabulary alone: the same defaults, and BERT's 512 positions
+        direct = BertTokenizer(tmp_path / "vocab.txt")
+        assert direct.model_max_length == ours.model_max_length == 512
+        assert_same(direct, theirs, HARD_CASES)
 
 
 def test_hard_cases(tokenizers):
