@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from bert import BertModel, BertTokenizer, CheckpointError
 from bert import loading
@@ -171,6 +172,26 @@ def test_a_saved_model_loads_in_transformers_and_computes_the_same(tiny_checkpoi
         got = ours.eval()(input_ids=input_ids, attention_mask=attention_mask)["last_hidden_state"]
     real = attention_mask.bool()  # padding positions' outputs are not defined the same way
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-4)
+    # transformers 4.x refuses a safetensors file whose metadata does not say format "pt" ("does
+    # not contain the valid metadata"); the 5.x installed here no longer checks, so read it here.
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
+        assert weights.metadata() == {"format": "pt"}
+
+
+def test_many_missing_weights_are_summarised(tiny_checkpoint):
+    model, folder = tiny_checkpoint
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.layer.0.")}  # 16 tensors
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"missing: encoder\.layer\.0\.\S+(, encoder\.layer\.0\.\S+){7} and 8 more"):
+        BertModel.from_pretrained(folder)
+
+
+def test_a_loading_error_is_quoted_by_one_line_of_at_most_the_limit():
+    assert loading.load_error_reason(ValueError("x" * 200)) == "x" * 200  # at the limit: whole
+    assert loading.load_error_reason(ValueError("y" * 201)) == "y" * 200 + "..."
+    assert loading.load_error_reason(ValueError("first line\nsecond line")) == "first line"
+    assert loading.load_error_reason(ValueError("")) == "ValueError"
 
 
 def test_config_overrides(tiny_checkpoint):
