@@ -173,7 +173,7 @@ def test_a_saved_model_loads_in_transformers_and_computes_the_same(tiny_checkpoi
     real = attention_mask.bool()  # padding positions' outputs are not defined the same way
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-4)
     # transformers 4.x refuses a safetensors file whose metadata does not say format "pt" ("does
-    # not contain the valid metadata"); the 5.x installed here no longer checks, so read it here.
+    # not contain the valid metadata"); newer versions no longer check, so read it here.
     with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
         assert weights.metadata() == {"format": "pt"}
 

@@ -94,7 +94,7 @@ def test_decode_keeps_the_special_tokens_when_asked(tokenizers):
 @pytest.mark.parametrize("settings", [
     None,  # no tokenizer_config.json: the defaults of the original BERT (uncased, CJK split, accents stripped)
     {"do_lower_case": False},  # a cased checkpoint: case and accents kept
-    {"do_lower_case": True, "strip_accents": False},  # lower-cased, accents kept (as multilingual-uncased)
+    {"do_lower_case": True, "strip_accents": False},  # lower-cased, accents kept
     {"tokenize_chinese_chars": False},
 ])
 def test_tokenizer_settings_read_as_transformers_reads_them(tmp_path, minilm_dir, settings):
