@@ -135,6 +135,7 @@ class Trainer:
                                                                      config.average_last))
                         if config.average_last else None)  # --average-last: multitask/averaging.py
         self.best_overall, self.history = -math.inf, []
+        self.best_evaluation: tuple[dict, dict] | None = None  # the best epoch's (metrics, predictions), if read in full
         self.start_epoch, self.resumed_progress = 1, None  # where `run` starts (see `resume`)
 
     # ---- the run: every epoch, then the best checkpoint's evaluation -------------------------
@@ -153,11 +154,13 @@ class Trainer:
             record = {"epoch": epoch, **self.train_epoch(progress)}
             eval_start = time.perf_counter()
             with self.averaged_weights():  # --average-last: the mean of the last steps' weights, if begun
-                dev_metrics, _ = self.evaluate(config.qqp_eval_examples)
+                dev_metrics, predictions = self.evaluate(config.qqp_eval_examples)
                 record.update(dev_metrics, eval_seconds=time.perf_counter() - eval_start)
                 record["best"] = dev_metrics["overall"] > self.best_overall  # the same on every rank
                 if record["best"]:
                     self.best_overall = dev_metrics["overall"]
+                    # finish() reports the best weights on the whole dev sets: this is that, unless QQP's was cut
+                    self.best_evaluation = None if self.cuts_qqp(config.qqp_eval_examples) else (dev_metrics, predictions)
                     if main:
                         checkpoint.save(self.out_dir / "best", self.model, self.tokenizer, config, record)
             record["epoch_seconds"] = record["train_seconds"] + record["eval_seconds"]
@@ -352,9 +355,13 @@ class Trainer:
             self.plans[epoch] = mixed_steps(plan) if self.config.mix_tasks else [(task,) for task in plan]
         return self.plans[epoch]
 
+    def cuts_qqp(self, qqp_limit: int | None) -> bool:
+        """Whether an evaluation with `qqp_limit` (--qqp-eval-examples) leaves Quora dev examples out."""
+        return qqp_limit is not None and "qqp" in self.config.task_names and len(self.data["qqp"].dev) > qqp_limit
+
     def dev_splits(self, qqp_limit: int | None) -> dict[str, TokenizedSplit]:
         dev = {task: self.data[task].dev for task in self.config.task_names}
-        if qqp_limit is not None and "qqp" in dev and len(dev["qqp"]) > qqp_limit:
+        if self.cuts_qqp(qqp_limit):
             dev["qqp"] = dev["qqp"].subset(np.arange(qqp_limit))  # the first ones, as the paper
         return dev
 
@@ -368,12 +375,15 @@ class Trainer:
         self.resumed_progress = EpochProgress(**values) if values else None
 
     def finish(self) -> dict:
-        """Reload the best weights, evaluate them in full and write every prediction file."""
+        """Reload the best weights, report their evaluation on the whole dev sets and write every
+        prediction file."""
         main = self.distributed.is_main
         if main:
             checkpoint.load_weights(self.out_dir / "best", self.model)
         self.distributed.broadcast_module(self.model)  # rank 0's copy: no shared filesystem needed
-        metrics, predictions = self.evaluate()
+        # The best epoch's own evaluation when it read every dev example and this process made it
+        # (not before a --resume): the same weights, so the same scores, without a second pass.
+        metrics, predictions = self.best_evaluation or self.evaluate()
         if main:
             write_text(self.out_dir / "final_metrics.json", json.dumps(metrics, indent=2) + "\n")
         for task in self.config.task_names:

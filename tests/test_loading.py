@@ -266,10 +266,10 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
 
     def answer(self, with_body: bool) -> None:
         repo, _, filename = self.path.lstrip("/").partition("/resolve/main/")
-        owner_repo = repo.split("/")[-1]
-        error = {"typo-bert": "RepoNotFound", "gated-bert": "GatedRepo"}.get(owner_repo)
-        data = self.files.get(filename) if owner_repo in ("good-bert", "bin-bert") else None
-        if owner_repo == "bin-bert" and filename == "model.safetensors":
+        repo_name = repo.split("/")[-1]
+        error = {"typo-bert": "RepoNotFound", "gated-bert": "GatedRepo"}.get(repo_name)
+        data = self.files.get(filename) if repo_name in ("good-bert", "bin-bert") else None
+        if repo_name == "bin-bert" and filename == "model.safetensors":
             data = None  # an older checkpoint: weights only as pytorch_model.bin
         if error is None and data is None:
             error = "EntryNotFound"

@@ -76,6 +76,35 @@ def test_best_checkpoint_reloads_and_reproduces_its_scores(concat_run):
     assert json.loads((out_dir / "final_metrics.json").read_text()) == pytest.approx(final)
 
 
+
+@pytest.mark.parametrize("qqp_eval_examples, passes", [(None, 1), (48, 1), (20, 2)])  # 48: all of QQP dev
+def test_the_best_epoch_s_full_evaluation_is_not_computed_again(tiny_setup, tmp_path, monkeypatch,
+                                                                 qqp_eval_examples, passes):
+    """The report at the end is the best weights on the whole dev sets. When the best epoch's own
+    evaluation read all of them, it is that report: one pass over dev, not two. With QQP's dev cut
+    for the per-epoch check (--qqp-eval-examples), the best weights are evaluated again in full."""
+    calls = []
+    evaluate_once = training.Trainer.evaluate
+
+    def counted(trainer, qqp_limit=None):
+        calls.append(qqp_limit)
+        return evaluate_once(trainer, qqp_limit)
+
+    monkeypatch.setattr(training.Trainer, "evaluate", counted)
+    config = tiny_config(tiny_setup, tmp_path, epochs=1, batches_per_epoch=6, qqp_eval_examples=qqp_eval_examples)
+    final = training.train(config, log=lambda message: None)
+    assert calls == [qqp_eval_examples, None][:passes]
+    (record,) = read_metrics(tmp_path)
+    qqp_rows = prediction_path(tmp_path, "qqp", "dev").read_text().splitlines()[1:]
+    assert len(qqp_rows) == 48  # every QQP dev pair, also when the epoch's check read 20
+    model, tokenizer, saved_config, _ = checkpoint.load(tmp_path / "best")
+    data = training.prepare_data(saved_config, tokenizer, log=lambda message: None)
+    metrics, _ = evaluate(model, {t: data[t].dev for t in TASKS}, 32, tokenizer.pad_token_id,
+                          torch.device("cpu"), "fp32")
+    assert final == pytest.approx(metrics, abs=1e-6)  # the saved best weights, evaluated afresh
+    if passes == 1:
+        assert {k: record[k] for k in final} == final
+
 def test_prediction_files_have_one_row_per_id(concat_run, tiny_setup):
     _, out_dir, _ = concat_run
     headers = {"sst": "Predicted_Sentiment", "qqp": "Predicted_Is_Paraphrase", "sts": "Predicted_Similiarity"}
