@@ -123,7 +123,8 @@
 # the single-task runs' steps are counted from). Environment: MODEL, DATA_DIR, RUNS_DIR,
 # SEEDS, ROWS, PYTHON, and SINGLE_RUNS: which runs a single-* row trains (all seven by default:
 # sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent), e.g. "sst qqp sts". Every row
-# in ROWS is checked before the first run; LIST_ROWS=1 prints the multitask rows' flags and stops.
+# in ROWS is checked before the first run; LIST_ROWS=1 prints each row's flags and stops (a
+# single-task row's: its recipe and lever, given to each of its runs).
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -288,9 +289,14 @@ for run in ${SINGLE_RUNS:-}; do  # a misspelt run would be skipped without a wor
     [[ " $single_runs " == *" $run "* ]] || {
         echo "error: SINGLE_RUNS names an unknown run '$run'; the runs: $single_runs" >&2; exit 2; }
 done
-if [[ -n "${LIST_ROWS:-}" ]]; then  # print each multitask row and its flags, one a line, and stop
+if [[ -n "${LIST_ROWS:-}" ]]; then  # print each row and its flags, one a line, and stop
     for row in "${rows[@]}"; do
-        [[ "$row" == single-* || "$row" == pair-* ]] || printf '%s\t%s\n' "$row" "$(row_flags "${row%-bam}")"
+        if [[ "$row" == single-* ]]; then
+            read -r recipe extra_flags < <(single_lever "$row")
+            printf '%s\t%s\n' "$row" "--recipe $recipe${extra_flags:+ $extra_flags}"
+        elif [[ "$row" != pair-* ]]; then
+            printf '%s\t%s\n' "$row" "$(row_flags "${row%-bam}")"
+        fi
     done
     exit 0
 fi

@@ -52,7 +52,8 @@ def test_every_multitask_row_has_flags_the_command_line_accepts():
     """A row whose flags the trainer refuses would stop a queue of rows hours in."""
     listing = run_script(LIST_ROWS="1")
     assert listing.returncode == 0, listing.stderr
-    rows = dict(line.split("\t") for line in listing.stdout.splitlines())
+    rows = {row: flags for row, flags in (line.split("\t") for line in listing.stdout.splitlines())
+            if not row.startswith("single-")}  # (the single-task rows: the next test)
     assert len(rows) >= 40 and rows["multi-tuned-concat"] == "--recipe tuned --sts-head concat"
     parser = build_parser()
     for row, flags in rows.items():
@@ -64,6 +65,31 @@ def test_every_multitask_row_has_flags_the_command_line_accepts():
         assert (config.sts_head, config.private_layers, config.balance == "equal-norm") == (
             head, int(private.group(1)) if private else 0, "equal-norm" in row), row
 
+
+
+def test_every_single_task_row_has_its_recipe_and_lever():
+    """A single-task row gives each of its runs its recipe and its one lever, the lever of the
+    multitask rows it is the baseline of (their tables pair them by name)."""
+    levers = {"": {}, "-head10": {"head_lr_mult": 10.0}, "-ls": {"label_smoothing": 0.1},
+              "-lld": {"layer_lr_decay": 0.8}, "-lld0.9": {"layer_lr_decay": 0.9},
+              "-avg10": {"average_last": 0.1}, "-drop0.1": {"dropout": 0.1}}
+    names = [f"single-{recipe}{lever}{bam}" for recipe in ("tuned", "paper") for lever in levers
+             for bam in ("", "-bam")]
+    listing = run_script(LIST_ROWS="1", ROWS=" ".join(names))
+    assert listing.returncode == 0, listing.stderr
+    rows = dict(line.split("\t") for line in listing.stdout.splitlines())
+    assert list(rows) == names
+    parser = build_parser()
+    plain = {recipe: config_from_args(parser.parse_args(["--recipe", recipe])) for recipe in ("tuned", "paper")}
+    for row, flags in rows.items():
+        recipe, lever = re.fullmatch(r"single-(tuned|paper)(.*?)(-bam)?", row).group(1, 2)
+        config = config_from_args(parser.parse_args(shlex.split(flags)))
+        config.validate()
+        changed = {k: v for k, v in config.to_dict().items() if v != getattr(plain[recipe], k)}
+        assert config.recipe == recipe and changed == levers[lever], row
+    default = run_script(LIST_ROWS="1").stdout  # the default rows include every single-task baseline
+    assert {"single-tuned", "single-paper", "single-tuned-head10", "single-tuned-lld"} <= {
+        line.split("\t")[0] for line in default.splitlines()}
 
 def test_an_unknown_row_stops_the_script_before_any_run(tmp_path):
     runs = tmp_path / "runs"
@@ -248,17 +274,14 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     assert pair["batches_sst"] == 0 and pair["batches_qqp"] + pair["batches_sts"] == counts["qqp"] + counts["sts"]
     table = (runs / "ablation.md").read_text()
     assert "| multi-tuned-cosine-siamese-bam |" in table and "| single-tuned |" in table
-    # SINGLE_RUNS: a single-task row trains only the runs named
-    part = subprocess.run(command, env={**env, "SINGLE_RUNS": "sts",
-                                        "ROWS": "single-tuned-head10 single-tuned-lld single-tuned-lld0.9 "
-                                                "single-tuned-ls single-tuned-drop0.1"},
+    # SINGLE_RUNS: a single-task row trains only the runs named, each with the row's lever (the
+    # lever of every single-task row: test_every_single_task_row_has_its_recipe_and_lever)
+    part = subprocess.run(command, env={**env, "SINGLE_RUNS": "sts", "ROWS": "single-tuned-lld0.9"},
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert part.returncode == 0, part.stdout[-3000:] + part.stderr[-3000:]
-    for row, flag, value in (("single-tuned-head10", "head_lr_mult", 10.0),
-                             ("single-tuned-lld", "layer_lr_decay", 0.8), ("single-tuned-lld0.9", "layer_lr_decay", 0.9),
-                             ("single-tuned-ls", "label_smoothing", 0.1), ("single-tuned-drop0.1", "dropout", 0.1)):
-        assert sorted(p.name for p in (runs / row / "seed0").iterdir()) == ["sts"]
-        assert json.loads((runs / row / "seed0" / "sts" / "train_config.json").read_text())[flag] == value  # its lever
+    assert sorted(p.name for p in (runs / "single-tuned-lld0.9" / "seed0").iterdir()) == ["sts"]
+    assert json.loads((runs / "single-tuned-lld0.9" / "seed0" / "sts" / "train_config.json").read_text())[
+        "layer_lr_decay"] == 0.9  # its lever
 
 
 def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head(tmp_path, capsys):
