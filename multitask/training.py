@@ -135,7 +135,7 @@ class Trainer:
                                                                      config.average_last))
                         if config.average_last else None)  # --average-last: multitask/averaging.py
         self.best_overall, self.history = -math.inf, []
-        self.best_evaluation: tuple[dict, dict] | None = None  # the best epoch's (metrics, predictions), if read in full
+        self.best_evaluation: tuple[dict, dict] | None = None  # the best epoch's metrics and predictions
         self.start_epoch, self.resumed_progress = 1, None  # where `run` starts (see `resume`)
 
     # ---- the run: every epoch, then the best checkpoint's evaluation -------------------------
@@ -159,8 +159,9 @@ class Trainer:
                 record["best"] = dev_metrics["overall"] > self.best_overall  # the same on every rank
                 if record["best"]:
                     self.best_overall = dev_metrics["overall"]
-                    # finish() reports the best weights on the whole dev sets: this is that, unless QQP's was cut
-                    self.best_evaluation = None if self.cuts_qqp(config.qqp_eval_examples) else (dev_metrics, predictions)
+                    # what finish() reports: the best weights on the whole dev sets (unless QQP's was cut)
+                    in_full = not self.cuts_qqp(config.qqp_eval_examples)
+                    self.best_evaluation = (dev_metrics, predictions) if in_full else None
                     if main:
                         checkpoint.save(self.out_dir / "best", self.model, self.tokenizer, config, record)
             record["epoch_seconds"] = record["train_seconds"] + record["eval_seconds"]
