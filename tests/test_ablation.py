@@ -66,7 +66,6 @@ def test_every_multitask_row_has_flags_the_command_line_accepts():
             head, int(private.group(1)) if private else 0, "equal-norm" in row), row
 
 
-
 def test_every_single_task_row_has_its_recipe_and_lever():
     """A single-task row gives each of its runs its recipe and its one lever, the lever of the
     multitask rows it is the baseline of (their tables pair them by name)."""
@@ -90,6 +89,7 @@ def test_every_single_task_row_has_its_recipe_and_lever():
     default = run_script(LIST_ROWS="1").stdout  # the default rows include every single-task baseline
     assert {"single-tuned", "single-paper", "single-tuned-head10", "single-tuned-lld"} <= {
         line.split("\t")[0] for line in default.splitlines()}
+
 
 def test_an_unknown_row_stops_the_script_before_any_run(tmp_path):
     runs = tmp_path / "runs"

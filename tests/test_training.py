@@ -76,7 +76,6 @@ def test_best_checkpoint_reloads_and_reproduces_its_scores(concat_run):
     assert json.loads((out_dir / "final_metrics.json").read_text()) == pytest.approx(final)
 
 
-
 @pytest.mark.parametrize("qqp_eval_examples, passes", [(None, 1), (48, 1), (20, 2)])  # 48: all of QQP dev
 def test_the_best_epoch_s_full_evaluation_is_not_computed_again(tiny_setup, tmp_path, monkeypatch,
                                                                  qqp_eval_examples, passes):
@@ -104,6 +103,7 @@ def test_the_best_epoch_s_full_evaluation_is_not_computed_again(tiny_setup, tmp_
     assert final == pytest.approx(metrics, abs=1e-6)  # the saved best weights, evaluated afresh
     if passes == 1:
         assert {k: record[k] for k in final} == final
+
 
 def test_prediction_files_have_one_row_per_id(concat_run, tiny_setup):
     _, out_dir, _ = concat_run
