@@ -156,6 +156,9 @@ class TrainConfig:
                                  "first and second moments, as in single-task training, instead of moments "
                                  "averaged over every task's gradients (multitask/training.py, make_optimizers)",
                                  "recipe")
+    spread_tasks: bool = setting(False, "the sampler's batches per task kept, but each task's spaced evenly over "
+                                 "the epoch instead of where the random draws put them (no runs of one task by "
+                                 "chance; multitask/samplers.py, spread_evenly)", "recipe")
     mix_tasks: bool = setting(False, "each AdamW step takes one batch of several tasks, their gradients added up "
                               "(heterogeneous steps, Aghajanyan et al. 2021): the sampler's batches per task "
                               "spread evenly over as many steps as the largest task has batches "
@@ -320,6 +323,9 @@ class TrainConfig:
             if one_task:
                 raise ValueError(f"--mix-tasks adds several tasks' gradients into one step, but {one_task[0]} works "
                                  f"on one task's step at a time; drop one of the two")
+        if self.mix_tasks and self.spread_tasks:
+            raise ValueError("--mix-tasks already spreads each task's batches evenly over its steps, so "
+                             "--spread-tasks would change nothing; drop one of the two")
         if self.grad_accum > self.batch_size:
             raise ValueError(f"--grad-accum ({self.grad_accum}) cannot exceed --batch-size ({self.batch_size}): "
                              f"each micro-batch needs at least one example")

@@ -58,7 +58,7 @@ from multitask.losses import MNR_POSITIVE_THRESHOLD
 from multitask.nonfinite import LossWatch, NonFiniteLossError, all_finite
 from multitask.runtime import RuntimeSetupError, autocast, grad_scaler, resolve_device, resolve_precision
 from multitask.report import make_reporter
-from multitask.samplers import epoch_plan, mixed_steps, round_robin_batches
+from multitask.samplers import epoch_plan, mixed_steps, round_robin_batches, spread_evenly
 from multitask.surgery import ConflictProjection
 
 __all__ = ["EpochProgress", "NonFiniteLossError", "Trainer", "train"]
@@ -353,6 +353,8 @@ class Trainer:
         if epoch not in self.plans:
             plan = epoch_plan(self.config.sampler, self.task_sizes, epoch, self.config.epochs,
                               self.batches_per_epoch, self.config.seed)
+            if self.config.spread_tasks:  # the same batches per task, each task's evenly spaced
+                plan = spread_evenly(plan)
             self.plans[epoch] = mixed_steps(plan) if self.config.mix_tasks else [(task,) for task in plan]
         return self.plans[epoch]
 
