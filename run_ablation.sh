@@ -52,6 +52,7 @@
 #                                 tasks, their gradients added up; as many updates as QQP has batches)
 #   multi-tuned-concat-spread     the tuned recipe with --spread-tasks (the plan's batches per task, each
 #                                 task's spaced evenly over the epoch instead of where the draws put them)
+#   multi-tuned-cosine-paired-private3-sts-equal-norm-spread   the best cosine row with --spread-tasks
 #   multi-tuned-concat-pals, multi-tuned-cosine-paired-pals-equal-norm
 #                                 --pals 96: each task its own projected attention layers of width 96 beside
 #                                 every encoder layer (Stickland & Murray 2019), with the concat head, or
@@ -162,7 +163,8 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-cosine-paired-private3-sts-equal-norm multi-tuned-cosine-paired-private4-sts-equal-norm
           multi-tuned-cosine-paired-private5-sts-equal-norm multi-tuned-cosine-paired-private3-sts-equal-norm-schedules
           multi-tuned-cosine-paired-private3-sts-equal-norm-head10 multi-tuned-concat-private3-sts
-          multi-tuned-concat-private5-sts multi-tuned-concat-spread)
+          multi-tuned-concat-private5-sts multi-tuned-concat-spread
+          multi-tuned-cosine-paired-private3-sts-equal-norm-spread)
 rows=(${ROWS:-${all_rows[@]}})
 # The arguments go to every run, after the script's own. Those that fix which steps a run takes
 # are the script's: given here, a run would take them and its single-task partners would still
@@ -227,6 +229,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat-ls) echo "--recipe tuned --sts-head concat --label-smoothing 0.1" ;;
         multi-tuned-concat-mix) echo "--recipe tuned --sts-head concat --mix-tasks" ;;
         multi-tuned-concat-spread) echo "--recipe tuned --sts-head concat --spread-tasks" ;;
+        multi-tuned-cosine-paired-private3-sts-equal-norm-spread) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts --balance equal-norm --spread-tasks" ;;
         multi-tuned-concat-pals) echo "--recipe tuned --sts-head concat --pals 96" ;;
         multi-tuned-cosine-paired-pals-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --pals 96 --balance equal-norm" ;;
         multi-tuned-concat-qqp1.5) echo "--recipe tuned --sts-head concat --loss-weights qqp=1.5" ;;
