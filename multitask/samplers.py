@@ -12,10 +12,10 @@ on three datasets of very different sizes and compares three ways of interleavin
 
 A sampler only decides the *order of tasks*; the data loaders decide which examples fill each
 batch. So a sampler is two functions: `task_probabilities` (the share each task gets in an
-epoch) and `epoch_plan` (the task of every batch of the epoch). Two more reorder a plan without changing how many batches each task gets:
-`spread_evenly` serves --spread-tasks (each task's batches evenly spaced over the epoch instead of
-where the draws put them) and `mixed_steps` serves --mix-tasks (steps that take a batch of several
-tasks).
+epoch) and `epoch_plan` (the task of every batch of the epoch). Two more rearrange a plan and
+keep how many batches each task gets: `spread_evenly` serves --spread-tasks (each task's batches
+evenly spaced over the epoch instead of where the draws put them) and `mixed_steps` serves
+--mix-tasks (steps that take a batch of several tasks).
 A plan is drawn in one go from a generator seeded by (seed, epoch) alone, never from global
 random state, so that:
 
@@ -100,11 +100,13 @@ def spread_evenly(plan: list[str]) -> list[str]:
     plan is the batches sorted by when they are due, a tie going to the task that appears first
     in the plan. (It is the order in which Webster's / Sainte-Lague's apportionment hands out
     seats.) With T tasks in a plan of N batches, the place p (0-based) of task t's k-th batch
-    is never more than (T - 1) / 2 from where it is due: |(p + 1/2) - (k + 1/2) N / n_t| <= (T - 1) / 2,
-    at most one place for three tasks. (Every other task j has between x n_j - 1/2 and
-    x n_j + 1/2 batches due before the share x.) Round-robin's plan comes back unchanged. Each task's data comes
-    from its own stream, so every task still sees the same examples in the same order: only when
-    it sees them moves, and single-task runs at the same per-task steps stay the fair comparison.
+    is never more than (T - 1) / 2 from where it is due,
+        |(p + 1/2) - (k + 1/2) N / n_t| <= (T - 1) / 2,
+    at most one place for three tasks (every other task j has between x n_j - 1/2 and
+    x n_j + 1/2 batches due before the share x). Round-robin's plan comes back unchanged. Each
+    task's data comes from its own stream, so every task still sees the same examples in the same
+    order: only when it sees them moves, and single-task runs at the same per-task steps stay the
+    fair comparison.
     """
     counts = Counter(plan)  # task -> n_t, in order of first appearance
     due = sorted(((k + 0.5) / n, order, task)  # (when, tie-break, task) for every batch
