@@ -54,11 +54,10 @@ OTHER_HEAD_RUNS = {"qqp-siamese": ("qqp_acc", "qqp_acc_siamese"),  # the siamese
                    "sts-cosent": ("sts_corr", "sts_corr_cosent")}  # the cosine head, CoSENT
 
 
-def plan_counts(data_dir: str, batches: int, seed: int, max_train_examples: int | None = None) -> dict[str, int]:
-    """Each task's number of batches in the one-epoch annealed plan of `batches` batches (of a
-    run with --max-train-examples, whose sizes are the capped ones)."""
+def train_sizes(data_dir: str, max_train_examples: int | None = None) -> dict[str, int]:
+    """Each task's number of training examples, the sizes the sampler draws a plan from (capped
+    at --max-train-examples where a run has it)."""
     from multitask.data import dataset_paths, load_quora, load_sst, load_sts
-    from multitask.samplers import epoch_plan
 
     paths = dataset_paths(data_dir)
     sizes = {"sst": len(load_sst(paths["sst-train"]).examples),
@@ -66,7 +65,15 @@ def plan_counts(data_dir: str, batches: int, seed: int, max_train_examples: int 
              "sts": len(load_sts(paths["sts-train"]).examples)}
     if max_train_examples is not None:
         sizes = {task: min(size, max_train_examples) for task, size in sizes.items()}
-    plan = epoch_plan("annealed", sizes, 1, 1, batches, seed)
+    return sizes
+
+
+def plan_counts(data_dir: str, batches: int, seed: int, max_train_examples: int | None = None) -> dict[str, int]:
+    """Each task's number of batches in the one-epoch annealed plan of `batches` batches (of a
+    run with --max-train-examples, whose sizes are the capped ones)."""
+    from multitask.samplers import epoch_plan
+
+    plan = epoch_plan("annealed", train_sizes(data_dir, max_train_examples), 1, 1, batches, seed)
     return {task: plan.count(task) for task in TASKS}
 
 
