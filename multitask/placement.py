@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multitask.ablation import seed_dirs, seed_scores, train_sizes
+from multitask.ablation import baseline_columns, seed_dirs, seed_scores, train_sizes
 from multitask.commands import program_name
 from multitask.config import TASKS, TrainConfig
 from multitask.data import DataError
@@ -84,17 +84,22 @@ def drawn_plan(config: TrainConfig, data_dir: str) -> list[str]:
 
 def seed_rows(runs_dir: Path, row: str, baseline: str, data_dir: str) -> list[tuple[int, str, float, dict]]:
     """(seed, task, ROW minus BASELINE on the task's dev score, the measures) for every seed both
-    rows have, in seed order."""
+    rows have, in seed order. Against a single-task row, a cosine or mnr head's STS is compared with
+    the single-task run of the same head (as the ablation's tables do), and left out where the
+    baseline has no such run."""
     rows = []
     for seed_dir in seed_dirs(runs_dir / row):
-        ours, theirs = seed_scores(seed_dir), seed_scores(runs_dir / baseline / seed_dir.name)
+        base_dir = runs_dir / baseline / seed_dir.name
+        ours, theirs = seed_scores(seed_dir), seed_scores(base_dir)
         if not ours or not theirs:
             continue
+        if not (base_dir / "final_metrics.json").is_file():  # a single-task baseline: STS against the same head
+            theirs |= {metric: theirs.get(column) for metric, column in baseline_columns(seed_dir).items()}
         config = TrainConfig.from_dict(json.loads((seed_dir / "train_config.json").read_text()))
         plan = drawn_plan(config, data_dir)
         lr = np.array([scheduled_lr(config, step, len(plan)) for step in range(len(plan))])  # (N,)
         for task in TASKS:
-            if METRIC[task] in ours and METRIC[task] in theirs:
+            if ours.get(METRIC[task]) is not None and theirs.get(METRIC[task]) is not None:
                 rows.append((config.seed, task, ours[METRIC[task]] - theirs[METRIC[task]], placement(plan, task, lr)))
     return rows
 

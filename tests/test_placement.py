@@ -61,12 +61,13 @@ def exact_p(x, y):
     return float(np.mean(np.array(rs) >= r - 1e-12))
 
 
-def write_runs(root, data_dir, seeds, difference, epochs=1):
+def write_runs(root, data_dir, seeds, difference, epochs=1, rows=("spread", "plain"), **settings):
     """Rows "spread" and "plain" (finished multitask runs of 60 batches); the spread row's score on
     each task is the plain row's plus difference(seed, task)."""
     for seed in seeds:
-        config = TrainConfig(model="m", data_dir=str(data_dir), batches_per_epoch=60, seed=seed, epochs=epochs)
-        for row in ("spread", "plain"):
+        config = TrainConfig(model="m", data_dir=str(data_dir), batches_per_epoch=60, seed=seed, epochs=epochs,
+                             **settings)
+        for row in rows:
             folder = root / row / f"seed{seed}"
             folder.mkdir(parents=True)
             (folder / "train_config.json").write_text(json.dumps(config.to_dict()))
@@ -106,6 +107,25 @@ def test_the_command_correlates_each_seed_s_plan_with_the_rows_difference(tmp_pa
 def standardised(values):
     values = np.array(values)
     return (values - values.mean()) / values.std() if values.std() > 0 else values * 0.0
+
+
+def test_a_cosine_row_s_sts_is_compared_with_the_single_task_run_of_its_head(tmp_path, capsys):
+    data_dir = write_dataset(tmp_path / "data", train=96, dev=8, test=4)
+    runs = tmp_path / "runs"
+    write_runs(runs, data_dir, range(4), lambda seed, task: 0.4 + seed / 100, rows=("spread",),
+               sts_head="cosine", paired_dropout=True)  # every score 0.9 + seed / 100
+    for seed in range(4):
+        for run, metric, value in (("sst", "sst_acc", 0.5), ("qqp", "qqp_acc", 0.5), ("sts", "sts_corr", 0.5),
+                                   ("sts-cosine-paired", "sts_corr", 0.9)):
+            if (seed, run) != (3, "sts-cosine-paired"):  # seed 3 has no single-task run of the cosine head
+                (runs / "single" / f"seed{seed}" / run).mkdir(parents=True)
+                (runs / "single" / f"seed{seed}" / run / "final_metrics.json").write_text(json.dumps({metric: value}))
+    assert placement.main([str(runs), "spread", "single", "--data-dir", str(data_dir)]) == 0
+    lines = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    sts = [(int(cells[1]), float(cells[3])) for cells in lines if cells[2].strip() == "sts"]
+    assert sts == [(seed, pytest.approx(seed / 100)) for seed in range(3)]  # against 0.9; seed 3 left out
+    sst = [float(cells[3]) for cells in lines if cells[2].strip() == "sst"]
+    assert sst == pytest.approx([0.4 + seed / 100 for seed in range(4)])
 
 
 def test_the_command_refuses_what_it_cannot_read(tmp_path, capsys):
