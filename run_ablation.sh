@@ -53,6 +53,8 @@
 #   multi-tuned-concat-spread     the tuned recipe with --spread-tasks (the plan's batches per task, each
 #                                 task's spaced evenly over the epoch instead of where the draws put them)
 #   multi-tuned-cosine-paired-private3-sts-equal-norm-spread   the best cosine row with --spread-tasks
+#   multi-tuned-cosine-paired-private3-sts   the best cosine row without --balance equal-norm (STS's small
+#                                 gradients left at their size on the shared lower layers)
 #   multi-tuned-concat-pals, multi-tuned-cosine-paired-pals-equal-norm
 #                                 --pals 96: each task its own projected attention layers of width 96 beside
 #                                 every encoder layer (Stickland & Murray 2019), with the concat head, or
@@ -164,7 +166,7 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-cosine-paired-private5-sts-equal-norm multi-tuned-cosine-paired-private3-sts-equal-norm-schedules
           multi-tuned-cosine-paired-private3-sts-equal-norm-head10 multi-tuned-concat-private3-sts
           multi-tuned-concat-private5-sts multi-tuned-concat-spread
-          multi-tuned-cosine-paired-private3-sts-equal-norm-spread)
+          multi-tuned-cosine-paired-private3-sts-equal-norm-spread multi-tuned-cosine-paired-private3-sts)
 rows=(${ROWS:-${all_rows[@]}})
 # The arguments go to every run, after the script's own. Those that fix which steps a run takes
 # are the script's: given here, a run would take them and its single-task partners would still
@@ -239,6 +241,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat-qqp-from-sts) echo "--recipe tuned --sts-head concat --paraphrase-from-sts 1" ;;
         multi-tuned-concat-private3-sts) echo "--recipe tuned --sts-head concat --private-layers 3 --private-tasks sts" ;;
         multi-tuned-concat-private5-sts) echo "--recipe tuned --sts-head concat --private-layers 5 --private-tasks sts" ;;
+        multi-tuned-cosine-paired-private3-sts) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts" ;;
         multi-tuned-cosine-paired-private3-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts --balance equal-norm" ;;
         multi-tuned-cosine-paired-private4-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 4 --private-tasks sts --balance equal-norm" ;;
         multi-tuned-cosine-paired-private5-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 5 --private-tasks sts --balance equal-norm" ;;
