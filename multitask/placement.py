@@ -12,7 +12,9 @@ rows of an ablation share, it takes the plan the sampler drew for that seed (bef
                   it, (k + 1/2) N / n (what --spread-tasks removes)
     lateness      the mean place of its batches as a share of the epoch, minus 1/2 (> 0: late)
     lr share      the learning rate summed over its steps, over n / N of the sum over all steps
-                  (1: its share of the schedule; < 1: its batches fell where the rate is low)
+                  (1: its share of the schedule; < 1: its batches fell where the rate is low;
+                  the run's one schedule over all steps: --task-schedules, which gives each task
+                  its own, is not modelled)
 
 and gives Pearson's r between each measure and the difference of the two rows' dev scores (ROW
 minus BASELINE, seed by seed), with a two-sided p from a seeded permutation test (the seeds are
@@ -72,6 +74,7 @@ def permutation_r(x: np.ndarray, y: np.ndarray, rounds: int = 10000, seed: int =
 
 
 def standardised(values: np.ndarray) -> np.ndarray:
+    """(values - mean) / standard deviation; all zeros where the values do not vary."""
     spread = values.std()
     return (values - values.mean()) / spread if spread > 0 else values * 0.0
 
@@ -108,8 +111,9 @@ def report(rows: list[tuple[int, str, float, dict]], title: str) -> str:
     """The seeds' measures and differences, then each measure's r (p) per task and pooled."""
     lines = [f"### {title}", "", "| seed | task | difference | " + " | ".join(MEASURES) + " |",
              "|---" * (3 + len(MEASURES)) + "|"]
-    lines += [f"| {seed} | {task} | {difference:+.4f} | " + " | ".join(form.format(m[k]) for k, form in MEASURES.items()) + " |"
-              for seed, task, difference, m in rows]
+    for seed, task, difference, m in rows:
+        lines.append(f"| {seed} | {task} | {difference:+.4f} | "
+                     + " | ".join(form.format(m[key]) for key, form in MEASURES.items()) + " |")
     tasks = [task for task in TASKS if any(t == task for _, t, _, _ in rows)]
     lines += ["", "| measure | " + " | ".join(f"{t.upper()} r (p)" for t in tasks) + " | pooled r (p) |",
               "|---" * (len(tasks) + 2) + "|"]
@@ -136,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs_dir", type=Path, help="the ablation's runs folder (RUNS_DIR/<row>/seed<k>/)")
     parser.add_argument("row", help="a multitask row (its runs' train_config.json give each seed's plan)")
     parser.add_argument("baseline", help="the row it is compared with, seed by seed (multitask or single-task)")
-    parser.add_argument("--data-dir", default="data", help="the training files the runs used (their sizes draw the plan)")
+    parser.add_argument("--data-dir", default="data",
+                        help="the training files the runs used (their sizes draw the plan)")
     args = parser.parse_args(argv)
     for name in (args.row, args.baseline):
         if not (args.runs_dir / name).is_dir():
