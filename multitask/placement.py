@@ -79,9 +79,9 @@ def standardised(values: np.ndarray) -> np.ndarray:
     return (values - values.mean()) / spread if spread > 0 else values * 0.0
 
 
-def drawn_plan(config: TrainConfig, data_dir: str) -> list[str]:
-    """The plan the sampler drew for the run of `config` (its only epoch), before --spread-tasks."""
-    sizes = train_sizes(data_dir, config.max_train_examples)
+def drawn_plan(config: TrainConfig, sizes: dict[str, int]) -> list[str]:
+    """The plan the sampler drew for the run of `config` (its only epoch) from the training sizes
+    `sizes`, before --spread-tasks."""
     return epoch_plan(config.sampler, sizes, 1, 1, config.batches_per_epoch, config.seed)
 
 
@@ -90,7 +90,7 @@ def seed_rows(runs_dir: Path, row: str, baseline: str, data_dir: str) -> list[tu
     rows have, in seed order. Against a single-task row, a cosine or mnr head's STS is compared with
     the single-task run of the same head (as the ablation's tables do), and left out where the
     baseline has no such run."""
-    rows = []
+    rows, sizes = [], {}  # sizes: --max-train-examples -> the training sizes, each file read once
     for seed_dir in seed_dirs(runs_dir / row):
         base_dir = runs_dir / baseline / seed_dir.name
         ours, theirs = seed_scores(seed_dir), seed_scores(base_dir)
@@ -99,7 +99,9 @@ def seed_rows(runs_dir: Path, row: str, baseline: str, data_dir: str) -> list[tu
         if not (base_dir / "final_metrics.json").is_file():  # a single-task baseline: STS against the same head
             theirs |= {metric: theirs.get(column) for metric, column in baseline_columns(seed_dir).items()}
         config = TrainConfig.from_dict(json.loads((seed_dir / "train_config.json").read_text()))
-        plan = drawn_plan(config, data_dir)
+        if config.max_train_examples not in sizes:
+            sizes[config.max_train_examples] = train_sizes(data_dir, config.max_train_examples)
+        plan = drawn_plan(config, sizes[config.max_train_examples])
         lr = np.array([scheduled_lr(config, step, len(plan)) for step in range(len(plan))])  # (N,)
         for task in TASKS:
             if ours.get(METRIC[task]) is not None and theirs.get(METRIC[task]) is not None:
