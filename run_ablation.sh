@@ -67,6 +67,9 @@
 #                                 row's STS teacher is its sts-cosine run, a cosent row's its
 #                                 sts-cosent run) to the gold labels; needs those single-task runs
 #                                 first
+#   <row>-bam-<task>[-<task>] (multi-tuned-cosine-paired-private3-sts-equal-norm-bam-sst-qqp)
+#                                 the same with teachers for the tasks named only; the others learn
+#                                 from their gold labels alone
 #   single-tuned-bam              born-again single-task runs: single-tuned's SST, QQP, STS (concat) and
 #                                 STS (cosine, paired dropout) runs trained again, each with that run as its
 #                                 teacher: single-task with the same distillation as a -bam row, to tell a
@@ -278,6 +281,28 @@ single_lever() {  # single-<recipe>[-<lever>][-bam]: prints "<recipe> <the lever
     esac
 }
 
+base_row() {  # a multitask row without its -bam suffix: the row whose flags it trains with
+    echo "${1%-bam*}"
+}
+
+teacher_tasks() {  # the tasks of a multitask row that get teachers: <row>-bam every task,
+                   # <row>-bam-sst-qqp those named; none for another row
+    case "$1" in
+        *-bam) echo "sst qqp sts" ;;
+        *-bam-*) local named="${1##*-bam-}"; echo "${named//-/ }" ;;
+    esac
+}
+
+known_teachers() {  # a row's -bam-<task>[-<task>] suffix names tasks of the three, each once
+    local tasks task
+    [[ "$1" == *-bam* ]] || return 0
+    tasks=" $(teacher_tasks "$1") "
+    [[ -n "${tasks// /}" ]] || return 1
+    for task in $tasks; do
+        [[ " sst qqp sts " == *" $task "* && "${tasks/ $task / }" != *" $task "* ]] || return 1
+    done
+}
+
 check_row() {  # a row's name, checked before the first run (misspelt, a multitask row would train the
                # default recipe under that name; a single-task one would fail hours in)
     local row="$1" rest
@@ -287,7 +312,7 @@ check_row() {  # a row's name, checked before the first run (misspelt, a multita
         pair-*)
             [[ " pair-sst-qqp pair-sst-sts pair-qqp-sts " == *" $row "* ]] ;;
         *)
-            row_flags "${row%-bam}" > /dev/null 2>&1 ;;
+            row_flags "$(base_row "$row")" > /dev/null 2>&1 && known_teachers "$row" ;;
     esac || { echo "error: ROWS names an unknown row '$row'; the rows are listed at the top of run_ablation.sh" >&2
               return 2; }
 }
@@ -304,7 +329,7 @@ if [[ -n "${LIST_ROWS:-}" ]]; then  # print each row and its flags, one a line, 
             read -r recipe extra_flags < <(single_lever "$row")
             printf '%s\t%s\n' "$row" "--recipe $recipe${extra_flags:+ $extra_flags}"
         elif [[ "$row" != pair-* ]]; then
-            printf '%s\t%s\n' "$row" "$(row_flags "${row%-bam}")"
+            printf '%s\t%s\n' "$row" "$(row_flags "$(base_row "$row")")"
         fi
     done
     exit 0
@@ -380,21 +405,24 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
                 --batches-per-epoch "$n_sts" --seed "$seed"
             train "$out/sts-cosent" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --sts-loss cosent --no-paired-dropout \
                 --batches-per-epoch "$n_sts" --seed "$seed"
-        elif [[ "$row" == *-bam ]]; then
+        elif [[ -n "$(teacher_tasks "$row")" ]]; then
             # The teachers: this seed's single-task runs (the same per-task steps, the same recipe).
-            base="${row%-bam}"; single_row="$("$PYTHON" -m multitask.ablation --own-baseline "$row")"
-            single="$runs_dir/$single_row/seed$seed"; sts_teacher="$single/sts"; qqp_teacher="$single/qqp"
-            [[ "$base" == *cosine* ]] && sts_teacher="$single/sts-cosine"
-            [[ "$base" == *cosine-paired* ]] && sts_teacher="$single/sts-cosine-paired"
-            [[ "$base" == *cosent* ]] && sts_teacher="$single/sts-cosent"
-            [[ "$base" == *siamese* ]] && qqp_teacher="$single/qqp-siamese"
-            for teacher in "$single/sst" "$qqp_teacher" "$sts_teacher"; do
-                [[ -f "$teacher/final_metrics.json" ]] || {
-                    echo "error: $row needs the finished run $teacher: run the $single_row row first" >&2; exit 1; }
+            base="$(base_row "$row")"; single_row="$("$PYTHON" -m multitask.ablation --own-baseline "$row")"
+            single="$runs_dir/$single_row/seed$seed"
+            declare -A teacher=([sst]="$single/sst" [qqp]="$single/qqp" [sts]="$single/sts")
+            [[ "$base" == *cosine* ]] && teacher[sts]="$single/sts-cosine"
+            [[ "$base" == *cosine-paired* ]] && teacher[sts]="$single/sts-cosine-paired"
+            [[ "$base" == *cosent* ]] && teacher[sts]="$single/sts-cosent"
+            [[ "$base" == *siamese* ]] && teacher[qqp]="$single/qqp-siamese"
+            teachers=""
+            for task in $(teacher_tasks "$row"); do
+                [[ -f "${teacher[$task]}/final_metrics.json" ]] || {
+                    echo "error: $row needs the finished run ${teacher[$task]}: run the $single_row row first" >&2
+                    exit 1; }
+                teachers+="${teachers:+,}$task=${teacher[$task]}"
             done
             # shellcheck disable=SC2046
-            train "$out" $(row_flags "$base") --batches-per-epoch "$batches" --seed "$seed" \
-                --teachers "sst=$single/sst,qqp=$qqp_teacher,sts=$sts_teacher"
+            train "$out" $(row_flags "$base") --batches-per-epoch "$batches" --seed "$seed" --teachers "$teachers"
         else
             # shellcheck disable=SC2046
             train "$out" $(row_flags "$row") --batches-per-epoch "$batches" --seed "$seed"

@@ -33,6 +33,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 import sys
 from itertools import combinations
@@ -184,7 +185,7 @@ def own_baseline(row: str) -> str | None:
     tuned recipe and for rows that are not multitask rows."""
     if not row.startswith("multi-"):
         return None
-    name = row.removesuffix("-bam")
+    name = re.sub(r"-bam(-(sst|qqp|sts))*$", "", row)  # -bam, or -bam-sst-qqp: teachers for some tasks
     if name.startswith("multi-paper-"):
         return "single-paper"
     return next((baseline for lever, baseline in LEVER_BASELINES.items() if name.endswith(lever)), None)

@@ -99,11 +99,14 @@ def test_an_unknown_row_stops_the_script_before_any_run(tmp_path):
     assert "unknown row 'multi-tuned-concta'" in process.stderr and not runs.exists()
     misspelt = run_script(RUNS_DIR=str(runs), PYTHON="false", ROWS="single-tuned", SINGLE_RUNS="sst sts-cosine-pairde")
     assert misspelt.returncode == 2 and "unknown run 'sts-cosine-pairde'" in misspelt.stderr and not runs.exists()
-    for good in ("single-tuned-lld-bam", "single-paper-head10", "multi-tuned-cosine-siamese-bam", "pair-qqp-sts"):
+    for good in ("single-tuned-lld-bam", "single-paper-head10", "multi-tuned-cosine-siamese-bam", "pair-qqp-sts",
+                 "multi-tuned-concat-bam-sts-sst"):
         listed = run_script(ROWS=good, LIST_ROWS="1")  # recipes, levers, suffixes and pairs known
         assert listed.returncode == 0, listed.stderr
-    for bad in ("single-tunde", "single-tuned-lls", "single-tuned-head10-ls", "pair-sst-sst"):
-        refused = run_script(ROWS=bad, LIST_ROWS="1")  # a misspelt recipe or lever, two levers at once
+    for bad in ("single-tunde", "single-tuned-lls", "single-tuned-head10-ls", "pair-sst-sst", "multi-tuned-concat-bam-",
+                "multi-tuned-concat-bam-qqp-qqp", "multi-tuned-concat-bam-sst-stss", "multi-tuned-concat-bamm"):
+        # a misspelt recipe or lever, two levers at once, teachers for no task, a task twice or misspelt
+        refused = run_script(ROWS=bad, LIST_ROWS="1")
         assert refused.returncode == 2 and f"unknown row '{bad}'" in refused.stderr, (bad, refused.stderr)
 
 
@@ -211,7 +214,8 @@ def test_arguments_that_fix_a_run_s_steps_are_refused_and_the_cap_reaches_the_pl
     ("multi-tuned-cosine-paired-private3-sts-equal-norm-head10", "single-tuned-head10"),
     ("multi-tuned-concat-ls", "single-tuned-ls"), ("multi-tuned-cosine-paired-private1-equal-norm-lld", "single-tuned-lld"),
     ("multi-tuned-concat-avg10", "single-tuned-avg10"), ("multi-tuned-concat-lld0.9", "single-tuned-lld0.9"),
-    ("multi-tuned-concat-drop0.1", "single-tuned-drop0.1"),
+    ("multi-tuned-concat-drop0.1", "single-tuned-drop0.1"), ("multi-tuned-concat-bam-qqp", None),
+    ("multi-tuned-concat-head10-bam-sst-qqp", "single-tuned-head10"),
     ("single-tuned-head10", None), ("pair-qqp-sts", None), ("lever-lr-1e-4", None)])
 def test_a_row_of_another_recipe_or_lever_has_its_own_baseline(row, baseline):
     assert ablation.own_baseline(row) == baseline
@@ -263,6 +267,12 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     single = runs / "single-tuned" / "seed0"
     teachers = json.loads((distilled / "train_config.json").read_text())["teachers"]
     assert teachers == f"sst={single / 'sst'},qqp={single / 'qqp-siamese'},sts={single / 'sts-cosine'}"
+    # teachers for the tasks a row names only (the joint paraphrase head's QQP run, no STS teacher)
+    some = subprocess.run(command, env={**env, "ROWS": "multi-tuned-concat-bam-qqp-sst"}, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert some.returncode == 0, some.stdout[-3000:] + some.stderr[-3000:]
+    assert json.loads((runs / "multi-tuned-concat-bam-qqp-sst" / "seed0" / "train_config.json").read_text())[
+        "teachers"] == f"qqp={single / 'qqp'},sst={single / 'sst'}"
     for run in ("sst", "qqp", "sts", "sts-cosine-paired"):  # born again: each single-task run its own teacher
         reborn = json.loads((runs / "single-tuned-bam" / "seed0" / run / "train_config.json").read_text())
         assert (reborn["tasks"], reborn["teachers"]) == (run[:3], f"{run[:3]}={single / run}")
