@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         resume = resume_path(args) if args.resume is not None else None
         config = config_for_resume(parser, args, resume) if resume else config_from_args(args)
         config.validate()
+        if config.teachers:  # a mistyped teacher folder: refused before the data is read
+            from multitask.distill import find_teachers
+            find_teachers(config.teacher_folders)
         prepare_out_dir(Path(config.out_dir), resuming=resume is not None, overwrite=args.overwrite)
     except CheckpointError as err:
         print(f"{error_prefix()}{err}", file=sys.stderr)

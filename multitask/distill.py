@@ -25,6 +25,7 @@ does not.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,18 @@ def head_of(config: TrainConfig, task: str) -> str:
     return f"STS head is {config.sts_head}" if task == "sts" else f"paraphrase head is {config.paraphrase_head}"
 
 
+def find_teachers(folders: dict[str, str]) -> dict[str, Path]:
+    """Each teacher's checkpoint folder (its run folder's best/, or the folder itself). Cheap, so
+    the command line checks it before any data is read; CheckpointError names the flag."""
+    found = {}
+    for task, folder in folders.items():
+        try:
+            found[task] = checkpoint.find_checkpoint(folder)
+        except CheckpointError as err:
+            raise CheckpointError(f"--teachers {task}={folder}: {err}") from None
+    return found
+
+
 class Teachers:
     """Each distilled task's teacher model, and the targets it gives a batch."""
 
@@ -59,9 +72,9 @@ class Teachers:
                  device: torch.device):
         self.models: dict[str, MultitaskBert] = {}
         student_layouts = layouts(student.sts_head, student.paraphrase_head)
-        for task, folder in folders.items():
-            found = checkpoint.find_checkpoint(folder)  # a run folder or its best/ (CheckpointError names it)
+        for task, found in find_teachers(folders).items():
             model, tokenizer, config, _ = checkpoint.load(found, device)
+            folder = folders[task]
             where = f"--teachers {task}={folder}"
             if task not in config.task_names:
                 raise CheckpointError(f"{where}: that run did not train {task} (it trained "

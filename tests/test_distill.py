@@ -149,6 +149,8 @@ def test_unusable_teachers_stop_the_run_before_training(tiny_setup, teacher_runs
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and message in err and str(folder) in err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    if teacher == "missing":  # refused at the command line, before the run's folder is made
+        assert f"--teachers sst={folder}: " in err and not (tmp_path / "run").exists()
 
 
 def test_a_teacher_with_another_vocabulary_is_refused(tiny_setup, teacher_runs, tmp_path, capsys):
