@@ -74,8 +74,7 @@ class Teachers:
         student_layouts = layouts(student.sts_head, student.paraphrase_head)
         for task, found in find_teachers(folders).items():
             model, tokenizer, config, _ = checkpoint.load(found, device)
-            folder = folders[task]
-            where = f"--teachers {task}={folder}"
+            where = f"--teachers {task}={folders[task]}"  # each message names the flag as given
             if task not in config.task_names:
                 raise CheckpointError(f"{where}: that run did not train {task} (it trained "
                                       f"{config.tasks}); give a run that did")
