@@ -1,5 +1,5 @@
-"""Files: the error a bad checkpoint file raises, and writes that a crash cannot leave half done
-and a full disk reports by name.
+"""Files: the error a bad checkpoint file raises, writes that a crash cannot leave half done
+and a full disk reports by name, and reads of a run's JSON records that name a damaged file.
 
 Both serve the model package (reading and writing checkpoints) and the trainer (training
 checkpoints, metrics, run folders), so they live here, below both.
@@ -8,6 +8,7 @@ checkpoints, metrics, run folders), so they live here, below both.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -115,3 +116,39 @@ def _remove(temp: str | None) -> None:
 def write_text(path: Path, text: str) -> None:
     """Write a UTF-8 text file through atomic_write."""
     atomic_write(path, lambda temp: Path(temp).write_text(text, encoding="utf-8"))
+
+
+# A run's JSON records, read by the tools that summarise runs (tables, plots, analyses)
+
+DAMAGED_HINT = ("the file is damaged or was not written by a training run; train the run again or move "
+                "the file away")
+
+
+def read_json(path: Path) -> object:
+    """The value of a JSON file (train_config.json, final_metrics.json). CheckpointError naming
+    the file where it cannot be read as JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not readable as JSON ({err}); {DAMAGED_HINT}") from None
+
+
+def read_json_records(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (metrics.jsonl: one object a line, an epoch a line), blank
+    lines skipped. CheckpointError naming the file and line where a line is not a JSON object."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not readable ({err}); {DAMAGED_HINT}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path}, line {number}: not JSON ({err.msg}); {DAMAGED_HINT}") from None
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{path}, line {number}: not a record (a JSON object); {DAMAGED_HINT}")
+        records.append(record)
+    return records

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import re
 import statistics
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import scipy.stats
 
-from bert.files import WriteError, write_text
+from bert.files import DAMAGED_HINT, CheckpointError, WriteError, read_json, read_json_records, write_text
 from multitask.config import COSINE_HEADS, TASKS, positive_int
 from multitask.evaluation import overall_score
 from multitask.results import no_plot_message, pyplot, save_png
@@ -78,23 +77,36 @@ def plan_counts(data_dir: str, batches: int, seed: int, max_train_examples: int 
     return {task: plan.count(task) for task in TASKS}
 
 
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def read_scores(path: Path, needs: tuple[str, ...] = ()) -> dict | None:
+    """A run's final_metrics.json, None where the run has not finished. CheckpointError naming
+    the file where it is not a run's scores: damaged, not an object, a score no number, or
+    without a score of `needs`."""
+    if not path.is_file():
+        return None
+    final = read_json(path)
+    if not isinstance(final, dict):
+        raise CheckpointError(f"{path}: not a run's scores (a JSON object); {DAMAGED_HINT}")
+    missing = [key for key in needs if key not in final]
+    not_numbers = [key for key in (*SINGLE_TASK_RUNS.values(), "overall")
+                   if key in final and not isinstance(final[key], (int, float))]
+    if missing or not_numbers:
+        raise CheckpointError(f"{path}: {(missing + not_numbers)[0]} is missing or not a number; {DAMAGED_HINT}")
+    return final
 
 
 def seed_scores(seed_dir: Path) -> dict[str, float] | None:
     """One seed's dev scores for a row: a multitask run's, or the single-task runs' together."""
-    final = read_json(seed_dir / "final_metrics.json")
+    final = read_scores(seed_dir / "final_metrics.json", needs=("overall",))
     if final is not None:  # a multitask run; a pair's "overall" averages two tasks, so it is left out
         scores = {k: final[k] for k in SINGLE_TASK_RUNS.values() if k in final}
         return scores | ({"overall": final["overall"]} if len(scores) == len(SINGLE_TASK_RUNS) else {})
     scores = {}
     for run, metric in SINGLE_TASK_RUNS.items():
-        single = read_json(seed_dir / run / "final_metrics.json")
+        single = read_scores(seed_dir / run / "final_metrics.json", needs=(metric,))
         if single is not None:
             scores[metric] = single[metric]
     for run, (metric, column) in OTHER_HEAD_RUNS.items():
-        other = read_json(seed_dir / run / "final_metrics.json")
+        other = read_scores(seed_dir / run / "final_metrics.json", needs=(metric,))
         if other is not None:
             scores[column] = other[metric]
     if all(m in scores for m in SINGLE_TASK_RUNS.values()):
@@ -139,7 +151,8 @@ def diagnostics(runs_dir: Path) -> dict[str, dict[str, list[float]]]:
             metrics = seed_dir / "metrics.jsonl"
             if not (seed_dir / "final_metrics.json").is_file() or not metrics.is_file():
                 continue  # a single-task row (its runs are one level down), or unfinished
-            last = json.loads(metrics.read_text().splitlines()[-1])
+            records = read_json_records(metrics)
+            last = records[-1] if records else {}
             for name in DIAGNOSTICS:
                 if last.get(name) is not None:  # None: a task this run did not train
                     rows.setdefault(row_dir.name, {}).setdefault(name, []).append(last[name])
@@ -161,7 +174,10 @@ def baseline_columns(seed_dir: Path) -> dict[str, str]:
     {"sts_corr": "sts_corr_cosine", "sts_corr_cosine_paired" or "sts_corr_cosent"} for a cosine
     or mnr head (by its loss and --paired-dropout), {"qqp_acc": "qqp_acc_siamese"} for the
     siamese paraphrase head; empty for the joint paraphrase head with the concat or dot head."""
-    config = read_json(seed_dir / "train_config.json") or {}
+    config_file = seed_dir / "train_config.json"
+    config = read_json(config_file) if config_file.is_file() else {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file}: not a run's settings (a JSON object); {DAMAGED_HINT}")
     columns = {}
     if config.get("sts_head") in COSINE_HEADS:
         columns["sts_corr"] = ("sts_corr_cosent" if config.get("sts_loss") == "cosent" else
@@ -425,21 +441,25 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.update:
         if not path.is_file():
             parser.error(f"--update {path}: no such file")
-    rows = collect(args.runs_dir)
-    if not rows:
-        print(f"error: {args.runs_dir}: no finished run (final_metrics.json) yet", file=sys.stderr)
+    try:  # a damaged run file (its message names it) stops the tables, never with a traceback
+        rows = collect(args.runs_dir)
+        if not rows:
+            print(f"error: {args.runs_dir}: no finished run (final_metrics.json) yet", file=sys.stderr)
+            return 1
+        text = table(rows)
+        against, notes = baselines(args.runs_dir, args.baseline, against)
+        for note in notes:
+            print(note, file=sys.stderr)
+        differences = paired_differences(args.runs_dir, args.baseline, against)
+        if differences:
+            text += "\n" + difference_table(differences, args.baseline, against)
+            blocks = block_table(differences)  # how likely a fresh 3-seed check of issue 15's target passes
+            if blocks:
+                text += "\n" + blocks
+        gradients = diagnostics(args.runs_dir)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
-    text = table(rows)
-    against, notes = baselines(args.runs_dir, args.baseline, against)
-    for note in notes:
-        print(note, file=sys.stderr)
-    differences = paired_differences(args.runs_dir, args.baseline, against)
-    if differences:
-        text += "\n" + difference_table(differences, args.baseline, against)
-        blocks = block_table(differences)  # how likely a fresh 3-seed check of issue 15's target passes
-        if blocks:
-            text += "\n" + blocks
-    gradients = diagnostics(args.runs_dir)
     if gradients:
         text += "\n" + diagnostics_table(gradients)
     out = io.StringIO()

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from bert import CheckpointError
+from bert.files import read_json_records
 from multitask import training
 from multitask.commands import program_name
 from multitask.config import DEVICES
@@ -42,8 +42,7 @@ def batches_taken(run: Path, task: str) -> int:
     """How many batches of `task` the run trained on, over all its epochs (metrics.jsonl)."""
     if not (run / "metrics.jsonl").is_file():
         raise CheckpointError(f"{run}: no metrics.jsonl; give a training run's --out-dir")
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return sum(record.get(f"batches_{task}") or 0 for record in records)
+    return sum(record.get(f"batches_{task}") or 0 for record in read_json_records(run / "metrics.jsonl"))
 
 
 def rows_trained(run: Path, data: dict, config, pad_id: int, task: str) -> tuple[np.ndarray, np.ndarray]:

@@ -30,12 +30,12 @@ so that the tasks' different scales and means do not make a correlation of their
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from bert.files import DAMAGED_HINT, CheckpointError, read_json
 from multitask.ablation import baseline_columns, seed_dirs, seed_scores, train_sizes
 from multitask.commands import program_name
 from multitask.config import TASKS, TrainConfig
@@ -98,7 +98,7 @@ def seed_rows(runs_dir: Path, row: str, baseline: str, data_dir: str) -> list[tu
             continue
         if not (base_dir / "final_metrics.json").is_file():  # a single-task baseline: STS against the same head
             theirs |= {metric: theirs.get(column) for metric, column in baseline_columns(seed_dir).items()}
-        config = TrainConfig.from_dict(json.loads((seed_dir / "train_config.json").read_text()))
+        config = TrainConfig.from_dict(read_json(seed_dir / "train_config.json"))  # (a dict: main checked)
         if config.max_train_examples not in sizes:
             sizes[config.max_train_examples] = train_sizes(data_dir, config.max_train_examples)
         plan = drawn_plan(config, sizes[config.max_train_examples])
@@ -152,13 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         config_file = seed_dir / "train_config.json"
         if not config_file.is_file():
             parser.error(f"{config_file} is missing: ROW must be a multitask row, whose runs give their plans")
-        config = json.loads(config_file.read_text())
+        try:
+            config = read_json(config_file)
+        except CheckpointError as err:
+            parser.error(str(err))
+        if not isinstance(config, dict):
+            parser.error(f"{config_file}: not a run's settings (a JSON object); {DAMAGED_HINT}")
         if config.get("epochs") != 1 or config.get("sampler") == "round-robin":
             parser.error(f"{config_file}: the tool reads one-epoch runs of a random sampler (this one: "
                          f"{config.get('epochs')} epochs, --sampler {config.get('sampler')})")
     try:
         rows = seed_rows(args.runs_dir, args.row, args.baseline, args.data_dir)
-    except DataError as err:  # the training files missing or unreadable (the message names the file)
+    except (DataError, CheckpointError) as err:  # a file missing or unreadable (the message names it)
         print(f"error: {err}", file=sys.stderr)
         return 1
     if len({seed for seed, _, _, _ in rows}) < 3:

@@ -147,6 +147,26 @@ def test_seeds_are_listed_in_numeric_order(tmp_path):
     assert ablation.collect(tmp_path)["multi"]["sst_acc"] == [0.02, 0.09, 0.10]  # not seed10 before seed2
 
 
+@pytest.mark.parametrize("damaged, text, named", [
+    ("multi/seed1/final_metrics.json", '{"sst_acc": 0.4, "qqp', "not readable as JSON"),  # cut short
+    ("single/seed0/qqp/final_metrics.json", '{"qqp_acc": "0.8"}', "qqp_acc is missing or not a number"),
+    ("multi/seed0/metrics.jsonl", '{"epoch": 1}\n{oops\n', "line 2: not JSON"),
+    ("multi/seed0/train_config.json", '["not", "a", "dict"]', "not a run's settings (a JSON object)"),
+])
+def test_a_damaged_run_file_is_named_and_no_table_is_written(tmp_path, capsys, damaged, text, named):
+    """Any file the tables read that is damaged, or not a run's, stops the command with the file's
+    name (and line) and what to do, never a traceback, and leaves the runs folder as it was."""
+    for seed in (0, 1):
+        write_final(tmp_path / "multi" / f"seed{seed}", sst_acc=0.4, qqp_acc=0.8, sts_corr=0.8, overall=0.7)
+    write_single_row(tmp_path / "single", 0.45)
+    (tmp_path / damaged).write_text(text)
+    assert ablation.main([str(tmp_path), "--baseline", "single"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / damaged}" in err and named in err and "train the run again" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "ablation.md").exists() and not (tmp_path / "ablation.csv").exists()
+
+
 def test_plan_counts_are_the_multitask_plans_share_of_each_task(tmp_path, minilm_dir):
     data_dir = write_dataset(tmp_path / "data", train=96, dev=40, test=16)
     counts = ablation.plan_counts(str(data_dir), 50, seed=3)

@@ -90,6 +90,17 @@ def test_the_training_scores_are_the_model_s_on_the_rows_it_trained_on(tiny_setu
     assert "no metrics.jsonl" in err and "Traceback" not in err
 
 
+def test_a_damaged_metrics_file_is_named_with_its_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "batches_sst": 3}\n\n{"epoch": 2, "batch\n')
+    assert fit.main([str(run)]) == 1  # refused before the checkpoint is opened
+    assert f"error: {run / 'metrics.jsonl'}, line 3: not JSON" in capsys.readouterr().err
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "batches_sst": 3}\n[4]\n')
+    assert fit.main([str(run)]) == 1
+    assert f"error: {run / 'metrics.jsonl'}, line 2: not a record (a JSON object)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("tool", [fit.fit_scores, calibration.paraphrase_calibration])
 def test_the_tools_neither_read_nor_fetch_the_test_files(tool, tiny_setup, tmp_path, monkeypatch, capsys):
     """Scoring a finished run needs its training and dev files only: a data folder without the test

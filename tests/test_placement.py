@@ -145,5 +145,9 @@ def test_the_command_refuses_what_it_cannot_read(tmp_path, capsys):
     with pytest.raises(SystemExit):
         placement.main([str(tmp_path / "two-epochs"), "spread", "plain", "--data-dir", str(data_dir)])
     assert "one-epoch runs" in capsys.readouterr().err
+    (tmp_path / "two-epochs" / "spread" / "seed0" / "train_config.json").write_text('{"seed": 0,')  # cut short
+    with pytest.raises(SystemExit):
+        placement.main([str(tmp_path / "two-epochs"), "spread", "plain", "--data-dir", str(data_dir)])
+    assert "spread/seed0/train_config.json: not readable as JSON" in capsys.readouterr().err
     assert placement.main([str(runs), "spread", "plain", "--data-dir", str(tmp_path / "none")]) == 1
     assert "none/ids-sst-train.csv: dataset file not found" in capsys.readouterr().err
