@@ -394,9 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {runs_dir} is not a folder; pass the folder that holds the run folders "
               f"(e.g. runs/gpu)", file=sys.stderr)
         return 1
+    results = collect_runs(runs_dir)
+    if all(r.status == "missing" for r in results):  # (a wrong folder: no table of seven blanks)
+        print(f"error: {runs_dir} holds no run folder (such as {run_folder_name(*PAPER_CONFIGURATIONS[0])}/); "
+              f"pass the folder that holds them (run_experiments.sh's runs/<profile>)", file=sys.stderr)
+        return 1
     out_dir = Path(config.out_dir or runs_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = collect_runs(runs_dir)
     try:  # each file whole or not at all (bert.files.atomic_write)
         write_markdown(results, out_dir / "results.md")
         write_csv(results, out_dir / "results.csv")

@@ -248,6 +248,10 @@ def test_results_table_from_hand_written_runs(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "bare" / "results.md").is_file()
     assert not (tmp_path / "bare" / "dev_metrics.png").exists()
     assert results.main([str(tmp_path / "nowhere")]) == 1
+    (tmp_path / "no-runs" / "notes").mkdir(parents=True)  # a folder, but of no run: nothing written
+    assert results.main([str(tmp_path / "no-runs")]) == 1
+    assert "holds no run folder (such as annealed-concat/)" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "no-runs").iterdir()) == ["notes"]
 
     # A full disk while the table is written: an error naming it, and the last table kept whole.
     before = (tmp_path / "bare" / "results.md").read_text()
