@@ -95,6 +95,10 @@
 #   multi-tuned-concat-sts0.5, multi-tuned-concat-sts0.7
 #                                 the tuned recipe with STS's loss weighted 0.5 (0.7): under one AdamW the
 #                                 same as SST's and QQP's weighted 2 (1/0.7) (a single-task run ignores a weight)
+#   multi-tuned-concat-sst0.8-qqp0.8
+#                                 SST's and QQP's losses weighted 0.8: their encoder gradients as small as
+#                                 the teachers of multi-tuned-concat-bam-sst-qqp made them (about four
+#                                 fifths), without the teachers; tells the gradients' size from the targets
 #   multi-tuned-cosine-paired-private3-sts-equal-norm, multi-tuned-cosine-paired-private4-sts-equal-norm,
 #   multi-tuned-cosine-paired-private5-sts-equal-norm
 #                                 the cosine head with --private-layers 3 (4, 5) --private-tasks sts: STS its
@@ -151,7 +155,7 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-concat-private1 multi-tuned-cosine-private1 multi-tuned-cosine-private2
           multi-tuned-cosine-project multi-tuned-concat-project multi-tuned-cosine-private1-equal-norm
           multi-tuned-concat-moments multi-tuned-cosine-moments multi-tuned-concat-qqp1.5 multi-tuned-concat-qqp2
-          multi-tuned-concat-sts0.5 multi-tuned-concat-sts0.7
+          multi-tuned-concat-sts0.5 multi-tuned-concat-sts0.7 multi-tuned-concat-sst0.8-qqp0.8
           multi-tuned-concat-schedules multi-tuned-concat-schedules-moments
           pair-sst-qqp pair-sst-sts pair-qqp-sts single-tuned-head10 multi-tuned-concat-head10
           multi-tuned-concat-private1-sst multi-tuned-concat-private2-sst multi-tuned-cosine-private1-qqp
@@ -241,6 +245,7 @@ row_flags() {  # the flags of a multitask row
         multi-tuned-concat-qqp2) echo "--recipe tuned --sts-head concat --loss-weights qqp=2" ;;
         multi-tuned-concat-sts0.5) echo "--recipe tuned --sts-head concat --loss-weights sts=0.5" ;;
         multi-tuned-concat-sts0.7) echo "--recipe tuned --sts-head concat --loss-weights sts=0.7" ;;
+        multi-tuned-concat-sst0.8-qqp0.8) echo "--recipe tuned --sts-head concat --loss-weights sst=0.8,qqp=0.8" ;;
         multi-tuned-concat-qqp-from-sts) echo "--recipe tuned --sts-head concat --paraphrase-from-sts 1" ;;
         multi-tuned-concat-private3-sts) echo "--recipe tuned --sts-head concat --private-layers 3 --private-tasks sts" ;;
         multi-tuned-concat-private5-sts) echo "--recipe tuned --sts-head concat --private-layers 5 --private-tasks sts" ;;
