@@ -410,7 +410,7 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
                 --batches-per-epoch "$n_sts" --seed "$seed"
             train "$out/sts-cosent" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --sts-loss cosent --no-paired-dropout \
                 --batches-per-epoch "$n_sts" --seed "$seed"
-        elif [[ -n "$(teacher_tasks "$row")" ]]; then
+        elif taught="$(teacher_tasks "$row")"; [[ -n "$taught" ]]; then
             # The teachers: this seed's single-task runs (the same per-task steps, the same recipe).
             base="$(base_row "$row")"; single_row="$("$PYTHON" -m multitask.ablation --own-baseline "$row")"
             single="$runs_dir/$single_row/seed$seed"
@@ -420,7 +420,7 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             [[ "$base" == *cosent* ]] && teacher[sts]="$single/sts-cosent"
             [[ "$base" == *siamese* ]] && teacher[qqp]="$single/qqp-siamese"
             teachers=""
-            for task in $(teacher_tasks "$row"); do
+            for task in $taught; do
                 [[ -f "${teacher[$task]}/final_metrics.json" ]] || {
                     echo "error: $row needs the finished run ${teacher[$task]}: run the $single_row row first" >&2
                     exit 1; }
