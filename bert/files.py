@@ -124,13 +124,17 @@ DAMAGED_HINT = ("the file is damaged or was not written by a training run; train
                 "the file away")
 
 
-def read_json(path: Path) -> object:
-    """The value of a JSON file (train_config.json, final_metrics.json). CheckpointError naming
-    the file where it cannot be read as JSON."""
+def read_json_object(path: Path, what: str) -> dict:
+    """The object a JSON file holds (train_config.json: `what` "a run's settings"; final_metrics.json:
+    "a run's scores"). CheckpointError naming the file where it cannot be read as JSON or holds
+    something other than an object."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: not readable as JSON ({err}); {DAMAGED_HINT}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: not {what} (a JSON object); {DAMAGED_HINT}")
+    return value
 
 
 def read_json_records(path: Path) -> list[dict]:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import scipy.stats
 
-from bert.files import DAMAGED_HINT, CheckpointError, WriteError, read_json, read_json_records, write_text
+from bert.files import DAMAGED_HINT, CheckpointError, WriteError, read_json_object, read_json_records, write_text
 from multitask.config import COSINE_HEADS, TASKS, positive_int
 from multitask.evaluation import overall_score
 from multitask.results import no_plot_message, pyplot, save_png
@@ -83,9 +83,7 @@ def read_scores(path: Path, needs: tuple[str, ...] = ()) -> dict | None:
     without a score of `needs`."""
     if not path.is_file():
         return None
-    final = read_json(path)
-    if not isinstance(final, dict):
-        raise CheckpointError(f"{path}: not a run's scores (a JSON object); {DAMAGED_HINT}")
+    final = read_json_object(path, "a run's scores")
     missing = [key for key in needs if key not in final]
     not_numbers = [key for key in (*SINGLE_TASK_RUNS.values(), "overall")
                    if key in final and not isinstance(final[key], (int, float))]
@@ -175,9 +173,7 @@ def baseline_columns(seed_dir: Path) -> dict[str, str]:
     or mnr head (by its loss and --paired-dropout), {"qqp_acc": "qqp_acc_siamese"} for the
     siamese paraphrase head; empty for the joint paraphrase head with the concat or dot head."""
     config_file = seed_dir / "train_config.json"
-    config = read_json(config_file) if config_file.is_file() else {}
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_file}: not a run's settings (a JSON object); {DAMAGED_HINT}")
+    config = read_json_object(config_file, "a run's settings") if config_file.is_file() else {}
     columns = {}
     if config.get("sts_head") in COSINE_HEADS:
         columns["sts_corr"] = ("sts_corr_cosent" if config.get("sts_loss") == "cosent" else

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bert.files import DAMAGED_HINT, CheckpointError, read_json
+from bert.files import CheckpointError, read_json_object
 from multitask.ablation import baseline_columns, seed_dirs, seed_scores, train_sizes
 from multitask.commands import program_name
 from multitask.config import TASKS, TrainConfig
@@ -98,7 +98,7 @@ def seed_rows(runs_dir: Path, row: str, baseline: str, data_dir: str) -> list[tu
             continue
         if not (base_dir / "final_metrics.json").is_file():  # a single-task baseline: STS against the same head
             theirs |= {metric: theirs.get(column) for metric, column in baseline_columns(seed_dir).items()}
-        config = TrainConfig.from_dict(read_json(seed_dir / "train_config.json"))  # (a dict: main checked)
+        config = TrainConfig.from_dict(read_json_object(seed_dir / "train_config.json", "a run's settings"))
         if config.max_train_examples not in sizes:
             sizes[config.max_train_examples] = train_sizes(data_dir, config.max_train_examples)
         plan = drawn_plan(config, sizes[config.max_train_examples])
@@ -153,11 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         if not config_file.is_file():
             parser.error(f"{config_file} is missing: ROW must be a multitask row, whose runs give their plans")
         try:
-            config = read_json(config_file)
+            config = read_json_object(config_file, "a run's settings")
         except CheckpointError as err:
             parser.error(str(err))
-        if not isinstance(config, dict):
-            parser.error(f"{config_file}: not a run's settings (a JSON object); {DAMAGED_HINT}")
         if config.get("epochs") != 1 or config.get("sampler") == "round-robin":
             parser.error(f"{config_file}: the tool reads one-epoch runs of a random sampler (this one: "
                          f"{config.get('epochs')} epochs, --sampler {config.get('sampler')})")
