@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="folder with the CS224N files (default: each run's own)")
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     args = parser.parse_args(argv)
+    try:  # every folder's metrics.jsonl first: a misspelt last folder is named before minutes of scoring
+        for run in args.runs:
+            batches_taken(Path(run), "sst")
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print("| run | score | trained rows | training | dev | gap |\n|---|---|---|---|---|---|")
     for run in args.runs:
         try:

@@ -88,6 +88,10 @@ def test_the_training_scores_are_the_model_s_on_the_rows_it_trained_on(tiny_setu
     assert fit.main([str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
     assert "no metrics.jsonl" in err and "Traceback" not in err
+    # A bad folder after a good one is named before the good one is scored: nothing printed.
+    assert fit.main([str(tmp_path / "run"), str(tmp_path / "nowhere")]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == "" and f"{tmp_path / 'nowhere'}: no metrics.jsonl" in printed.err
 
 
 def test_a_damaged_metrics_file_is_named_with_its_line(tmp_path, capsys):
