@@ -35,7 +35,7 @@ from multitask.commands import program_name
 from multitask.config import DEVICES
 from multitask.data import DataError
 from multitask.evaluation import predict_split
-from multitask.fit import batches_taken, rows_trained
+from multitask.fit import batches_taken, first_bad_run, rows_trained
 from multitask.predict import open_checkpoint
 from multitask.runtime import RuntimeSetupError
 
@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder with quora-train.csv and quora-dev.csv (default: each run's own)")
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     args = parser.parse_args(argv)
+    if error := first_bad_run(args.runs, "qqp"):  # a misspelt last folder named before minutes of scoring
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     columns = ["unseen_train_pairs", "dev_auc", "dev_acc", "dev_positive_rate", "bias", "dev_acc_calibrated"]
     print("| run | " + " | ".join(columns) + " |\n" + "|---" * (len(columns) + 1) + "|")
     for run in args.runs:

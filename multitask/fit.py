@@ -45,6 +45,17 @@ def batches_taken(run: Path, task: str) -> int:
     return sum(record.get(f"batches_{task}") or 0 for record in read_json_records(run / "metrics.jsonl"))
 
 
+def first_bad_run(runs: list[str], task: str) -> str | None:
+    """What is wrong with the first of `runs` whose metrics.jsonl is missing or damaged (None if
+    none is): the tools check every folder before they score the first, which takes minutes."""
+    try:
+        for run in runs:
+            batches_taken(Path(run), task)
+    except CheckpointError as err:
+        return str(err)
+    return None
+
+
 def rows_trained(run: Path, data: dict, config, pad_id: int, task: str) -> tuple[np.ndarray, np.ndarray]:
     """The rows of `task`'s training file that the run trained on (sorted, each once), and the
     rows of its stream's first pass that it never reached (empty once it took a whole pass)."""
@@ -90,11 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="folder with the CS224N files (default: each run's own)")
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     args = parser.parse_args(argv)
-    try:  # every folder's metrics.jsonl first: a misspelt last folder is named before minutes of scoring
-        for run in args.runs:
-            batches_taken(Path(run), "sst")
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
+    if error := first_bad_run(args.runs, "sst"):  # a misspelt last folder named before minutes of scoring
+        print(f"error: {error}", file=sys.stderr)
         return 1
     print("| run | score | trained rows | training | dev | gap |\n|---|---|---|---|---|---|")
     for run in args.runs:

@@ -62,6 +62,10 @@ def test_the_unseen_pairs_are_the_first_pass_s_rows_the_run_never_drew(tiny_setu
 
     assert calibration.main([str(tmp_path / "run")]) == 0
     assert f"| {tmp_path / 'run'} | {len(unseen)} |" in capsys.readouterr().out
+    # A bad folder after a good one is named before the good one is scored: nothing printed.
+    assert calibration.main([str(tmp_path / "run"), str(tmp_path / "nowhere")]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == "" and f"{tmp_path / 'nowhere'}: no metrics.jsonl" in printed.err
 
 
 def test_a_run_past_its_first_pass_is_refused_with_a_reason(tiny_setup, tmp_path, capsys):
