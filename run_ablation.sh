@@ -198,6 +198,15 @@ common=(--model "$model" --data-dir "$data_dir" --epochs 1 --sampler annealed --
         --device cpu --precision fp32 --no-progress "$@")
 
 row_flags() {  # the flags of a multitask row
+    local flags
+    flags="$(row_recipe "$1")" || return 2
+    # Every tuned row ran before --spread-tasks joined the tuned recipe: those that do not say
+    # --spread-tasks get --no-spread-tasks, and keep meaning what they measured.
+    [[ "$flags" != "--recipe tuned "* || "$flags" == *--spread-tasks* ]] || flags+=" --no-spread-tasks"
+    echo "$flags"
+}
+
+row_recipe() {  # a multitask row's recipe and levers, as the row was named
     # The rows with a head that reads the two sentences of a pair alone (cosine, mnr, siamese) that
     # ran before paired dropout joined the tuned recipe say --no-paired-dropout: they keep meaning
     # what they measured.
@@ -378,7 +387,7 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             # Two tasks, drawn by the same sampler: each gets about its three-task share.
             a="${row#pair-}"; b="${a#*-}"; a="${a%-*}"
             declare -A n=([sst]="$n_sst" [qqp]="$n_qqp" [sts]="$n_sts")
-            train "$out" --recipe tuned --sts-head concat --tasks "$a,$b" \
+            train "$out" --recipe tuned --no-spread-tasks --sts-head concat --tasks "$a,$b" \
                 --batches-per-epoch "$(( n[$a] + n[$b] ))" --seed "$seed"
         elif [[ "$row" == single-*-bam ]]; then
             # Born-again single-task runs (Furlanello et al. 2018): each single-task run of the

@@ -54,16 +54,17 @@ def test_every_multitask_row_has_flags_the_command_line_accepts():
     assert listing.returncode == 0, listing.stderr
     rows = {row: flags for row, flags in (line.split("\t") for line in listing.stdout.splitlines())
             if not row.startswith("single-")}  # (the single-task rows: the next test)
-    assert len(rows) >= 40 and rows["multi-tuned-concat"] == "--recipe tuned --sts-head concat"
+    assert len(rows) >= 40 and rows["multi-tuned-concat"] == "--recipe tuned --sts-head concat --no-spread-tasks"
     parser = build_parser()
     for row, flags in rows.items():
         config = config_from_args(parser.parse_args(shlex.split(flags) + ["--batches-per-epoch", "600"]))
         config.validate()  # raises ValueError naming the flag
-        # what the name says: the STS head, private layers, the balance
+        # what the name says: the STS head, private layers, the balance, the spread plan (the rows
+        # ran before the tuned recipe spread each task's batches: only the -spread rows spread)
         head = "mnr" if "mnr" in row else "cosine" if re.search("cosine|cosent", row) else "concat"
         private = re.search(r"private(\d)", row)
-        assert (config.sts_head, config.private_layers, config.balance == "equal-norm") == (
-            head, int(private.group(1)) if private else 0, "equal-norm" in row), row
+        assert (config.sts_head, config.private_layers, config.balance == "equal-norm", config.spread_tasks) == (
+            head, int(private.group(1)) if private else 0, "equal-norm" in row, "-spread" in row), row
 
 
 def test_every_single_task_row_has_its_recipe_and_lever():

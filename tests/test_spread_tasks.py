@@ -5,8 +5,10 @@ from collections import Counter
 
 import pytest
 
+import multitask_classifier
 from multitask import training
 from multitask.batching import BatchStream
+from multitask.config import TrainConfig
 from multitask.samplers import epoch_plan, round_robin_batches, spread_evenly
 
 from test_training import tiny_config
@@ -103,7 +105,8 @@ def test_a_spread_run_trains_the_spread_plan_on_the_same_batches_of_each_task(ti
     values = dict(epochs=2, batches_per_epoch=30)
     spread_steps, spread_rows = trained(tiny_config(tiny_setup, tmp_path / "spread", spread_tasks=True,
                                                     **values), monkeypatch)
-    drawn_steps, drawn_rows = trained(tiny_config(tiny_setup, tmp_path / "drawn", **values), monkeypatch)
+    drawn_steps, drawn_rows = trained(tiny_config(tiny_setup, tmp_path / "drawn", spread_tasks=False, **values),
+                                      monkeypatch)
     config = tiny_config(tiny_setup, tmp_path / "unused", **values)
     trainer = training.Trainer(config, log=lambda m: None)
     plans = [epoch_plan(config.sampler, trainer.task_sizes, e, 2, 30, config.seed) for e in (1, 2)]
@@ -120,4 +123,23 @@ def test_with_mix_tasks_it_is_refused_and_alone_each_is_fine(tiny_setup, tmp_pat
     with pytest.raises(ValueError, match="--mix-tasks already spreads .* --spread-tasks would change nothing"):
         tiny_config(tiny_setup, tmp_path, spread_tasks=True, mix_tasks=True).validate()
     tiny_config(tiny_setup, tmp_path, spread_tasks=True).validate()
-    tiny_config(tiny_setup, tmp_path, mix_tasks=True).validate()
+    mixed = tiny_config(tiny_setup, tmp_path, mix_tasks=True)  # the tuned recipe's spread gives way to it
+    mixed.validate()
+    assert mixed.spread_tasks is False
+
+
+@pytest.mark.parametrize("flags, spread", [
+    ([], True), (["--no-spread-tasks"], False), (["--recipe", "paper"], False),
+    (["--recipe", "paper", "--spread-tasks"], True), (["--mix-tasks"], False),
+])
+def test_the_tuned_recipe_spreads_and_a_flag_or_the_paper_recipe_does_not(flags, spread):
+    config = multitask_classifier.config_from_args(multitask_classifier.build_parser().parse_args(flags))
+    config.validate()
+    assert config.spread_tasks is spread
+
+
+def test_a_run_written_before_the_tuned_recipe_spread_reads_back_unspread():
+    old = TrainConfig(recipe="tuned").to_dict()
+    del old["spread_tasks"]  # a train_config.json from before the setting existed
+    assert TrainConfig.from_dict(old).spread_tasks is False
+    assert TrainConfig.from_dict(TrainConfig(recipe="tuned").to_dict()).spread_tasks is True
