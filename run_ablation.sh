@@ -6,7 +6,8 @@
 #   bash run_ablation.sh                 # or: bash run_experiments.sh ablation
 #   SEEDS="0" ROWS="multi-tuned-concat single-tuned" bash run_ablation.sh     # a part of it
 #
-# Rows (ROWS picks some; all by default, in this order):
+# Rows (ROWS picks some; all by default, in this order; every multitask row of the tuned recipe
+# ran before --spread-tasks joined it, and says --no-spread-tasks unless its name ends in -spread):
 #   single-tuned / single-paper   the single-task runs (SST; QQP with the joint and the siamese
 #                                 paraphrase head; STS with the concat head, the cosine head (with and
 #                                 without --paired-dropout), and the cosine head with CoSENT), each with the
