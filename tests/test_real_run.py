@@ -10,11 +10,10 @@ ways:
   must fail. The margins (0.03 to 0.05) leave room for the small differences in float rounding
   between CPUs.
 
-Slow (about two minutes on 2 cores: on the AMD EPYC, 2026-12-07 afternoon, 130 s in CI; the epoch
-with its dev evaluation 98 s, against 77 s with --no-spread-tasks; that morning, before the
-recipe spread the tasks, 52 s of training and 26 s of dev evaluation), and about 20 s more for the
-test-set predictions, the data and the start:
-marked so, and run by the default test command all the same. (Until 2026-11-28 it was 200
+Slow (about two minutes on 2 cores: 130 s in CI on the AMD EPYC, 2026-12-07 afternoon, of which
+the epoch's training and dev evaluation 98 s, against 77 s with --no-spread-tasks, and the rest
+the test-set predictions, the data and the start; that morning, before the recipe spread the
+tasks, 52 s of training and 26 s of dev evaluation): marked so, and run by the default test command all the same. (Until 2026-11-28 it was 200
 batches of the paper's recipe, about five minutes, which learns SST far more slowly.)
 """
 
