@@ -9,8 +9,9 @@
 # Rows (ROWS picks some; all by default, in this order; every multitask row of the tuned recipe
 # ran before --spread-tasks joined it, and says --no-spread-tasks unless its name ends in -spread):
 #   single-tuned / single-paper   the single-task runs (SST; QQP with the joint and the siamese
-#                                 paraphrase head; STS with the concat head, the cosine head (with and
-#                                 without --paired-dropout), and the cosine head with CoSENT), each with the
+#                                 paraphrase head; STS with the concat head, the cosine and the MNR head
+#                                 (each with and without --paired-dropout), and the cosine head with
+#                                 CoSENT), each with the
 #                                 number of batches its task gets in the multitask run's plan (the
 #                                 same per-task steps)
 #   single-tuned-head10           the same with the heads' learning rate 10 times the encoder's
@@ -54,6 +55,9 @@
 #   multi-tuned-concat-spread     the tuned recipe with --spread-tasks (the plan's batches per task, each
 #                                 task's spaced evenly over the epoch instead of where the draws put them)
 #   multi-tuned-cosine-paired-private3-sts-equal-norm-spread   the best cosine row with --spread-tasks
+#   multi-tuned-mnr-paired-private3-sts-equal-norm-spread   the best cosine row's levers with the MNR
+#                                 head (in a one-epoch run its ranking loss throughout); compared on STS
+#                                 with the single-task sts-mnr-paired run
 #   multi-tuned-cosine-paired-private3-sts   the best cosine row without --balance equal-norm (STS's small
 #                                 gradients left at their size on the shared lower layers)
 #   multi-tuned-concat-pals, multi-tuned-cosine-paired-pals-equal-norm
@@ -66,8 +70,8 @@
 #                                 (the row <row> is compared with: single-tuned, single-tuned-head10 for
 #                                 a -head10 row, single-paper for the paper's; a cosine
 #                                 row's STS teacher is its sts-cosine run, a cosent row's its
-#                                 sts-cosent run) to the gold labels; needs those single-task runs
-#                                 first
+#                                 sts-cosent run, an mnr row's its sts-mnr run, each -paired where the
+#                                 row is) to the gold labels; needs those single-task runs first
 #   <row>-bam-<task>[-<task>] (multi-tuned-cosine-paired-private3-sts-equal-norm-bam-sst-qqp)
 #                                 the same with teachers for the tasks named only; the others learn
 #                                 from their gold labels alone
@@ -134,8 +138,9 @@
 # Arguments go to every multitask_classifier.py call (not those that fix a run's steps: --epochs,
 # --sampler, --batches-per-epoch, --seed, --tasks; --max-train-examples N also caps the task sizes
 # the single-task runs' steps are counted from). Environment: MODEL, DATA_DIR, RUNS_DIR,
-# SEEDS, ROWS, PYTHON, and SINGLE_RUNS: which runs a single-* row trains (all seven by default:
-# sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent), e.g. "sst qqp sts". Every row
+# SEEDS, ROWS, PYTHON, and SINGLE_RUNS: which runs a single-* row trains (all nine by default:
+# sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent sts-mnr sts-mnr-paired), e.g.
+# "sst qqp sts". Every row
 # in ROWS is checked before the first run; LIST_ROWS=1 prints each row's flags and stops (a
 # single-task row's: its recipe and lever, given to each of its runs).
 set -euo pipefail
@@ -174,7 +179,8 @@ all_rows=(single-tuned multi-tuned-concat multi-tuned-cosine multi-paper-concat 
           multi-tuned-cosine-paired-private5-sts-equal-norm multi-tuned-cosine-paired-private3-sts-equal-norm-schedules
           multi-tuned-cosine-paired-private3-sts-equal-norm-head10 multi-tuned-concat-private3-sts
           multi-tuned-concat-private5-sts multi-tuned-concat-spread
-          multi-tuned-cosine-paired-private3-sts-equal-norm-spread multi-tuned-cosine-paired-private3-sts)
+          multi-tuned-cosine-paired-private3-sts-equal-norm-spread multi-tuned-cosine-paired-private3-sts
+          multi-tuned-mnr-paired-private3-sts-equal-norm-spread)
 rows=(${ROWS:-${all_rows[@]}})
 # The arguments go to every run, after the script's own. Those that fix which steps a run takes
 # are the script's: given here, a run would take them and its single-task partners would still
@@ -259,6 +265,7 @@ row_recipe() {  # a multitask row's recipe and levers, as the row was named
         multi-tuned-concat-qqp-from-sts) echo "--recipe tuned --sts-head concat --paraphrase-from-sts 1" ;;
         multi-tuned-concat-private3-sts) echo "--recipe tuned --sts-head concat --private-layers 3 --private-tasks sts" ;;
         multi-tuned-concat-private5-sts) echo "--recipe tuned --sts-head concat --private-layers 5 --private-tasks sts" ;;
+        multi-tuned-mnr-paired-private3-sts-equal-norm-spread) echo "--recipe tuned --sts-head mnr --paired-dropout --private-layers 3 --private-tasks sts --balance equal-norm --spread-tasks" ;;
         multi-tuned-cosine-paired-private3-sts) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts" ;;
         multi-tuned-cosine-paired-private3-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 3 --private-tasks sts --balance equal-norm" ;;
         multi-tuned-cosine-paired-private4-sts-equal-norm) echo "--recipe tuned --sts-head cosine --paired-dropout --private-layers 4 --private-tasks sts --balance equal-norm" ;;
@@ -333,7 +340,7 @@ check_row() {  # a row's name, checked before the first run (misspelt, a multita
 }
 
 for row in "${rows[@]}"; do check_row "$row" || exit 2; done
-single_runs="sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent"  # what a single-* row trains
+single_runs="sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent sts-mnr sts-mnr-paired"  # what a single-* row trains
 for run in ${SINGLE_RUNS:-}; do  # a misspelt run would be skipped without a word
     [[ " $single_runs " == *" $run "* ]] || {
         echo "error: SINGLE_RUNS names an unknown run '$run'; the runs: $single_runs" >&2; exit 2; }
@@ -420,6 +427,11 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
                 --batches-per-epoch "$n_sts" --seed "$seed"
             train "$out/sts-cosent" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --sts-loss cosent --no-paired-dropout \
                 --batches-per-epoch "$n_sts" --seed "$seed"
+            # the MNR head alone (a one-epoch run: its ranking loss throughout), the baseline of the mnr rows
+            train "$out/sts-mnr" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head mnr --no-paired-dropout \
+                --batches-per-epoch "$n_sts" --seed "$seed"
+            train "$out/sts-mnr-paired" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head mnr --paired-dropout \
+                --batches-per-epoch "$n_sts" --seed "$seed"
         elif taught="$(teacher_tasks "$row")"; [[ -n "$taught" ]]; then
             # The teachers: this seed's single-task runs (the same per-task steps, the same recipe).
             base="$(base_row "$row")"; single_row="$("$PYTHON" -m multitask.ablation --own-baseline "$row")"
@@ -428,6 +440,8 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             [[ "$base" == *cosine* ]] && teacher[sts]="$single/sts-cosine"
             [[ "$base" == *cosine-paired* ]] && teacher[sts]="$single/sts-cosine-paired"
             [[ "$base" == *cosent* ]] && teacher[sts]="$single/sts-cosent"
+            [[ "$base" == *mnr* ]] && teacher[sts]="$single/sts-mnr"
+            [[ "$base" == *mnr-paired* ]] && teacher[sts]="$single/sts-mnr-paired"
             [[ "$base" == *siamese* ]] && teacher[qqp]="$single/qqp-siamese"
             teachers=""
             for task in $taught; do

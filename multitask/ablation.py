@@ -19,11 +19,11 @@ steps on the same data order, so the paired difference cancels most of what a se
 its 95% confidence interval over the seeds, `signed`), and for a row of more than three seeds
 how many of its blocks of three seeds are at or above single-task on every task (`block_shares`:
 issue 15's target is checked on three seeds). Each task is compared with the
-single-task run of the same head: a row whose STS head encodes each sentence alone (cosine, mnr)
-on STS with the single-task cosine run of the same loss and dropout (sts-cosine/,
-sts-cosine-paired/ with --paired-dropout, sts-cosent/ with --sts-loss cosent), the concat and dot
-heads with the single-task concat run; a row with the siamese paraphrase head on QQP with the
-qqp-siamese/ run.
+single-task run of the same head: a row with the cosine head on STS with the single-task cosine
+run of the same loss and dropout (sts-cosine/, sts-cosine-paired/ with --paired-dropout,
+sts-cosent/ with --sts-loss cosent), a row with the MNR head with the single-task MNR run of the
+same dropout (sts-mnr/, sts-mnr-paired/), the concat and dot heads with the single-task concat
+run; a row with the siamese paraphrase head on QQP with the qqp-siamese/ run.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from pathlib import Path
 import scipy.stats
 
 from bert.files import DAMAGED_HINT, CheckpointError, WriteError, read_json_object, read_json_records, write_text
-from multitask.config import COSINE_HEADS, TASKS, positive_int
+from multitask.config import TASKS, positive_int
 from multitask.evaluation import overall_score
 from multitask.results import no_plot_message, pyplot, save_png
 
@@ -51,7 +51,9 @@ SINGLE_TASK_RUNS = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_corr"}
 OTHER_HEAD_RUNS = {"qqp-siamese": ("qqp_acc", "qqp_acc_siamese"),  # the siamese paraphrase head
                    "sts-cosine": ("sts_corr", "sts_corr_cosine"),  # the cosine head, squared error
                    "sts-cosine-paired": ("sts_corr", "sts_corr_cosine_paired"),  # the same, --paired-dropout
-                   "sts-cosent": ("sts_corr", "sts_corr_cosent")}  # the cosine head, CoSENT
+                   "sts-cosent": ("sts_corr", "sts_corr_cosent"),  # the cosine head, CoSENT
+                   "sts-mnr": ("sts_corr", "sts_corr_mnr"),  # the MNR head (one epoch: its ranking loss)
+                   "sts-mnr-paired": ("sts_corr", "sts_corr_mnr_paired")}  # the same, --paired-dropout
 
 
 def train_sizes(data_dir: str, max_train_examples: int | None = None) -> dict[str, int]:
@@ -170,14 +172,17 @@ def diagnostics_table(rows: dict[str, dict[str, list[float]]]) -> str:
 def baseline_columns(seed_dir: Path) -> dict[str, str]:
     """The scores of a run compared with another head's single-task column than the plain one:
     {"sts_corr": "sts_corr_cosine", "sts_corr_cosine_paired" or "sts_corr_cosent"} for a cosine
-    or mnr head (by its loss and --paired-dropout), {"qqp_acc": "qqp_acc_siamese"} for the
-    siamese paraphrase head; empty for the joint paraphrase head with the concat or dot head."""
+    head (by its loss and --paired-dropout), "sts_corr_mnr" or "sts_corr_mnr_paired" for an MNR
+    head, {"qqp_acc": "qqp_acc_siamese"} for the siamese paraphrase head; empty for the joint
+    paraphrase head with the concat or dot head."""
     config_file = seed_dir / "train_config.json"
     config = read_json_object(config_file, "a run's settings") if config_file.is_file() else {}
     columns = {}
-    if config.get("sts_head") in COSINE_HEADS:
-        columns["sts_corr"] = ("sts_corr_cosent" if config.get("sts_loss") == "cosent" else
-                               "sts_corr_cosine_paired" if config.get("paired_dropout") else "sts_corr_cosine")
+    paired = "_paired" if config.get("paired_dropout") else ""
+    if config.get("sts_head") == "cosine":
+        columns["sts_corr"] = "sts_corr_cosent" if config.get("sts_loss") == "cosent" else f"sts_corr_cosine{paired}"
+    elif config.get("sts_head") == "mnr":
+        columns["sts_corr"] = f"sts_corr_mnr{paired}"
     if config.get("paraphrase_head") == "siamese":
         columns["qqp_acc"] = "qqp_acc_siamese"
     return columns

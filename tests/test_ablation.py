@@ -301,6 +301,9 @@ def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, 
     assert json.loads((single / "sst" / "train_config.json").read_text())["precision"] == "fp32"
     cosent = json.loads((single / "sts-cosent" / "train_config.json").read_text())  # the CoSENT baseline
     assert (cosent["tasks"], cosent["sts_head"], cosent["sts_loss"]) == ("sts", "cosine", "cosent")
+    for run, paired in (("sts-mnr", False), ("sts-mnr-paired", True)):  # the MNR rows' baselines
+        mnr = json.loads((single / run / "train_config.json").read_text())
+        assert (mnr["tasks"], mnr["sts_head"], mnr["paired_dropout"]) == ("sts", "mnr", paired)
     (pair,) = [json.loads(line) for line in (runs / "pair-qqp-sts" / "seed0" / "metrics.jsonl").open()]
     assert pair["batches_sst"] == 0 and pair["batches_qqp"] + pair["batches_sts"] == counts["qqp"] + counts["sts"]
     table = (runs / "ablation.md").read_text()
@@ -323,11 +326,13 @@ def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head
                                                               "paraphrase_head": paraphrase_head,
                                                               "paired_dropout": paired}))
 
-    for seed, (sst, qqp, sts, cosine, cosent, siamese, paired) in enumerate([
-            (0.45, 0.80, 0.82, 0.84, 0.85, 0.77, 0.87), (0.43, 0.82, 0.80, 0.83, 0.86, 0.78, 0.88)]):
+    for seed, (sst, qqp, sts, cosine, cosent, siamese, paired, mnr, mnr_paired) in enumerate([
+            (0.45, 0.80, 0.82, 0.84, 0.85, 0.77, 0.87, 0.81, 0.89),
+            (0.43, 0.82, 0.80, 0.83, 0.86, 0.78, 0.88, 0.79, 0.85)]):
         for task, metric, value in (("sst", "sst_acc", sst), ("qqp", "qqp_acc", qqp), ("sts", "sts_corr", sts),
                                     ("sts-cosine", "sts_corr", cosine), ("sts-cosent", "sts_corr", cosent),
-                                    ("qqp-siamese", "qqp_acc", siamese), ("sts-cosine-paired", "sts_corr", paired)):
+                                    ("qqp-siamese", "qqp_acc", siamese), ("sts-cosine-paired", "sts_corr", paired),
+                                    ("sts-mnr", "sts_corr", mnr), ("sts-mnr-paired", "sts_corr", mnr_paired)):
             write_final(tmp_path / "single-tuned" / f"seed{seed}" / task, **{metric: value, "overall": 0.0})
     multi("concat", 0, "concat", 0.46, 0.79, 0.83)
     multi("concat", 1, "concat", 0.45, 0.82, 0.80)
@@ -335,7 +340,9 @@ def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head
     multi("cosine", 2, "cosine", 0.50, 0.90, 0.90)  # no single-task seed 2: left out
     multi("cosent", 1, "cosine", 0.44, 0.80, 0.84, sts_loss="cosent")  # against the CoSENT single-task run
     multi("siamese", 1, "cosine", 0.44, 0.79, 0.84, paraphrase_head="siamese")  # QQP against qqp-siamese
-    multi("paired", 0, "mnr", 0.44, 0.80, 0.86, paired=True)  # STS against sts-cosine-paired
+    multi("paired", 0, "cosine", 0.44, 0.80, 0.86, paired=True)  # STS against sts-cosine-paired
+    multi("mnr", 1, "mnr", 0.44, 0.80, 0.82)  # the MNR head: against sts-mnr, not a cosine run
+    multi("mnr-paired", 0, "mnr", 0.44, 0.80, 0.86, paired=True)  # against sts-mnr-paired
     multi("concat-head10", 0, "concat", 0.47, 0.82, 0.83)  # another recipe, against its own single-task runs
     for task, metric, value in (("sst", "sst_acc", 0.46), ("qqp", "qqp_acc", 0.83), ("sts", "sts_corr", 0.81)):
         write_final(tmp_path / "single-head10" / "seed0" / task, **{metric: value, "overall": 0.0})
@@ -357,6 +364,9 @@ def test_multitask_rows_are_compared_seed_by_seed_with_the_same_kind_of_sts_head
     assert differences["siamese"]["overall"] == [pytest.approx(((0.44 - 0.43) + (0.79 - 0.78) + (0.84 - 0.83) / 2) / 3)]
     assert ablation.collect(tmp_path)["single-tuned"]["qqp_acc_siamese"] == [0.77, 0.78]
     assert differences["paired"]["sts_corr"] == [pytest.approx(0.86 - 0.87)]
+    assert differences["mnr"]["sts_corr"] == [pytest.approx(0.82 - 0.79)]
+    assert differences["mnr-paired"]["sts_corr"] == [pytest.approx(0.86 - 0.89)]
+    assert ablation.collect(tmp_path)["single-tuned"]["sts_corr_mnr_paired"] == [0.89, 0.85]
     overall = differences["cosine"]["overall"][0]
     assert overall == pytest.approx(((0.44 - 0.45) + (0.80 - 0.80) + (0.80 - 0.84) / 2) / 3)
     assert "single-tuned" not in differences

@@ -10,11 +10,14 @@ ways:
   must fail. The margins (0.03 to 0.05) leave room for the small differences in float rounding
   between CPUs.
 
-Slow (about two minutes on 2 cores: 130 s in CI on the AMD EPYC, 2026-12-07 afternoon, of which
-the epoch's training and dev evaluation 98 s, against 77 s with --no-spread-tasks, and the rest
-the test-set predictions, the data and the start; that morning, before the recipe spread the
-tasks, 52 s of training and 26 s of dev evaluation): marked so, and run by the default test command all the same. (Until 2026-11-28 it was 200
-batches of the paper's recipe, about five minutes, which learns SST far more slowly.)
+Slow (about two minutes on 2 cores; on the AMD EPYC, 2026-12-07, about 55 s of training and 25 s
+of dev evaluation, the rest the test-set predictions, the data and the start): marked so, and run
+by the default test command all the same. Spreading the tasks does not slow it: two pairs of CLI
+runs of this setting, one after another, took 62 + 28 s (training + dev evaluation) spread and
+54 + 24 s not, then 56 + 26 s spread and 57 + 26 s not; the first pair's gap, which session 38
+measured once and took for the spread's, is the first run's (the dev evaluation, the same work
+either way, differed as much). (Until 2026-11-28 it was 200 batches of the paper's recipe, about
+five minutes, which learns SST far more slowly.)
 """
 
 import json
