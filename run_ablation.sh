@@ -11,9 +11,8 @@
 #   single-tuned / single-paper   the single-task runs (SST; QQP with the joint and the siamese
 #                                 paraphrase head; STS with the concat head, the cosine and the MNR head
 #                                 (each with and without --paired-dropout), and the cosine head with
-#                                 CoSENT), each with the
-#                                 number of batches its task gets in the multitask run's plan (the
-#                                 same per-task steps)
+#                                 CoSENT), each with the number of batches its task gets in the
+#                                 multitask run's plan (the same per-task steps)
 #   single-tuned-head10           the same with the heads' learning rate 10 times the encoder's
 #                                 (--head-lr-mult 10), the baseline of the -head10 rows
 #   single-tuned-ls               the same with --label-smoothing 0.1, the baseline of multi-tuned-concat-ls
@@ -140,9 +139,8 @@
 # the single-task runs' steps are counted from). Environment: MODEL, DATA_DIR, RUNS_DIR,
 # SEEDS, ROWS, PYTHON, and SINGLE_RUNS: which runs a single-* row trains (all nine by default:
 # sst qqp qqp-siamese sts sts-cosine sts-cosine-paired sts-cosent sts-mnr sts-mnr-paired), e.g.
-# "sst qqp sts". Every row
-# in ROWS is checked before the first run; LIST_ROWS=1 prints each row's flags and stops (a
-# single-task row's: its recipe and lever, given to each of its runs).
+# "sst qqp sts". Every row in ROWS is checked before the first run; LIST_ROWS=1 prints each row's
+# flags and stops (a single-task row's: its recipe and lever, given to each of its runs).
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
