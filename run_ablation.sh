@@ -419,16 +419,15 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             train "$out/qqp-siamese" --recipe "$recipe" "${extra[@]}" --tasks qqp --paraphrase-head siamese --no-paired-dropout \
                 --batches-per-epoch "$n_qqp" --seed "$seed"
             train "$out/sts" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head concat --batches-per-epoch "$n_sts" --seed "$seed"
-            train "$out/sts-cosine" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --no-paired-dropout \
-                --batches-per-epoch "$n_sts" --seed "$seed"
-            train "$out/sts-cosine-paired" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --paired-dropout \
-                --batches-per-epoch "$n_sts" --seed "$seed"
+            # The sentence-embedding heads alone, without and with paired dropout: the baselines of the
+            # cosine and mnr rows (the MNR head's one-epoch run trains its ranking loss throughout).
+            for head in cosine mnr; do
+                train "$out/sts-$head" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head "$head" --no-paired-dropout \
+                    --batches-per-epoch "$n_sts" --seed "$seed"
+                train "$out/sts-$head-paired" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head "$head" --paired-dropout \
+                    --batches-per-epoch "$n_sts" --seed "$seed"
+            done
             train "$out/sts-cosent" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head cosine --sts-loss cosent --no-paired-dropout \
-                --batches-per-epoch "$n_sts" --seed "$seed"
-            # the MNR head alone (a one-epoch run: its ranking loss throughout), the baseline of the mnr rows
-            train "$out/sts-mnr" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head mnr --no-paired-dropout \
-                --batches-per-epoch "$n_sts" --seed "$seed"
-            train "$out/sts-mnr-paired" --recipe "$recipe" "${extra[@]}" --tasks sts --sts-head mnr --paired-dropout \
                 --batches-per-epoch "$n_sts" --seed "$seed"
         elif taught="$(teacher_tasks "$row")"; [[ -n "$taught" ]]; then
             # The teachers: this seed's single-task runs (the same per-task steps, the same recipe).
