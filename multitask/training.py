@@ -116,6 +116,9 @@ class Trainer:
         if config.compile:
             self.model.compile_encoder()
         distributed.replicate(self.model, self.device, config.seed, config.compile)  # torchrun: DDP
+        # --teachers: loaded before the data is read, so a teacher that cannot serve this run is refused
+        # in seconds; the data draws from its own generators, so no random number moves.
+        self.teachers = Teachers(config.teacher_folders, config, tokenizer, self.device) if config.teachers else None
         self.data = distributed.first_on_each_node(lambda: prepare_data(config, tokenizer, self.log))
         self.streams = make_streams(self.data, config, tokenizer.pad_token_id)
         self.task_sizes = {task: len(self.data[task].train) for task in config.task_names}
@@ -125,8 +128,6 @@ class Trainer:
         self.surgery = (ConflictProjection(config.task_names, self.model.bert.parameters())  # --project-conflicts
                         if config.project_conflicts else None)
         self.graphs = GraphedSteps(self) if config.cuda_graphs else None  # --cuda-graphs: multitask/graphs.py
-        self.teachers = (Teachers(config.teacher_folders, config, tokenizer, self.device)  # --teachers
-                         if config.teachers else None)
         self.probes = config.probe_every and probe_batches(  # --probe-every: fixed batches, one a task
             {task: self.data[task].train for task in config.task_names}, config.batch_size, tokenizer.pad_token_id)
         self.plans: dict[int, list[tuple[str, ...]]] = {}  # epoch -> the tasks of each step (epoch_plan)

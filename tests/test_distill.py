@@ -2,6 +2,7 @@
 trains on them, and the teachers that cannot serve, refused before any training."""
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -159,3 +160,16 @@ def test_a_teacher_with_another_vocabulary_is_refused(tiny_setup, teacher_runs, 
     code = multitask_classifier.main(run_cli((other, data_dir), tmp_path, "--teachers", f"qqp={teacher_runs['concat']}"))
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and "its tokenizer differs from the student's" in err
+
+
+def test_an_unusable_teacher_is_refused_before_the_data_is_read(tiny_setup, teacher_runs, tmp_path, capsys):
+    """The teachers are loaded before the data: with a training file that would fail to load, the
+    teacher's own fault (an STS-only run named as SST's teacher) is what the user hears first, in
+    the seconds a load takes rather than after the data is read."""
+    model_dir, data_dir = tiny_setup
+    broken = tmp_path / "data"
+    shutil.copytree(data_dir, broken)
+    (broken / "ids-sst-train.csv").write_text("")  # empty: refused when the data is read
+    code = multitask_classifier.main(run_cli((model_dir, broken), tmp_path, "--teachers", f"sst={teacher_runs['cosine']}"))
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "did not train sst" in err and "ids-sst-train" not in err
