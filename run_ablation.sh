@@ -433,13 +433,13 @@ for row in "${rows[@]}"; do  # row by row, so that the first rows have all their
             # The teachers: this seed's single-task runs (the same per-task steps, the same recipe).
             base="$(base_row "$row")"; single_row="$("$PYTHON" -m multitask.ablation --own-baseline "$row")"
             single="$runs_dir/$single_row/seed$seed"
-            declare -A teacher=([sst]="$single/sst" [qqp]="$single/qqp" [sts]="$single/sts")
-            [[ "$base" == *cosine* ]] && teacher[sts]="$single/sts-cosine"
-            [[ "$base" == *cosine-paired* ]] && teacher[sts]="$single/sts-cosine-paired"
-            [[ "$base" == *cosent* ]] && teacher[sts]="$single/sts-cosent"
-            [[ "$base" == *mnr* ]] && teacher[sts]="$single/sts-mnr"
-            [[ "$base" == *mnr-paired* ]] && teacher[sts]="$single/sts-mnr-paired"
-            [[ "$base" == *siamese* ]] && teacher[qqp]="$single/qqp-siamese"
+            # Each task's teacher is the run its scores are compared with (multitask/ablation.py,
+            # baseline_runs): the single-task run of the same head, loss and dropout.
+            runs="$("$PYTHON" -m multitask.ablation --baseline-runs="$(row_flags "$base")")" || exit 1
+            declare -A teacher=()
+            for task_run in $runs; do
+                teacher[${task_run%%=*}]="$single/${task_run#*=}"
+            done
             teachers=""
             for task in $taught; do
                 [[ -f "${teacher[$task]}/final_metrics.json" ]] || {

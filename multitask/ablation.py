@@ -4,6 +4,7 @@ single-task at the same per-task steps (run_ablation.sh trains the runs).
     python -m multitask.ablation runs/ablation          # writes ablation.md, .csv and .png there
     python -m multitask.ablation runs/ablation --update docs/ablation.md   # the tables there too
     python -m multitask.ablation --plan-counts --data-dir D --batches 600 --seed 0
+    python -m multitask.ablation --baseline-runs='--recipe tuned --sts-head cosine'   # sst=sst qqp=qqp sts=sts-cosine-paired
 
 A row folder holds seed<k>/ folders. A multitask row's seed folder is a run (final_metrics.json);
 a single-task row's holds one run per task (sst/, qqp/, sts/; and the other heads' runs:
@@ -33,6 +34,7 @@ import csv
 import io
 import math
 import re
+import shlex
 import statistics
 import sys
 from itertools import combinations
@@ -41,7 +43,7 @@ from pathlib import Path
 import scipy.stats
 
 from bert.files import DAMAGED_HINT, CheckpointError, WriteError, read_json_object, read_json_records, write_text
-from multitask.config import TASKS, positive_int
+from multitask.config import TASKS, add_arguments, config_from_args, positive_int
 from multitask.evaluation import overall_score
 from multitask.results import no_plot_message, pyplot, save_png
 
@@ -169,23 +171,26 @@ def diagnostics_table(rows: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def baseline_runs(config: dict) -> dict[str, str]:
+    """The single-task run (a folder of a single-task row's seed) that each task of a run with these
+    settings (TrainConfig.to_dict()) is compared with, and taught by in a -bam row: sst/; qqp/, or
+    qqp-siamese/ for the siamese paraphrase head; for STS the run of the same head: sts/ for the
+    concat and dot heads, sts-cosine/ or sts-cosine-paired/ (by --paired-dropout) or sts-cosent/
+    (by its loss) for the cosine head, sts-mnr/ or sts-mnr-paired/ for the MNR head."""
+    paired = "-paired" if config.get("paired_dropout") else ""
+    sts = {"cosine": "sts-cosent" if config.get("sts_loss") == "cosent" else f"sts-cosine{paired}",
+           "mnr": f"sts-mnr{paired}"}.get(config.get("sts_head"), "sts")
+    return {"sst": "sst", "qqp": "qqp-siamese" if config.get("paraphrase_head") == "siamese" else "qqp", "sts": sts}
+
+
 def baseline_columns(seed_dir: Path) -> dict[str, str]:
-    """The scores of a run compared with another head's single-task column than the plain one:
-    {"sts_corr": "sts_corr_cosine", "sts_corr_cosine_paired" or "sts_corr_cosent"} for a cosine
-    head (by its loss and --paired-dropout), "sts_corr_mnr" or "sts_corr_mnr_paired" for an MNR
-    head, {"qqp_acc": "qqp_acc_siamese"} for the siamese paraphrase head; empty for the joint
-    paraphrase head with the concat or dot head."""
+    """The scores of a run compared with another head's single-task column than the plain one
+    (`baseline_runs`): {"sts_corr": "sts_corr_cosine_paired"} for the cosine head with paired
+    dropout, {"qqp_acc": "qqp_acc_siamese"} for the siamese paraphrase head, ...; empty for the
+    joint paraphrase head with the concat or dot head."""
     config_file = seed_dir / "train_config.json"
     config = read_json_object(config_file, "a run's settings") if config_file.is_file() else {}
-    columns = {}
-    paired = "_paired" if config.get("paired_dropout") else ""
-    if config.get("sts_head") == "cosine":
-        columns["sts_corr"] = "sts_corr_cosent" if config.get("sts_loss") == "cosent" else f"sts_corr_cosine{paired}"
-    elif config.get("sts_head") == "mnr":
-        columns["sts_corr"] = f"sts_corr_mnr{paired}"
-    if config.get("paraphrase_head") == "siamese":
-        columns["qqp_acc"] = "qqp_acc_siamese"
-    return columns
+    return dict(OTHER_HEAD_RUNS[run] for run in baseline_runs(config).values() if run in OTHER_HEAD_RUNS)
 
 
 # A lever that changes how single-task runs train too (its row name ends in it) is compared with
@@ -317,14 +322,15 @@ def block_table(differences: dict[str, dict[str, list[float]]], size: int = 3) -
     return "\n".join(lines) + "\n"
 
 
-MARKERS, COLORS = ("^", "x", "*", "+"), ("tab:purple", "tab:orange", "tab:red", "tab:green")  # OTHER_HEAD_RUNS' order
+MARKERS = ("^", "x", "*", "+", "v", "d")  # in OTHER_HEAD_RUNS' order
+COLORS = ("tab:purple", "tab:orange", "tab:red", "tab:green", "tab:brown", "tab:pink")
 
 
 def plot(rows: dict[str, dict[str, list[float]]], path: Path) -> bool:
     """Each row's seeds (dots) and mean (bar) per dev score, one panel per score, and the other
     heads' single-task scores: the cosine head's STS (crosses: its squared error; stars: the
-    same with --paired-dropout; pluses: CoSENT), the siamese paraphrase head's QQP (triangles);
-    False when matplotlib is absent."""
+    same with --paired-dropout; pluses: CoSENT), the MNR head's STS (triangles down; diamonds: with
+    --paired-dropout), the siamese paraphrase head's QQP (triangles); False when matplotlib is absent."""
     plt = pyplot()
     if plt is None:
         return False
@@ -334,11 +340,11 @@ def plot(rows: dict[str, dict[str, list[float]]], path: Path) -> bool:
         scored = []
         for y, name in enumerate(names):
             values = rows[name].get(metric, [])
-            for (scored_metric, column), marker, color in zip(OTHER_HEAD_RUNS.values(), MARKERS, COLORS):
+            for (scored_metric, column), marker, color in zip(OTHER_HEAD_RUNS.values(), MARKERS, COLORS, strict=True):
                 if metric == scored_metric and rows[name].get(column):
-                    cosine = rows[name][column]
-                    axis.plot(cosine, [y] * len(cosine), marker, color=color)
-                    scored += cosine
+                    other_head = rows[name][column]  # that head's single-task scores
+                    axis.plot(other_head, [y] * len(other_head), marker, color=color)
+                    scored += other_head
             if values:
                 axis.barh(y, statistics.mean(values), color="tab:blue", alpha=0.3)
                 axis.plot(values, [y] * len(values), "o", color="tab:blue", markersize=4)
@@ -350,7 +356,8 @@ def plot(rows: dict[str, dict[str, list[float]]], path: Path) -> bool:
     axes[0].set_yticks(range(len(names)), names)
     axes[0].invert_yaxis()
     figure.suptitle("dev scores: seeds (dots), mean (bar); single-task, other heads: siamese paraphrase (^), "
-                    "cosine STS with its squared error (x), with paired dropout (*), with CoSENT (+)", fontsize=10)
+                    "cosine STS with its squared error (x), with paired dropout (*), with CoSENT (+); "
+                    "MNR STS (v), with paired dropout (d)", fontsize=10)
     figure.tight_layout()
     save_png(figure, path, dpi=110)
     return True
@@ -417,12 +424,22 @@ def main(argv: list[str] | None = None) -> int:
                              "single-tuned-head10, ..., where RUNS_DIR has it)")
     parser.add_argument("--against", action="append", default=[], metavar="ROW=BASELINE",
                         help="compare ROW with BASELINE instead; may be repeated")
+    parser.add_argument("--baseline-runs", metavar="FLAGS",
+                        help="print the single-task runs (task=folder) that a multitask run with these "
+                             "multitask_classifier.py flags is compared with and a -bam row is taught by, "
+                             "and stop; give it as --baseline-runs='--recipe tuned --sts-head cosine ...'")
     parser.add_argument("--own-baseline", metavar="ROW",
                         help="print the single-task row ROW is compared with by default, and stop")
     parser.add_argument("--update", action="append", default=[], type=Path, metavar="MARKDOWN",
                         help="also replace the tables of this Markdown file (docs/ablation.md) "
                              "whose header matches one written here; may be repeated")
     args = parser.parse_args(argv)
+    if args.baseline_runs is not None:
+        flags = argparse.ArgumentParser(prog="--baseline-runs", add_help=False)
+        add_arguments(flags)
+        config = config_from_args(flags.parse_args(shlex.split(args.baseline_runs)))  # the recipe's settings filled in
+        print(*(f"{task}={run}" for task, run in baseline_runs(config.to_dict()).items()))
+        return 0
     if args.own_baseline:
         print(own_baseline(args.own_baseline) or args.baseline)
         return 0

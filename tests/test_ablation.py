@@ -261,6 +261,21 @@ def test_rows_are_compared_with_their_own_single_task_row_where_there_is_one(tmp
     assert capsys.readouterr().out == "single-tuned\n"
 
 
+@pytest.mark.parametrize("flags, runs", [
+    ("--recipe tuned --sts-head concat", "sst=sst qqp=qqp sts=sts"),
+    ("--recipe paper --sts-head dot", "sst=sst qqp=qqp sts=sts"),
+    ("--recipe tuned --sts-head cosine", "sst=sst qqp=qqp sts=sts-cosine-paired"),  # the recipe pairs the dropout
+    ("--recipe paper --sts-head cosine", "sst=sst qqp=qqp sts=sts-cosine"),  # the paper's does not
+    ("--recipe tuned --sts-head cosine --no-paired-dropout", "sst=sst qqp=qqp sts=sts-cosine"),
+    ("--recipe tuned --sts-head cosine --sts-loss cosent --no-paired-dropout", "sst=sst qqp=qqp sts=sts-cosent"),
+    ("--recipe tuned --sts-head mnr", "sst=sst qqp=qqp sts=sts-mnr-paired"),
+    ("--recipe tuned --sts-head mnr --no-paired-dropout --sts-loss cosent", "sst=sst qqp=qqp sts=sts-mnr"),
+    ("--recipe tuned --sts-head concat --paraphrase-head siamese", "sst=sst qqp=qqp-siamese sts=sts")])
+def test_each_task_is_compared_with_and_taught_by_the_single_task_run_of_its_head(flags, runs, capsys):
+    assert ablation.main([f"--baseline-runs={flags}"]) == 0  # what run_ablation.sh asks for a -bam row's teachers
+    assert capsys.readouterr().out == runs + "\n"
+
+
 def test_run_ablation_trains_single_and_multitask_rows_then_tabulates(tmp_path, minilm_dir):
     model_dir = write_tiny_checkpoint(tmp_path / "model", minilm_dir)
     data_dir = write_dataset(tmp_path / "data", train=96, dev=40, test=16)
