@@ -164,8 +164,8 @@ def test_a_teacher_with_another_vocabulary_is_refused(tiny_setup, teacher_runs, 
 
 def test_an_unusable_teacher_is_refused_before_the_data_is_read(tiny_setup, teacher_runs, tmp_path, capsys):
     """The teachers are loaded before the data: with a training file that would fail to load, the
-    teacher's own fault (an STS-only run named as SST's teacher) is what the user hears first, in
-    the seconds a load takes rather than after the data is read."""
+    teacher's own fault (an STS-only run named as SST's teacher) is what the user hears, without
+    waiting for the data to be read."""
     model_dir, data_dir = tiny_setup
     broken = tmp_path / "data"
     shutil.copytree(data_dir, broken)
