@@ -273,6 +273,30 @@ def _records(reader) -> Iterator[tuple[int, list[str]]]:
         end_of_previous = reader.line_num
 
 
+# Every record of a CS224N file starts on a new line with its unnamed integer row index and a tab.
+# A field holding a line break followed by such a start has swallowed the next row: a quote opened
+# the field and was not closed where the field ends, so csv read on, as one field, to the next
+# quote or to the end of the file. No real sentence holds one (the public files have no line break
+# in any field), so the file is refused rather than read with its rows merged or lost.
+_RECORD_START = re.compile(r"[\r\n][0-9]+\t")
+_LINE_END = re.compile(r"\r\n|\r|\n")  # as a file opened with newline="" sees them
+
+
+def _check_open_quote(path: Path, line: int, fields: list[str]) -> None:
+    """Raise a DataError if a field of the record that starts on `line` swallowed a later row."""
+    for index, text in enumerate(fields):
+        swallowed = _RECORD_START.search(text)
+        if swallowed:
+            # The line the field (and so its opening quote) starts on, and the swallowed row's.
+            opened = line + sum(len(_LINE_END.findall(f)) for f in fields[:index])
+            row = opened + len(_LINE_END.findall(text[: swallowed.start() + 1]))
+            raise DataError(
+                f"{path}:{opened}: a quote (\") opens a field on this line and is not closed "
+                f"before the row on line {row} starts, so the rows after it would be read as "
+                f"part of that field. Close the quote where the field ends, or remove it."
+            )
+
+
 def _column_indices(path: Path, header: list[str], fmt: _Format, labelled: bool) -> dict[str, int]:
     """Find each required column by name; raise a DataError that says what was found instead."""
     required = ["id", *fmt.text_columns] + ([fmt.label_column] if labelled else [])
@@ -281,7 +305,10 @@ def _column_indices(path: Path, header: list[str], fmt: _Format, labelled: bool)
     if missing:
         hint = ""
         if labelled and missing == [fmt.label_column]:
-            hint = " If this is an unlabelled test file, load it with labelled=False."
+            hint = (f" It looks like an unlabelled test file, but a training or dev file needs "
+                    f"its {fmt.label_column!r} column: put the labelled file there (or delete it "
+                    f"so that it is downloaded again, when online), or point --data-dir at a "
+                    f"folder with the right files.")
         raise DataError(
             f"{path}: the header does not have the expected columns. "
             f"Expected {required}, found {names} (missing {missing}). "
@@ -318,10 +345,34 @@ def _parse_record(
     return row_id, texts, label
 
 
+def _not_utf8_error(path: Path, error: UnicodeDecodeError) -> DataError:
+    """The DataError for a file that is not UTF-8, naming the line and byte of the first bad byte.
+
+    The text reader decodes the file chunk by chunk, and its error counts bytes from the start of
+    the chunk, not of the file; decoding the whole file again gives the true position.
+    """
+    where, reason = "", error.reason
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")  # not utf-8-sig: a byte-order mark counts as the 3 bytes it is
+    except UnicodeDecodeError as whole:
+        line = 1 + len(_LINE_END.findall(data[: whole.start].decode("utf-8")))
+        where, reason = f":{line}", f"{whole.reason} at byte {whole.start} of the file"
+    return DataError(
+        f"{path}{where}: not valid UTF-8 text ({reason}). "
+        f"The CS224N files are UTF-8; re-download or re-export the file."
+    )
+
+
 def _load(path: PathLike, fmt: _Format, labelled: bool, make_example: Callable,
           allow_empty: bool = False) -> Split:
     """Read one file of the given format into a Split, skipping (and recording) bad records."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(
+            f"{path}: a folder, not a dataset file. Move the folder out of the way and put the "
+            f"CS224N file {path.name} in its place, or point --data-dir at a folder that has it."
+        )
     if not path.is_file():
         raise DataError(
             f"{path}: dataset file not found. The CS224N files are downloaded into the data "
@@ -343,10 +394,12 @@ def _load(path: PathLike, fmt: _Format, labelled: bool, make_example: Callable,
             header = next(reader, None)
             if header is None:
                 raise DataError(f"{path}: the file is empty; expected a header line.")
+            _check_open_quote(path, 1, header)
             columns = _column_indices(path, header, fmt, labelled)
             for line, fields in _records(reader):
                 if not fields:
                     continue  # a blank line holds no record, so there is nothing to skip
+                _check_open_quote(path, line, fields)
                 try:
                     row_id, texts, label = _parse_record(fields, columns, fmt, labelled)
                     # Predictions are written one row per id, so a repeated id would be ambiguous.
@@ -361,10 +414,7 @@ def _load(path: PathLike, fmt: _Format, labelled: bool, make_example: Callable,
                 first_line_of_id[row_id] = line
                 examples.append(make_example(row_id, texts, label))
         except UnicodeDecodeError as error:
-            raise DataError(
-                f"{path}: not valid UTF-8 text ({error.reason} at byte {error.start}). "
-                f"The CS224N files are UTF-8; re-download or re-export the file."
-            ) from error
+            raise _not_utf8_error(path, error) from error
         except csv.Error as error:
             raise DataError(
                 f"{path}:{reader.line_num}: cannot parse the file as csv ({error})."

@@ -113,6 +113,12 @@ def ensure_files(
         if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
             raise ValueError(f"not a plain file name: {name!r}")
     paths = {name: folder / name for name in names}
+    for name, path in paths.items():
+        if path.exists() and not path.is_file():  # a download would fail to write there, or replace it
+            raise DataError(
+                f"{path}: a folder (or other non-file), not the dataset file {name}. Move it out of "
+                f"the way and put the CS224N file in its place, or point --data-dir at a folder that has it."
+            )
     missing = [name for name in names if not paths[name].is_file()]
     if not missing:
         return paths

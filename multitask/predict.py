@@ -29,6 +29,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -226,15 +227,38 @@ def read_inputs(path: str | Path, columns: list[str] | None = None) -> Inputs:
     return inputs
 
 
+def _table_rows(path: Path, reader) -> Iterator[tuple[int, list[str]]]:
+    """Yield (the line a row starts on, its cells); a quote left open is an InputError there.
+
+    The reader must be strict: a quote that opens a cell must close it right before a delimiter
+    or the end of a line. A lenient reader reads on from an unclosed quote, as one cell, to the
+    next quote or the end of the file, and the rows in between vanish without a word.
+    """
+    start = 1
+    try:
+        for row in reader:
+            yield start, row
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise InputError(f"{path}:{start}: a quote (\") opens a cell of the row on this line and does "
+                         f"not close where the cell ends ({err}), so the rows after it would be read "
+                         f"into that cell; close the quote, or remove it (to keep a quote in a cell, "
+                         f"put the whole cell in quotes and double the quote: \"\")") from None
+
+
 def _read_table(path: Path, text: str, columns: list[str] | None) -> Inputs:
     lines = text.splitlines(keepends=True)
     header_line = next((line for line in lines if line.strip()), "")
     delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in header_line else ","
-    reader = csv.reader(lines, delimiter=delimiter)
+    # A cell may be longer than csv's default limit of 128 KiB (the model reads it cut short, with a
+    # warning), and the strict reader's csv.Error must mean a quote problem. The limit is
+    # process-wide, so only ever raise it (as multitask/data.py does).
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    rows = _table_rows(path, csv.reader(lines, delimiter=delimiter, strict=True))
     header, header_at = None, 0
-    for row in reader:
+    for start, row in rows:
         if row and any(cell.strip() for cell in row):
-            header, header_at = [cell.strip() for cell in row], reader.line_num
+            header, header_at = [cell.strip() for cell in row], start
             break
     if header is None:
         raise InputError(f"{path}: empty; a table needs a header line naming its columns")
@@ -252,12 +276,16 @@ def _read_table(path: Path, text: str, columns: list[str] | None) -> Inputs:
     if missing:
         raise InputError(f"{path}:{header_at}: no column {', '.join(repr(m) for m in missing)} in the "
                          f"header ({', '.join(repr(h) for h in header)})")
+    # header.index() below would read the first of two same-named columns and ignore the other.
+    repeated = [name for name in dict.fromkeys((*wanted, "id")) if header.count(name) > 1]
+    if repeated:
+        raise InputError(f"{path}:{header_at}: the header names {', '.join(repr(r) for r in repeated)} "
+                         f"more than once, so it is ambiguous which column to read; rename the "
+                         f"columns so that each name is used once")
     where = [header.index(name) for name in wanted]
     id_at = header.index("id") if "id" in header else None
     inputs = Inputs(path, wanted, [], [], [] if id_at is not None else None)
-    line = reader.line_num + 1
-    for row in reader:
-        start, line = line, reader.line_num + 1
+    for start, row in rows:
         if not row:
             continue  # a blank line
         if len(row) < len(header):

@@ -99,10 +99,14 @@ def test_real_sst_test_header_with_extra_column(shared_data_dir):
     assert first == expected
 
 
-def test_labelled_test_file_needs_labelled_false(shared_data_dir):
+def test_test_file_in_place_of_a_labelled_one_says_what_to_do(shared_data_dir):
     path = dataset_paths(shared_data_dir)["sts-test"]
-    with pytest.raises(DataError, match="labelled=False"):
+    with pytest.raises(DataError) as caught:
         load_sts(path)
+    message = str(caught.value)
+    # The hint is one a command-line user can act on, not an argument of the Python API.
+    assert "unlabelled test file" in message and "'similarity' column" in message
+    assert "--data-dir" in message and "labelled=False" not in message
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,6 +270,27 @@ def test_not_utf8_is_a_clear_error(tmp_path):
         load_sst(path)
 
 
+def test_not_utf8_deep_in_the_file_names_its_line_and_byte(tmp_path):
+    # Far past the text reader's first chunk (8 KiB), whose offsets the decoder reports; the
+    # byte-order mark counts as the 3 bytes it is in the file.
+    head = "\ufeff" + SST_HEADER + "".join(f"{i}\tid{i}\tA fine film .\t1\n" for i in range(2000))
+    data = head.encode() + b"2000\tbad\tcaf\xff\t1\n"
+    path = tmp_path / "sst.csv"
+    path.write_bytes(data)
+    with pytest.raises(DataError) as caught:
+        load_sst(path)
+    assert str(caught.value).startswith(
+        f"{path}:2002: not valid UTF-8 text (invalid start byte at byte {data.index(0xFF)} "
+        f"of the file)"
+    )
+
+
+def test_data_file_that_is_a_folder_says_so(tmp_path):
+    (tmp_path / "sts-dev.csv").mkdir()
+    with pytest.raises(DataError, match=r"sts-dev\.csv: a folder, not a dataset file"):
+        load_sts(tmp_path / "sts-dev.csv")
+
+
 def test_missing_file_says_where_files_come_from(tmp_path):
     with pytest.raises(DataError) as caught:
         load_quora(tmp_path / "quora-dev.csv")
@@ -304,6 +329,28 @@ def test_quoted_newlines_keep_later_line_numbers_right(tmp_path):
     assert split.examples[0].sentence == "line one\nline two\r\nline three"
     assert split.examples[1].sentence == "x\n\ny"
     assert [row.line for row in split.skipped] == [5, 9, 10, 12]
+
+
+@pytest.mark.parametrize("loader, header, rows, opened, row", [
+    # The quote runs to the end of the file (here no other quote follows).
+    (load_sst, SST_HEADER,
+     '0\ta\tFine\t1\n1\tb\t"Open and never closed\t2\n2\tc\tGood\t3\n3\td\tOk\t4\n', 3, 4),
+    # Closed cleanly by a later quote: one whole row and part of another swallowed.
+    (load_sst, SST_HEADER, '0\ta\t"Open\t2\r\n1\tb\tGood\t3\r\n2\tc\tIt is 2"\t4\r\n', 2, 3),
+    # Only the start of the next row swallowed, so the record looks whole: id b with c's label.
+    (load_sst, SST_HEADER, '0\ta\tFine\t1\n1\tb\t"Open\n2\tc\tIt is 2"\t4\n', 3, 4),
+    # A quoted field with a line break earlier in the record: the open quote is one line further.
+    (load_sts, STS_HEADER, '0\ta\t"One\ntwo"\t"Open\t1\n1\tb\tX\tY\t3\n', 3, 4),
+])
+def test_unclosed_quote_is_a_clear_error(tmp_path, loader, header, rows, opened, row):
+    path = write(tmp_path, "f.csv", header + rows)
+    with pytest.raises(DataError) as caught:
+        loader(path, labelled=False)  # a test file: every row is kept, so nothing else would tell
+    message = str(caught.value)
+    assert message.startswith(f"{path}:{opened}: a quote (\") opens a field on this line")
+    assert f"before the row on line {row} starts" in message and "Close the quote" in message
+    with pytest.raises(DataError, match=f"f.csv:{opened}: a quote"):
+        loader(path)  # labelled: the old reader skipped a short row, or none, and lost the rest
 
 
 def test_crlf_blank_lines_and_bom(tmp_path):
@@ -368,9 +415,15 @@ HUGE_TEXT = st.builds(
     lambda piece, tail: piece * (131_072 // len(piece) + 1) + tail,
     st.text(CHARACTERS, min_size=1, max_size=3), SHORT_TEXT,
 )
+# A line break followed by an integer and a tab is how the loader recognises a row swallowed by an
+# unclosed quote (test_unclosed_quote_is_a_clear_error); it refuses such a file, so the round trip
+# leaves such texts out. No real sentence holds one.
+ROW_START = re.compile(r"[\r\n][0-9]+\t")
 # one_of picks its branches about equally often, so huge fields come up in about one in four.
-TEXT = st.one_of(SHORT_TEXT, SHORT_TEXT, SHORT_TEXT, HUGE_TEXT)
-IDS = st.one_of(st.sampled_from(["a", "b", " a ", ""]), st.text(CHARACTERS, max_size=12))
+TEXT = st.one_of(SHORT_TEXT, SHORT_TEXT, SHORT_TEXT, HUGE_TEXT).filter(
+    lambda t: not ROW_START.search(t))
+IDS = st.one_of(st.sampled_from(["a", "b", " a ", ""]), st.text(CHARACTERS, max_size=12)).filter(
+    lambda t: not ROW_START.search(t))
 # Text with no ASCII digit can never be a valid label.
 NOT_A_NUMBER = st.text(CHARACTERS, max_size=8).filter(lambda t: not re.search("[0-9]", t))
 

@@ -216,6 +216,12 @@ def test_existing_data_folder_is_kept_after_a_failed_download(tmp_path, served):
     assert data_dir.is_dir()
 
 
+def test_a_folder_where_a_data_file_belongs_is_a_clear_error_not_a_download(tmp_path):
+    (tmp_path / "sts-dev.csv").mkdir()
+    with pytest.raises(DataError, match=r"sts-dev.csv: a folder \(or other non-file\), not the dataset file"):
+        ensure_files(tmp_path, ["sts-dev.csv"], base_url="http://127.0.0.1:9/", manifest={}, progress=False)
+
+
 def test_data_dir_naming_a_file_is_a_clear_error(tmp_path):
     a_file = tmp_path / "sts-dev.csv"
     a_file.write_text("not a folder")

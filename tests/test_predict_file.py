@@ -115,6 +115,14 @@ BAD_FILES = [
     ("wrong-column.csv", "text,label\nnice,1\n", ["--columns", "review"], "no column 'review'"),
     ("blank.txt", "\n\n", [], "blank.txt: holds no sentences"),
     ("latin1.txt", b"caf\xe9\n", [], "latin1.txt: not UTF-8"),
+    # A quote left open would swallow the rows after it into one cell (the old reader scored one).
+    ("open-quote.csv", 'id,sentence\n1,"the movie\n2,fine\n3,ok\n', [], 'open-quote.csv:2: a quote (") opens'),
+    ("open-quote.tsv", 'id\tsentence\n1\t"the movie\n2\tfine\n3\tok\n', [], "open-quote.tsv:2: a quote"),
+    ("closed-later.csv", 'sentence\nfine\n"the movie\nok\na "good" one\n', [], "closed-later.csv:3: a quote"),
+    ("quote-then-text.csv", 'sentence\n"Up" is a fine film\n', [], "quote-then-text.csv:2: a quote"),
+    ("repeated-column.csv", "sentence,sentence\nx,y\n", [],
+     "repeated-column.csv:1: the header names 'sentence' more than once"),
+    ("repeated-id.tsv", "id\tsentence\tid\n1\tx\t2\n", [], "repeated-id.tsv:1: the header names 'id' more"),
 ]
 
 
@@ -130,6 +138,19 @@ def test_bad_input_files(run, tmp_path, capsys, name, contents, extra, message):
     err = capsys.readouterr().err
     assert message in err and err.startswith("error: ")
     assert not output.exists()
+
+
+def test_quoted_cells_with_line_breaks_quotes_and_a_huge_one_are_read(tmp_path):
+    huge = "word " * 40_000  # 200 kB, past csv's default limit of 128 kB a cell
+    source = tmp_path / "quoted.csv"
+    source.write_text(f'id,sentence\n1,"two\nlines"\n2,"a ""quoted"" word"\n3,"{huge}"\n')
+    old_limit = csv.field_size_limit(131_072)  # the default, whatever an earlier test set
+    try:
+        inputs = predict.read_inputs(source)
+    finally:
+        csv.field_size_limit(old_limit)
+    assert inputs.texts == [("two\nlines",), ('a "quoted" word',), (huge,)]
+    assert inputs.lines == [2, 4, 5] and inputs.ids == ["1", "2", "3"]
 
 
 def test_usage_errors_and_no_traceback(run, tmp_path):
