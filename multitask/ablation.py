@@ -44,6 +44,7 @@ import scipy.stats
 
 from bert.files import DAMAGED_HINT, CheckpointError, WriteError, read_json_object, read_json_records, write_text
 from multitask.config import TASKS, add_arguments, config_from_args, positive_int
+from multitask.data import DataError
 from multitask.evaluation import overall_score
 from multitask.results import no_plot_message, pyplot, save_png
 
@@ -89,8 +90,8 @@ def read_scores(path: Path, needs: tuple[str, ...] = ()) -> dict | None:
         return None
     final = read_json_object(path, "a run's scores")
     missing = [key for key in needs if key not in final]
-    not_numbers = [key for key in (*SINGLE_TASK_RUNS.values(), "overall")
-                   if key in final and not isinstance(final[key], (int, float))]
+    not_numbers = [key for key in (*SINGLE_TASK_RUNS.values(), "overall")  # NaN only in a hand-edited file
+                   if key in final and not (isinstance(final[key], (int, float)) and math.isfinite(final[key]))]
     if missing or not_numbers:
         raise CheckpointError(f"{path}: {(missing + not_numbers)[0]} is missing or not a number; {DAMAGED_HINT}")
     return final
@@ -114,6 +115,14 @@ def seed_scores(seed_dir: Path) -> dict[str, float] | None:
     if all(m in scores for m in SINGLE_TASK_RUNS.values()):
         scores["overall"] = overall_score(scores["sst_acc"], scores["qqp_acc"], scores["sts_corr"])
     return scores or None
+
+
+def seed_number(text: str) -> int:
+    """argparse type for --seed: a seed the trainer can use (numpy's seeds: 0 <= seed < 2**32)."""
+    value = int(text)
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {2 ** 32 - 1}, got {value}")
+    return value
 
 
 def row_dirs(runs_dir: Path) -> list[Path]:
@@ -413,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan-counts", action="store_true",
                         help="print the batches each task gets in a multitask run (sst qqp sts) and stop")
     parser.add_argument("--data-dir", default="data", help="with --plan-counts: the training files")
-    parser.add_argument("--batches", type=int, default=600, help="with --plan-counts: the run's batches")
-    parser.add_argument("--seed", type=int, default=0, help="with --plan-counts: the run's --seed")
+    parser.add_argument("--batches", type=positive_int, default=600, help="with --plan-counts: the run's batches")
+    parser.add_argument("--seed", type=seed_number, default=0, help="with --plan-counts: the run's --seed")
     parser.add_argument("--max-train-examples", type=positive_int, default=None,
                         help="with --plan-counts: the run's --max-train-examples (each task's size capped)")
     parser.add_argument("--baseline", default="single-tuned",
@@ -444,7 +453,12 @@ def main(argv: list[str] | None = None) -> int:
         print(own_baseline(args.own_baseline) or args.baseline)
         return 0
     if args.plan_counts:
-        print(*plan_counts(args.data_dir, args.batches, args.seed, args.max_train_examples).values())
+        try:
+            counts = plan_counts(args.data_dir, args.batches, args.seed, args.max_train_examples)
+        except DataError as err:  # a training file missing or unreadable (the message names it)
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(*counts.values())
         return 0
     if args.runs_dir is None or not args.runs_dir.is_dir():
         parser.error(f"{args.runs_dir}: not a folder of ablation runs")

@@ -47,12 +47,15 @@ MEASURES = {"longest gap": "{:.0f}", "mean offset": "{:.1f}", "lateness": "{:+.3
 METRIC = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_corr"}
 
 
-def placement(plan: list[str], task: str, lr: np.ndarray) -> dict[str, float]:
+def placement(plan: list[str], task: str, lr: np.ndarray) -> dict[str, float] | None:
     """The four measures of how `plan` (one task name per step) placed `task`'s batches; `lr` (N,)
-    is the learning rate of each step."""
+    is the learning rate of each step. None where the plan gave the task no batch: there is no
+    placement to measure (a short plan can leave a small task out)."""
     N = len(plan)
     places = np.array([p for p, t in enumerate(plan) if t == task])  # (n,) 0-based steps
     n = len(places)
+    if n == 0:
+        return None
     due = (np.arange(n) + 0.5) * N / n  # (n,) where an even spread puts the k-th batch's middle
     gaps = np.diff(np.concatenate([[-1], places, [N]])) - 1  # (n + 1,) steps without it, edges included
     return {"longest gap": float(gaps.max()),
@@ -85,11 +88,12 @@ def drawn_plan(config: TrainConfig, sizes: dict[str, int]) -> list[str]:
     return epoch_plan(config.sampler, sizes, 1, 1, config.batches_per_epoch, config.seed)
 
 
-def seed_rows(runs_dir: Path, row: str, baseline: str, data_dir: str) -> list[tuple[int, str, float, dict]]:
-    """(seed, task, ROW minus BASELINE on the task's dev score, the measures) for every seed both
-    rows have, in seed order. Against a single-task row, a cosine or mnr head's STS is compared with
-    the single-task run of the same head (as the ablation's tables do), and left out where the
-    baseline has no such run."""
+def seed_rows(runs_dir: Path, row: str, baseline: str,
+              data_dir: str) -> list[tuple[int, str, float, dict | None]]:
+    """(seed, task, ROW minus BASELINE on the task's dev score, the measures: None where the seed's
+    plan gave the task no batch) for every seed both rows have, in seed order. Against a
+    single-task row, a cosine or mnr head's STS is compared with the single-task run of the same
+    head (as the ablation's tables do), and left out where the baseline has no such run."""
     rows, sizes = [], {}  # sizes: --max-train-examples -> the training sizes, each file read once
     for seed_dir in seed_dirs(runs_dir / row):
         base_dir = runs_dir / baseline / seed_dir.name
@@ -109,21 +113,29 @@ def seed_rows(runs_dir: Path, row: str, baseline: str, data_dir: str) -> list[tu
     return rows
 
 
-def report(rows: list[tuple[int, str, float, dict]], title: str) -> str:
-    """The seeds' measures and differences, then each measure's r (p) per task and pooled."""
+def report(rows: list[tuple[int, str, float, dict | None]], title: str) -> str:
+    """The seeds' measures and differences, then each measure's r (p) per task and pooled. A seed
+    whose plan gave a task no batch has no measures of it (None): its line says so, and the
+    correlations leave it out."""
     lines = [f"### {title}", "", "| seed | task | difference | " + " | ".join(MEASURES) + " |",
              "|---" * (3 + len(MEASURES)) + "|"]
     for seed, task, difference, m in rows:
-        lines.append(f"| {seed} | {task} | {difference:+.4f} | "
-                     + " | ".join(form.format(m[key]) for key, form in MEASURES.items()) + " |")
-    tasks = [task for task in TASKS if any(t == task for _, t, _, _ in rows)]
+        cells = ["no batch"] * len(MEASURES) if m is None else [form.format(m[key]) for key, form in MEASURES.items()]
+        lines.append(f"| {seed} | {task} | {difference:+.4f} | " + " | ".join(cells) + " |")
+    if any(m is None for _, _, _, m in rows):
+        lines += ["", "no batch: the seed's plan gave the task no batch, so it has no placement; "
+                      "the correlations below leave it out."]
+    placed = [row for row in rows if row[3] is not None]
+    tasks = [task for task in TASKS if any(t == task for _, t, _, _ in placed)]
+    if not tasks:  # (no seed gave a compared task a batch)
+        return "\n".join(lines) + "\n"
     lines += ["", "| measure | " + " | ".join(f"{t.upper()} r (p)" for t in tasks) + " | pooled r (p) |",
               "|---" * (len(tasks) + 2) + "|"]
     for key in MEASURES:
         cells, pooled_x, pooled_y = [], [], []
         for task in tasks:
-            x = np.array([m[key] for _, t, _, m in rows if t == task])
-            y = np.array([d for _, t, d, _ in rows if t == task])
+            x = np.array([m[key] for _, t, _, m in placed if t == task])
+            y = np.array([d for _, t, d, _ in placed if t == task])
             r, p = permutation_r(x, y)
             cells.append(f"{r:+.2f} ({p:.2f}), n={len(x)}")
             pooled_x.append(standardised(x))

@@ -9,12 +9,14 @@ This module reads what every run left there:
 
 and writes, next to each other, our numbers and the paper's:
 
-    results.md            a markdown table, model names as the paper writes them ("Ann + Concat")
+    results.md            a markdown table, model names as the paper writes them ("Ann + Concat");
+                          another run found there by its folder and what it trained
     results.csv           the same rows, one column per number, for spreadsheets and scripts
     dev_metrics.png       the dev metrics after every epoch, one line per configuration
 
 A configuration that never started, or stopped before its end, gets a row that says so rather
-than an error, so the table can be read while the experiments are still running.
+than an error, so the table can be read while the experiments are still running; so does a run
+with a damaged file (the row and a note name it).
 
     python -m multitask.results runs/gpu
 """
@@ -24,11 +26,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bert.files import WriteError, atomic_write, write_text
+from bert.files import DAMAGED_HINT, WriteError, atomic_write, write_text
 from multitask.commands import program_name
 
 # The seven configurations of the paper (section 5.3), in the order of its results table.
@@ -53,6 +56,7 @@ PAPER_RESULTS = {
 SAMPLER_NAMES = {"annealed": "Ann", "equitable": "Equit", "round-robin": "RR"}
 HEAD_NAMES = {"concat": "Concat", "cosine": "CoSim", "mnr": "CoSim + MNR", "dot": "Dot"}
 METRICS = ("sst_acc", "qqp_acc", "sts_corr", "overall")
+TASK_METRICS = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_corr"}  # --tasks -> the score of each
 METRIC_TITLES = {"sst_acc": "SST acc", "qqp_acc": "QQP acc", "sts_corr": "STS r", "overall": "Overall"}
 
 
@@ -84,32 +88,115 @@ class RunResult:
     train_seconds: float | None = None  # the epochs' wall time: training plus dev evaluation
 
     @property
+    def tasks(self) -> list[str]:
+        """The tasks the run trained (--tasks; all three in a run from before it had the option)."""
+        return [t.strip() for t in self.config.get("tasks", ",".join(TASK_METRICS)).split(",")]
+
+    @property
+    def all_tasks(self) -> bool:
+        return set(self.tasks) == set(TASK_METRICS)
+
+    @property
     def name(self) -> str:
-        return paper_name(self.sampler, self.sts_head)
+        """The paper's name for a three-task run in its configuration's folder. Any other run (in
+        another folder, or of fewer tasks) is named by its folder and what it trained, so that it is
+        never taken for one of the paper's rows: "my-sst-only (Ann + Concat, sst only)"."""
+        configuration = paper_name(self.sampler, self.sts_head)
+        if self.folder.name == run_folder_name(self.sampler, self.sts_head) and self.all_tasks:
+            return configuration
+        trained = "" if self.all_tasks else f", {'+'.join(self.tasks)} only"
+        return f"{self.folder.name} ({configuration}{trained})"
 
     @property
     def done(self) -> bool:
         return self.status == "done"
 
 
+class DamagedRun(ValueError):
+    """A run file that no training run wrote as it is; the message names the file (within its run
+    folder) and what is wrong with it."""
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _read_json(path: Path):
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        raise DamagedRun(f"{path.name}: not readable as JSON ({err})") from None
+
+
+def _read_config(path: Path) -> dict:
+    """train_config.json's settings ({} before the run has written them), with the few this
+    module reads checked, so that a hand-edited one is reported rather than a crash."""
+    if not path.is_file():
+        return {}
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise DamagedRun(f"{path.name}: not a run's settings (a JSON object)")
+    for key in ("sampler", "sts_head", "tasks"):
+        if key in config and not isinstance(config[key], str):
+            raise DamagedRun(f"{path.name}: {key} is {json.dumps(config[key])}, not a name")
+    if "lr" in config and not _is_number(config["lr"]):
+        raise DamagedRun(f"{path.name}: lr is {json.dumps(config['lr'])}, not a number")
+    return config
+
+
+def _check_record(record, where: str) -> None:
+    """DamagedRun naming `where` (metrics.jsonl and its line) where an epoch's record is not an
+    object with a whole epoch number, or one of the values read here is not a number."""
+    if not isinstance(record, dict):
+        raise DamagedRun(f"{where}: not an epoch's record (a JSON object)")
+    if not isinstance(record.get("epoch"), int) or isinstance(record["epoch"], bool):
+        raise DamagedRun(f"{where}: epoch is {json.dumps(record.get('epoch'))}, not a whole number")
+    for key, value in record.items():
+        if key.startswith("grad_") and value is None:
+            continue  # the gradient of a task the run did not train
+        if (key in METRICS or key == "epoch_seconds" or key.startswith("grad_")) and not _is_number(value):
+            raise DamagedRun(f"{where}: {key} is {json.dumps(value)}, not a number")
 
 
 def _read_history(path: Path) -> list[dict]:
-    """metrics.jsonl's records; a last line cut short by a crash is left out, not an error."""
+    """metrics.jsonl's records ([] before the first epoch's); a last line cut short by a crash is
+    left out, not an error."""
+    if not path.is_file():
+        return []
     records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as err:
+        raise DamagedRun(f"{path.name}: not readable ({err})") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
             if number == len(lines):
                 break  # the line being written when the run stopped
-            raise
+            raise DamagedRun(f"{path.name} line {number}: not JSON ({err.msg})") from None
+        _check_record(record, f"{path.name} line {number}")
+        records.append(record)
     return records
+
+
+def _read_final(path: Path, result: RunResult) -> dict[str, float]:
+    """final_metrics.json's score of each task the run trained, and where it trained all three
+    the overall score ({} before the run ends). A run of fewer tasks averages its own tasks'
+    terms into its "overall", which is not the paper's overall score, so it is left out."""
+    if not path.is_file():
+        return {}
+    values = _read_json(path)
+    if not isinstance(values, dict):
+        raise DamagedRun(f"{path.name}: not a run's scores (a JSON object)")
+    keys = [TASK_METRICS[t] for t in result.tasks if t in TASK_METRICS] + (["overall"] if result.all_tasks else [])
+    for key in keys:
+        if not _is_number(values.get(key)) or not math.isfinite(values[key]):
+            what = f"{json.dumps(values[key])}, not a score" if key in values else "missing"
+            raise DamagedRun(f"{path.name}: {key} is {what}")
+    return {key: float(values[key]) for key in keys}
 
 
 def read_run(folder: Path, sampler: str, sts_head: str) -> RunResult:
@@ -118,16 +205,14 @@ def read_run(folder: Path, sampler: str, sts_head: str) -> RunResult:
     if not folder.is_dir():
         return result
     try:
-        if (folder / "train_config.json").is_file():
-            result.config = _read_json(folder / "train_config.json")
-        if (folder / "metrics.jsonl").is_file():
-            result.history = _read_history(folder / "metrics.jsonl")
-        final = folder / "final_metrics.json"
-        if final.is_file():
-            values = _read_json(final)
-            result.metrics = {key: float(values[key]) for key in METRICS}
-    except (OSError, ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
-        result.status = f"unreadable: {err.__class__.__name__}: {err}"
+        result.config = _read_config(folder / "train_config.json")
+        # The run's own settings say what it trained, whatever its folder is called.
+        result.sampler = result.config.get("sampler", sampler)
+        result.sts_head = result.config.get("sts_head", sts_head)
+        result.history = _read_history(folder / "metrics.jsonl")
+        result.metrics = _read_final(folder / "final_metrics.json", result)
+    except DamagedRun as err:
+        result.status = f"unreadable: {err}"
         return result
     scored = [r for r in result.history if "overall" in r and "epoch" in r]
     if scored:
@@ -148,11 +233,10 @@ def read_run(folder: Path, sampler: str, sts_head: str) -> RunResult:
 
 def _configuration_of(folder: Path) -> tuple[str, str] | None:
     """(sampler, head) of a run folder: from its train_config.json, else from its name."""
-    config_file = folder / "train_config.json"
     try:
-        config = _read_json(config_file) if config_file.is_file() else {}
-    except (OSError, ValueError):
-        config = {}
+        config = _read_config(folder / "train_config.json")
+    except DamagedRun:
+        config = {}  # (its row says why)
     if "sampler" in config and "sts_head" in config:
         return config["sampler"], config["sts_head"]
     sampler, _, head = folder.name.rpartition("-")  # samplers may hold a hyphen; heads do not
@@ -284,19 +368,25 @@ def write_plot(results: list[RunResult], path: Path) -> bool:
     figure, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
     plotted = [r for r in results if any("overall" in record for record in r.history)]
     for axis, metric in zip(axes.flat, METRICS):
-        for result in plotted:
+        for index, result in enumerate(plotted):
             points = [(r["epoch"], r[metric]) for r in result.history if metric in r]
+            if not points or (metric == "overall" and not result.all_tasks):
+                continue  # a task the run did not train; a run of fewer tasks has no overall score
             epochs, values = zip(*points)
             style = "-" if result.done else "--"  # dashed: a run that has not finished
-            axis.plot(epochs, values, style, marker="o", markersize=3, label=result.name)
+            # (a run's own colour in every panel, also where a run of fewer tasks is left out)
+            axis.plot(epochs, values, style, color=f"C{index % 10}", marker="o", markersize=3, label=result.name)
         axis.set_title(f"dev {METRIC_TITLES[metric]}")
         axis.grid(alpha=0.3)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     for axis in axes[1]:
         axis.set_xlabel("epoch")
-    if plotted:  # one legend for all four panels, below them
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
+    if plotted:  # one legend for all four panels, below them (a run of fewer tasks is in some only)
+        labelled = {}
+        for axis in axes.flat:
+            for handle, label in zip(*axis.get_legend_handles_labels()):
+                labelled.setdefault(label, handle)
+        figure.legend(list(labelled.values()), list(labelled), loc="lower center", ncol=4, fontsize=9)
     figure.suptitle("Multi-BERT: dev metrics after each epoch (dashed: unfinished runs)")
     figure.tight_layout(rect=(0, 0.08, 1, 1))  # leave room for the legend
     save_png(figure, path, dpi=120)
@@ -400,7 +490,12 @@ def main(argv: list[str] | None = None) -> int:
               f"pass the folder that holds them (run_experiments.sh's runs/<profile>)", file=sys.stderr)
         return 1
     out_dir = Path(config.out_dir or runs_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file there or above it, or a place that cannot be written
+        print(f"error: --out {out_dir}: cannot create the folder ({err.strerror or err}); "
+              f"pass --out a folder that can be created and written", file=sys.stderr)
+        return 1
     try:  # each file whole or not at all (bert.files.atomic_write)
         write_markdown(results, out_dir / "results.md")
         write_csv(results, out_dir / "results.csv")
@@ -418,9 +513,13 @@ def main(argv: list[str] | None = None) -> int:
     except WriteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    unfinished = [r.name for r in results if not r.done]
+    unreadable = [r for r in results if r.status.startswith("unreadable: ")]
+    unfinished = [r.name for r in results if not r.done and r not in unreadable]
     if unfinished:
         print(f"not finished: {', '.join(unfinished)}")
+    for result in unreadable:  # its row says so; here the file's whole path and what to do
+        print(f"note: {result.folder}/{result.status.removeprefix('unreadable: ')}; {DAMAGED_HINT}",
+              file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 

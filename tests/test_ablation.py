@@ -153,6 +153,10 @@ def test_seeds_are_listed_in_numeric_order(tmp_path):
     ("single/seed0/qqp/final_metrics.json", '{"qqp_acc": "0.8"}', "qqp_acc is missing or not a number"),
     ("multi/seed0/metrics.jsonl", '{"epoch": 1}\n{oops\n', "line 2: not JSON"),
     ("multi/seed0/train_config.json", '["not", "a", "dict"]', "not a run's settings (a JSON object)"),
+    # NaN and Infinity are no scores (json reads them; only a hand-edited file holds one)
+    ("multi/seed1/final_metrics.json", '{"sst_acc": NaN, "qqp_acc": 0.8, "sts_corr": 0.8, "overall": 0.7}',
+     "sst_acc is missing or not a number"),
+    ("single/seed0/sts/final_metrics.json", '{"sts_corr": -Infinity}', "sts_corr is missing or not a number"),
 ])
 def test_a_damaged_run_file_is_named_and_no_table_is_written(tmp_path, capsys, damaged, text, named):
     """Any file the tables read that is damaged, or not a run's, stops the command with the file's
@@ -176,6 +180,34 @@ def test_plan_counts_are_the_multitask_plans_share_of_each_task(tmp_path, minilm
              "sts": len(load_sts(paths["sts-train"]).examples)}
     plan = epoch_plan("annealed", sizes, 1, 1, 50, 3)
     assert counts == {t: plan.count(t) for t in TASKS} and sum(counts.values()) == 50
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--seed", "-1"], "argument --seed: must be from 0 to 4294967295, got -1"),
+    # the trainer's range: 0 <= seed < 2**32
+    (["--seed", "4294967296"], "argument --seed: must be from 0 to 4294967295, got 4294967296"),
+    (["--batches", "-5"], "argument --batches: must be at least 1, got -5"),
+    (["--batches", "0"], "argument --batches: must be at least 1, got 0"),  # no run trains 0 batches
+])
+def test_plan_counts_refuse_numbers_no_run_could_have(tmp_path, capsys, flags, named):
+    data_dir = write_dataset(tmp_path / "data", train=8, dev=4, test=4)
+    with pytest.raises(SystemExit) as refused:
+        ablation.main(["--plan-counts", "--data-dir", str(data_dir), *flags])
+    assert refused.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_plan_counts_name_a_missing_or_unreadable_training_file(tmp_path, capsys):
+    assert ablation.main(["--plan-counts", "--data-dir", str(tmp_path / "none")]) == 1
+    captured = capsys.readouterr()
+    assert f"error: {tmp_path / 'none' / 'ids-sst-train.csv'}: dataset file not found" in captured.err
+    assert captured.out == "" and "Traceback" not in captured.err
+    data_dir = write_dataset(tmp_path / "data", train=8, dev=4, test=4)
+    largest = str(2 ** 32 - 1)
+    assert ablation.main(["--plan-counts", "--data-dir", str(data_dir), "--seed", largest, "--batches", "1"]) == 0
+    assert sorted(capsys.readouterr().out.split()) == ["0", "0", "1"]  # (the largest seed works)
+    dataset_paths(data_dir)["sts-train"].write_bytes(b"\xff\xfe not UTF-8\n")
+    assert ablation.main(["--plan-counts", "--data-dir", str(data_dir)]) == 1
+    assert "sts-train.csv" in capsys.readouterr().err
 
 
 def uneven_dataset(folder: Path) -> Path:

@@ -267,6 +267,86 @@ def test_results_table_from_hand_written_runs(tmp_path, capsys, monkeypatch):
     assert not [p for p in (tmp_path / "bare").iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("out", ["a-file", "a-file/results"])
+def test_an_out_folder_that_cannot_be_made_is_named_and_nothing_is_written(tmp_path, capsys, out):
+    runs = tmp_path / "runs"
+    write_run(runs / "annealed-concat", "annealed", "concat", [metrics(0.4, 0.7, 0.5)], metrics(0.4, 0.7, 0.5))
+    (tmp_path / "a-file").write_text("not a folder")
+    assert results.main([str(runs), "--out", str(tmp_path / out), "--no-plot"]) == 1
+    captured = capsys.readouterr()
+    assert f"error: --out {tmp_path / out}: cannot create the folder (" in captured.err
+    assert "pass --out a folder that can be created and written" in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert (tmp_path / "a-file").read_text() == "not a folder"
+
+
+def test_other_runs_are_named_by_their_folder_and_what_they_trained(tmp_path, capsys):
+    """A run beside the seven that trained one of their configurations (another recipe, fewer
+    tasks) is not one of the paper's rows: it is named by its folder and what it trained, has no
+    paper numbers, and is done when it has finished; a run of fewer tasks has no overall score."""
+    runs = tmp_path / "runs"
+    write_run(runs / "annealed-concat", "annealed", "concat", [metrics(0.4, 0.7, 0.5)], metrics(0.4, 0.7, 0.5),
+              epochs=1)
+    write_run(runs / "annealed-concat-paper", "annealed", "concat", [metrics(0.3, 0.6, 0.4)],
+              metrics(0.3, 0.6, 0.4), epochs=1)
+    write_run(runs / "my-sst-only", "annealed", "concat", [{"sst_acc": 0.45, "overall": 0.45}],
+              {"sst_acc": 0.45, "overall": 0.45}, epochs=1)
+    write_run(runs / "equitable-mnr", "equitable", "mnr", [{"qqp_acc": 0.8, "sts_corr": 0.6, "overall": 0.8}],
+              {"qqp_acc": 0.8, "sts_corr": 0.6, "overall": 0.8}, epochs=1)  # in one of the seven's folders
+    for folder, tasks in (("annealed-concat-paper", "sst,qqp,sts"), ("my-sst-only", "sst"),
+                          ("equitable-mnr", "qqp,sts")):
+        config = json.loads((runs / folder / "train_config.json").read_text())
+        (runs / folder / "train_config.json").write_text(json.dumps({**config, "tasks": tasks}))
+
+    assert results.main([str(runs), "--out", str(tmp_path / "out")]) == 0
+    by_model = {r["model"]: r for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))}
+    assert list(by_model) == PAPER_NAMES[:5] + ["equitable-mnr (Equit + CoSim + MNR, qqp+sts only)", "Baseline",
+                                                "annealed-concat-paper (Ann + Concat)",
+                                                "my-sst-only (Ann + Concat, sst only)"]
+    assert by_model["Ann + Concat"]["paper_sst_acc"] == "0.529"
+    for name in list(by_model)[5:6] + list(by_model)[7:]:
+        row = by_model[name]
+        assert row["status"] == "done" and row["best_epoch"] == "1" and row["paper_overall"] == "", name
+    assert by_model["annealed-concat-paper (Ann + Concat)"]["sst_acc"] == "0.3000"
+    sst_only = by_model["my-sst-only (Ann + Concat, sst only)"]
+    assert (sst_only["sst_acc"], sst_only["qqp_acc"], sst_only["overall"]) == ("0.4500", "", "")
+    out = capsys.readouterr().out
+    assert "| my-sst-only (Ann + Concat, sst only) | 0.450 | - | - | - | - | - | - | - | 1 |" in out
+    (unfinished,) = [line for line in out.splitlines() if line.startswith("not finished: ")]
+    assert unfinished == "not finished: Ann + CoSim, Ann + CoSim + MNR, Equit + Concat, Equit + CoSim, Baseline"
+    assert (tmp_path / "out" / "dev_metrics.png").is_file()  # (a run of fewer tasks is left out of some panels)
+
+
+@pytest.mark.parametrize("damaged, text, named", [
+    ("metrics.jsonl", '{"epoch": 1, "overall": "abc"}\n', 'metrics.jsonl line 1: overall is "abc", not a number'),
+    ("metrics.jsonl", '{"epoch": "one", "overall": 0.5}\n', 'metrics.jsonl line 1: epoch is "one", not a whole number'),
+    ("metrics.jsonl", '{"epoch": 1, "epoch_seconds": "x"}\n',
+     'metrics.jsonl line 1: epoch_seconds is "x", not a number'),
+    ("metrics.jsonl", '[1, 2]\n{"epoch": 1, "overall": 0.5}\n', "metrics.jsonl line 1: not an epoch's record"),
+    ("metrics.jsonl", '{"epoch": 1, "ov\n{"epoch": 2}\n', "metrics.jsonl line 1: not JSON (Unterminated string"),
+    ("train_config.json", "[]", "train_config.json: not a run's settings (a JSON object)"),
+    ("train_config.json", '{"sampler": ["annealed"], "sts_head": "concat"}',
+     'train_config.json: sampler is ["annealed"]'),
+    ("final_metrics.json", '{"sst_acc": NaN, "qqp_acc": 0.8, "sts_corr": 0.8, "overall": 0.7}',
+     "final_metrics.json: sst_acc is NaN, not a score"),
+    ("final_metrics.json", '{"sst_acc": 0.5, "overall": 0.7}', "final_metrics.json: qqp_acc is missing"),
+], ids=["overall-text", "epoch-text", "seconds-text", "line-not-an-object", "line-not-json", "settings-a-list",
+        "sampler-a-list", "score-nan", "score-missing"])
+def test_a_damaged_run_file_is_named_in_its_row_and_the_table_still_written(tmp_path, capsys, damaged, text, named):
+    runs = tmp_path / "runs"
+    for folder in ("annealed-concat", "round-robin-dot"):
+        write_run(runs / folder, *folder.rsplit("-", 1), [metrics(0.4, 0.7, 0.5)], metrics(0.4, 0.7, 0.5), epochs=1)
+    (runs / "annealed-concat" / damaged).write_text(text)
+    assert results.main([str(runs), "--out", str(tmp_path / "out")]) == 0
+    by_model = {r["model"]: r for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))}
+    assert by_model["Ann + Concat"]["status"].startswith(f"unreadable: {named}")
+    assert by_model["Baseline"]["status"] == "done"
+    captured = capsys.readouterr()
+    assert f"note: {runs / 'annealed-concat' / named}" in captured.err and "move the file away" in captured.err
+    assert "Traceback" not in captured.err
+    assert "Ann + Concat" not in captured.out.split("not finished: ")[1]  # damaged, not unfinished
+
+
 # --------------------------------------------------------------------------------------------
 # analysis, predict, export on the smoke runs' checkpoints
 # --------------------------------------------------------------------------------------------

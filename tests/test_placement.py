@@ -61,11 +61,11 @@ def exact_p(x, y):
     return float(np.mean(np.array(rs) >= r - 1e-12))
 
 
-def write_runs(root, data_dir, seeds, difference, epochs=1, rows=("spread", "plain"), **settings):
-    """Rows "spread" and "plain" (finished multitask runs of 60 batches); the spread row's score on
-    each task is the plain row's plus difference(seed, task)."""
+def write_runs(root, data_dir, seeds, difference, epochs=1, rows=("spread", "plain"), batches=60, **settings):
+    """Rows "spread" and "plain" (finished multitask runs of 60 batches, or `batches`); the spread
+    row's score on each task is the plain row's plus difference(seed, task)."""
     for seed in seeds:
-        config = TrainConfig(model="m", data_dir=str(data_dir), batches_per_epoch=60, seed=seed, epochs=epochs,
+        config = TrainConfig(model="m", data_dir=str(data_dir), batches_per_epoch=batches, seed=seed, epochs=epochs,
                              **settings)
         for row in rows:
             folder = root / row / f"seed{seed}"
@@ -126,6 +126,30 @@ def test_a_cosine_row_s_sts_is_compared_with_the_single_task_run_of_its_head(tmp
     assert sts == [(seed, pytest.approx(seed / 100)) for seed in range(3)]  # against 0.9; seed 3 left out
     sst = [float(cells[3]) for cells in lines if cells[2].strip() == "sst"]
     assert sst == pytest.approx([0.4 + seed / 100 for seed in range(4)])
+
+
+def test_a_task_the_plan_gave_no_batch_has_no_placement_and_is_left_out_of_the_correlations(tmp_path, capsys):
+    """A short plan can leave a task without a batch (the run still evaluates it): that seed's
+    line for the task says so, and each correlation is over the seeds that placed the task."""
+    assert placement.placement(["a", "a", "a"], "b", np.ones(3)) is None
+    data_dir = write_dataset(tmp_path / "data", train=96, dev=8, test=4)
+    sizes = train_sizes(str(data_dir))
+    plans = {seed: epoch_plan("annealed", sizes, 1, 1, 4, seed) for seed in range(5)}
+    unplanned = [(seed, task) for seed, plan in plans.items() for task in placement.METRIC if task not in plan]
+    assert {task for _, task in unplanned} == {"sst", "qqp", "sts"}  # (4 batches: each task misses a seed)
+    write_runs(tmp_path / "runs", data_dir, range(5), lambda seed, task: seed / 100, batches=4)
+    assert placement.main([str(tmp_path / "runs"), "spread", "plain", "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    lines = [line.split("|") for line in out.splitlines()
+             if line.startswith("| ") and line.split("|")[2].strip() in placement.METRIC]
+    assert len(lines) == 15  # every seed's difference on every task, placed or not
+    assert [(int(cells[1]), cells[2].strip()) for cells in lines if cells[4].strip() == "no batch"] == unplanned
+    assert "no batch: the seed's plan gave the task no batch, so it has no placement" in out
+    (gap_line,) = [line for line in out.splitlines() if line.startswith("| longest gap |")]
+    for column, task in enumerate(("sst", "qqp", "sts"), 2):
+        placed = 5 - sum(t == task for _, t in unplanned)
+        assert gap_line.split("|")[column].strip().endswith(f"n={placed}")
+    assert gap_line.split("|")[5].strip().endswith(f"n={15 - len(unplanned)}")  # pooled
 
 
 def test_the_command_refuses_what_it_cannot_read(tmp_path, capsys):
