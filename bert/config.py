@@ -111,6 +111,14 @@ class BertConfig:
         model_type = values.get("model_type", "bert")
         if model_type != "bert":
             raise CheckpointError(f"{path}: model_type is {model_type!r}; only 'bert' checkpoints load here")
+        # Relative position schemes (Shaw et al. 2018; Huang et al. 2020) add distance embeddings
+        # inside every attention layer, which BertModel lacks: loaded here, such a model would
+        # silently lose them and run as another model.
+        position = values.get("position_embedding_type", "absolute")
+        if position != "absolute":
+            raise CheckpointError(f"{path}: position_embedding_type is {position!r}; this BERT implements "
+                                  f"absolute position embeddings only (the original BERT's), so the checkpoint "
+                                  f"cannot be loaded here: choose one with absolute position embeddings")
         try:
             return cls.from_dict(values)
         except (TypeError, ValueError) as err:

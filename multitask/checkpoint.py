@@ -15,16 +15,18 @@ temporary name and renamed into place, so a crash never leaves half a file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
+import typing
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bert import BertConfig, BertModel, BertTokenizer, CheckpointError
-from bert.files import atomic_write, write_text
+from bert.files import atomic_write, read_json_object, write_text
 from bert.loading import load_state_dict
 from multitask.config import TrainConfig
 from multitask.heads import MultitaskBert
@@ -57,12 +59,26 @@ def build_heads(encoder: BertModel, config: TrainConfig) -> MultitaskBert:
 
 def load_weights(folder: Path, model: MultitaskBert) -> None:
     """Copy a checkpoint's weights into a model of the same shape and STS head."""
-    state = load_state_dict(Path(folder) / "model.safetensors")
-    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    weights_file = Path(folder) / "model.safetensors"
+    state, expected = load_state_dict(weights_file), model.state_dict()
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     if missing or unexpected:
         raise CheckpointError(
             f"{folder}: not a checkpoint of this model (missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}); was it trained with another --sts-head?")
+    wrong = [name for name in expected if state[name].shape != expected[name].shape]
+    if wrong:
+        # The same names in other shapes: the files of two checkpoints mixed up (a cosine run's
+        # weights beside a concat run's multitask.json, say), or another encoder's config.json.
+        cause = ("config.json describes another encoder" if all(name.startswith("bert.") for name in wrong)
+                 else "multitask.json holds another run's settings (another --sts-head, say)")
+        shapes = ", ".join(f"{name} is {tuple(state[name].shape)} where the model needs "
+                           f"{tuple(expected[name].shape)}" for name in wrong[:3])
+        more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+        raise CheckpointError(
+            f"{weights_file}: weights of other shapes than config.json and multitask.json describe "
+            f"({shapes}{more}); likely {cause}: the folder mixes two checkpoints' files. Copy one "
+            f"run's best/ folder whole")
     model.load_state_dict(state)
 
 
@@ -92,16 +108,63 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> tuple[Multit
     info_file = folder / "multitask.json"
     if not info_file.is_file():
         raise CheckpointError(f"{folder}: no multitask.json; is this a multitask checkpoint folder?")
-    try:
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-        config = TrainConfig.from_dict(info["train_config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{info_file}: unreadable ({err})") from None
+    info = read_json_object(info_file, "a checkpoint's settings and metrics")
+    config = read_settings(info_file, info.get("train_config"))
     encoder = BertModel(BertConfig.from_json_file(folder / "config.json"))
-    model = build_heads(encoder, config)
+    try:
+        model = build_heads(encoder, config)
+    except ValueError as err:  # --private-layers or --pals that this encoder cannot have
+        raise CheckpointError(f"{info_file}: its settings do not fit the encoder of {folder / 'config.json'} "
+                              f"({err}); {SETTINGS_HINT}") from None
     load_weights(folder, model)
     tokenizer = BertTokenizer.from_pretrained(folder)
+    if config.max_length is not None and config.max_length > tokenizer.model_max_length:
+        raise CheckpointError(f"{info_file}: max_length is {config.max_length}, more than the "
+                              f"{tokenizer.model_max_length} tokens the checkpoint reads; {SETTINGS_HINT}")
     return model.to(device).eval(), tokenizer, config, info.get("metrics", {})
+
+
+# What to do about settings no run can have had: train_config.json (in the run folder, beside
+# best/) holds the same settings, written when the run started.
+SETTINGS_HINT = ("the file is damaged or was edited: put back the value the run was trained with (the run's "
+                 "train_config.json, beside best/, holds its settings), or train the run again")
+# How a type of TrainConfig's fields reads in a message.
+TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def read_settings(info_file: Path, values: object) -> TrainConfig:
+    """The TrainConfig of multitask.json's train_config, checked as the command line checks its
+    options (TrainConfig.validate) and for JSON types the command line cannot produce: a damaged
+    or edited file is a CheckpointError naming the setting, not an error deep in the heads or the
+    tokenizer, nor a model silently built another way (an unknown pooling ran as the mean)."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{info_file}: no train_config object (the run's settings) in it; {SETTINGS_HINT}")
+    try:
+        config = TrainConfig.from_dict(values)
+    except TypeError as err:  # a recipe that is not a name, say
+        raise CheckpointError(f"{info_file}: unreadable settings ({err}); {SETTINGS_HINT}") from None
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        kinds = typing.get_args(hints[field.name]) or (hints[field.name],)  # `int | None`: (int, None)
+        value = getattr(config, field.name)
+        if not any(_is_of_type(value, kind) for kind in kinds):
+            allowed = " or ".join(TYPE_NAMES.get(kind, "null") for kind in kinds)
+            raise CheckpointError(f"{info_file}: {field.name} is {value!r}; it must be {allowed}; {SETTINGS_HINT}")
+    try:
+        config.validate()
+    except ValueError as err:
+        raise CheckpointError(f"{info_file}: a setting the run cannot have had ({err}); {SETTINGS_HINT}") from None
+    return config
+
+
+def _is_of_type(value: object, kind: type) -> bool:
+    """Whether a JSON value is one of a TrainConfig field's types (a bool is not a number; a
+    whole number is a float)."""
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
 
 
 # --------------------------------------------------------------------------------------------

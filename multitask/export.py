@@ -45,6 +45,11 @@ How each folder gives back our numbers (fp32; tests/test_export.py compares them
 A head the run did not train (not in its --tasks, or never drawn by the sampler up to the saved
 epoch) is left out too, with a note; naming such a part in --only is an error that says why.
 
+OUT_DIR must be new or empty, or hold an earlier export, which is replaced (an export marks its
+folder with multibert_export.json, naming the checkpoint and parts it wrote last); a folder
+holding anything else (the pretrained model a run started from, say) is refused unless
+--overwrite says to write among its files, and so is OUT_DIR inside the run or checkpoint folder.
+
 Every folder truncates inputs where our model does (the run's --max-length, or the checkpoint's
 maximum): model_max_length in tokenizer_config.json, max_seq_length for sentence-transformers.
 The files are written by this module (safetensors and JSON); transformers and
@@ -67,10 +72,14 @@ import torch
 from bert import BertModel, CheckpointError
 from bert.files import atomic_write, write_text
 from bert.loading import load_state_dict
+from multitask.checkpoint import find_checkpoint
 from multitask.commands import program_name
 from multitask.predict import SENTIMENT_NAMES, TrainedModel, input_limit, open_checkpoint
 
 EXPORTED_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json")
+# Written into OUT_DIR by every export: it tells an earlier export's folder, which a new export
+# may replace, from a model folder of the same file names, which it must not.
+EXPORT_RECORD = "multibert_export.json"
 
 # The parts of an export; "sts" stands for whichever STS head the run trained.
 PARTS = ("encoder", "sst", "paraphrase", "sts")
@@ -78,6 +87,8 @@ STS_PARTS = ("sts-concat", "sts-cosine", "sts-mnr", "sts-dot")  # asking for a p
 PARAPHRASE_LABELS = ("not_paraphrase", "paraphrase")
 TASK_OF_PART = {"sst": "sst", "paraphrase": "qqp", "sts": "sts"}
 
+# What an export writes into OUT_DIR itself: the encoder's files, the heads' folders, the record.
+OUT_DIR_ENTRIES = {*EXPORTED_FILES, "sst", "paraphrase", "sts", EXPORT_RECORD}
 # Files and folders a head export writes; an existing head folder holding anything else is not
 # replaced (it is not ours).
 HEAD_FOLDER_ENTRIES = {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json",
@@ -119,6 +130,46 @@ def check_target(out_dir: Path) -> None:
     except OSError as err:
         raise ExportError(f"{out_dir}: cannot write in {existing} ({err.strerror or err}); choose "
                           f"an OUT_DIR you can write to") from None
+
+
+def run_folder(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (the best/ checkpoint's parent, where the run's
+    records are), or the checkpoint folder itself where it stands alone."""
+    parent = checkpoint.parent
+    in_run = checkpoint.name == "best" and any((parent / name).is_file() for name in ("train_config.json",
+                                                                                     "metrics.jsonl"))
+    return parent if in_run else checkpoint
+
+
+def check_place(out_dir: Path, checkpoint: Path, overwrite: bool) -> None:
+    """Raise ExportError unless an export may write into `out_dir`: outside the run of
+    `checkpoint` (writing into it would mix the export into the run's files) and not over files
+    it did not write itself, unless `overwrite`. Checked before the checkpoint is loaded."""
+    # A checkpoint's own weights would be replaced by the encoder's alone: refused even with --overwrite.
+    if (out_dir / "multitask.json").exists() or (out_dir / "best" / "multitask.json").exists():
+        raise ExportError(f"{out_dir} holds a multitask checkpoint or a training run; choose another "
+                          f"output folder")
+    run = run_folder(checkpoint)
+    if out_dir.resolve().is_relative_to(run.resolve()):
+        what = "the run" if run != checkpoint else "the checkpoint"
+        raise ExportError(f"{out_dir}: OUT_DIR is inside {run}, {what} being exported, and the export "
+                          f"would mix its files into that folder's; choose an output folder outside it")
+    if overwrite or not out_dir.is_dir():
+        return
+    names = sorted(entry.name for entry in out_dir.iterdir())
+    if names and EXPORT_RECORD not in names:
+        raise ExportError(f"{out_dir} holds files, and no {EXPORT_RECORD} marks them as an earlier "
+                          f"export's ({_few(names)}); choose a new or empty OUT_DIR, or add --overwrite "
+                          f"to write the export among them (replacing those of the export's names)")
+    foreign = [name for name in names if name not in OUT_DIR_ENTRIES]
+    if foreign:
+        raise ExportError(f"{out_dir} holds an earlier export and files an export does not write "
+                          f"({_few(foreign)}); choose a new or empty OUT_DIR, or add --overwrite to "
+                          f"write the export among them")
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,17 +481,18 @@ def write_head(part: str, folder: Path, trained: TrainedModel) -> None:
         write_sentence_transformer(folder, trained)
 
 
-def replace_folder(target: Path, write) -> None:
+def replace_folder(target: Path, write, overwrite: bool = False) -> None:
     """Write a head's folder next to `target`, then put it in `target`'s place: an earlier export
     there (of another STS head, say) leaves no stale file behind. A folder holding files an export
-    does not write is not ours, and is refused."""
+    does not write is not ours, and is refused unless `overwrite`."""
     if target.exists():
         if not target.is_dir():
             raise ExportError(f"{target} is a file; remove it or choose another OUT_DIR")
         foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in HEAD_FOLDER_ENTRIES)
-        if foreign:
+        if foreign and not overwrite:
             raise ExportError(f"{target} already exists and holds files an export does not write "
-                              f"({', '.join(foreign[:5])}); choose another OUT_DIR")
+                              f"({', '.join(foreign[:5])}); choose another OUT_DIR, or add --overwrite to "
+                              f"replace the folder")
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         write(temporary)
@@ -452,27 +504,32 @@ def replace_folder(target: Path, write) -> None:
             shutil.rmtree(temporary, ignore_errors=True)
 
 
-def export(checkpoint_dir: str | Path, out_dir: str | Path,
-           only: list[str] | None = None) -> dict[str, tuple[Path, str]]:
+def export(checkpoint_dir: str | Path, out_dir: str | Path, only: list[str] | None = None,
+           overwrite: bool = False) -> dict[str, tuple[Path, str]]:
     """Write the checkpoint's encoder and trained heads under `out_dir` (see the module's
-    docstring); return each written part's folder and what loads it."""
+    docstring); return each written part's folder and what loads it. `overwrite`: write into an
+    `out_dir` that holds files no export wrote, replacing those of the export's names."""
+    if not str(out_dir).strip():  # Path("") would be the current folder
+        raise ExportError("OUT_DIR is empty; name the folder to write the export into (it is created if "
+                          "needed)")
     out_dir = Path(out_dir)
     check_target(out_dir)
+    check_place(out_dir, find_checkpoint(checkpoint_dir), overwrite)
     trained = open_checkpoint(checkpoint_dir, "cpu")
-    # Exporting into the checkpoint would replace its multitask weights with the encoder's alone.
-    if out_dir.resolve() == trained.folder.resolve() or (out_dir / "multitask.json").exists():
-        raise CheckpointError(f"{out_dir} holds a multitask checkpoint; choose another output folder")
     trained.model.float()
     parts = choose_parts(trained, only)
     head = trained.config.sts_head
     written = {}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        # The record first: an export killed half way leaves a folder the next export may replace.
+        _write_json(out_dir / EXPORT_RECORD, {"checkpoint": str(trained.folder.resolve()), "parts": parts})
         if "encoder" in parts:
             written["encoder"] = export_encoder(trained, out_dir), how_to_load("encoder", head)
         for part in parts:
             if part != "encoder":
-                replace_folder(out_dir / part, lambda folder, part=part: write_head(part, folder, trained))
+                replace_folder(out_dir / part, lambda folder, part=part: write_head(part, folder, trained),
+                               overwrite)
                 written[part] = out_dir / part, how_to_load(part, head)
     except OSError as err:  # the disk filled up, say, after the check above
         raise ExportError(f"{out_dir}: writing the export failed ({err.strerror or err}); free "
@@ -523,8 +580,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", metavar="CHECKPOINT_DIR",
                         help="input: a training run's --out-dir, or its best/ checkpoint folder")
     parser.add_argument("out_dir", metavar="OUT_DIR",
-                        help="output: the folder to write (created if needed; an earlier export "
-                             "there is replaced)")
+                        help="output: the folder to write, outside the run (created if needed; an "
+                             "earlier export there is replaced; a folder holding other files is "
+                             "refused without --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an OUT_DIR that holds files no export wrote (the pretrained "
+                             "model a run started from, say): files and head folders of the export's "
+                             "names are replaced, others are left")
     parser.add_argument("--only", nargs="+", metavar="PART", choices=PARTS + STS_PARTS,
                         help=f"write only these parts ({', '.join(PARTS)}; or sts-concat, "
                              f"sts-cosine, sts-mnr, sts-dot to insist on that STS head). Default: "
@@ -535,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        written = export(args.checkpoint, args.out_dir, args.only)
+        written = export(args.checkpoint, args.out_dir, args.only, args.overwrite)
     except (CheckpointError, ExportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ a dropped or misplaced one shows (tests/synthetic.py, write_random_run).
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -131,7 +132,9 @@ def test_encoder_folder_and_the_message(runs, exported, capsys):
     assert export.main([str(runs["dot"]), str(folder / "again"), "--only", "sts"]) == 0
     out = capsys.readouterr().out
     assert "wrote sts to" in out and "SentenceTransformer" in out and "encoder" not in out
-    assert [p.name for p in (folder / "again").iterdir()] == ["sts"]
+    assert sorted(p.name for p in (folder / "again").iterdir()) == [export.EXPORT_RECORD, "sts"]
+    record = json.loads((folder / "again" / export.EXPORT_RECORD).read_text())
+    assert record == {"checkpoint": str((runs["dot"] / "best").resolve()), "parts": ["sts"]}
 
 
 def test_refuses_a_head_the_run_did_not_train(runs, tmp_path, capsys, minilm_dir):
@@ -165,6 +168,44 @@ def test_a_new_export_replaces_an_old_head_folder_but_not_a_foreign_one(runs, tm
     assert export.main([str(runs["concat"]), str(out_dir), "--only", "sst"]) == 1
     assert "holds files an export does not write (my-notes.txt)" in capsys.readouterr().err
     assert (out_dir / "sst" / "my-notes.txt").read_text() == "keep me"
+    assert export.main([str(runs["concat"]), str(out_dir), "--only", "sst", "--overwrite"]) == 0  # as told
+    assert not (out_dir / "sst" / "my-notes.txt").exists() and (out_dir / "sst" / "config.json").is_file()
+
+
+def test_refuses_a_folder_of_files_no_export_wrote_unless_told_to_overwrite(runs, tmp_path, capsys):
+    """The pretrained model a run started from has the encoder's file names: exporting into it
+    would replace its weights without a word."""
+    model = write_tiny_checkpoint(tmp_path / "model", None)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    assert export.main([str(runs["concat"]), str(model)]) == 1
+    err = capsys.readouterr().err
+    assert f"{model} holds files, and no {export.EXPORT_RECORD} marks them as an earlier export's " \
+           f"(config.json, model.safetensors, vocab.txt)" in err and "add --overwrite" in err
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before  # nothing written
+
+    assert export.main([str(runs["concat"]), str(model), "--overwrite", "--only", "encoder"]) == 0
+    capsys.readouterr()
+    assert (model / "model.safetensors").read_bytes() != before["model.safetensors"]
+    # Now an earlier export's folder, it is replaced without --overwrite, but a file added beside
+    # the export is not the export's.
+    assert export.main([str(runs["concat"]), str(model), "--only", "encoder"]) == 0
+    (model / "notes.txt").write_text("mine")
+    assert export.main([str(runs["concat"]), str(model), "--only", "encoder"]) == 1
+    assert "holds an earlier export and files an export does not write (notes.txt)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["", "run", "run/best", "run/exported", "run/best/exported"])
+def test_refuses_an_empty_out_dir_and_one_in_the_run(runs, where, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(runs["concat"], run)
+    monkeypatch.chdir(tmp_path)  # where an empty OUT_DIR would write
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert export.main([str(run), where]) == 1
+    err = capsys.readouterr().err
+    expected = {"": "OUT_DIR is empty", "run": "holds a multitask checkpoint or a training run",
+                "run/best": "holds a multitask checkpoint or a training run"}
+    assert expected.get(where, f"OUT_DIR is inside {run}, the run being exported") in err, err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 def needs_setting(name):

@@ -126,6 +126,21 @@ def test_bad_config_json(tmp_path):
         BertModel.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("position", ["relative_key", "relative_key_query", None])
+def test_relative_position_embeddings_are_refused(tiny_checkpoint, position):
+    """Such a checkpoint's distance embeddings would be skipped and the model run as an absolute one."""
+    model, folder = tiny_checkpoint
+    values = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**values, "position_embedding_type": position}))
+    (folder / "vocab.txt").write_text(VOCAB)
+    for load in (BertModel.from_pretrained, BertTokenizer.from_pretrained):
+        with pytest.raises(CheckpointError) as caught:
+            load(folder)
+        assert str(caught.value).startswith(
+            f"{folder / 'config.json'}: position_embedding_type is {position!r}; this BERT implements "
+            f"absolute position embeddings only"), caught.value
+
+
 VOCAB = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\n"
 
 
