@@ -26,6 +26,7 @@ measured on the real training files by benchmarks/padding.py.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -264,10 +265,26 @@ class BatchStream:
     def next(self) -> Batch:
         return collate(self.split, self.next_rows(), self.pad_id, self.buckets)
 
-    def state(self) -> dict[str, int]:
-        return {"passes": self.passes, "position": self.position}
+    def fingerprint(self) -> str:
+        """A digest of the examples the stream draws from (their ids and token counts): the
+        position in `state` means the same batches only over the same examples."""
+        digest = hashlib.sha256("\n".join(self.split.ids).encode())
+        digest.update(self._lengths.astype(np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
-    def load_state(self, state: dict[str, int]) -> None:
+    def state(self) -> dict:
+        return {"passes": self.passes, "position": self.position, "examples": len(self.split),
+                "fingerprint": self.fingerprint()}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from `state`; ValueError (saying what differs) if it was written over other
+        examples. (A state from before the fingerprint existed is taken as it is.)"""
+        if state.get("fingerprint", self.fingerprint()) != self.fingerprint():
+            if state["examples"] != len(self.split):
+                raise ValueError(f"{self.split.name} now has {len(self.split):,} examples; the checkpoint's "
+                                 f"run trained on {state['examples']:,}")
+            raise ValueError(f"{self.split.name} now holds other examples than the checkpoint's run trained "
+                             f"on (as many, {len(self.split):,}, but other ids or texts)")
         self.passes, self.position = int(state["passes"]), int(state["position"])
         self._batches = self._plan(self.passes)
 

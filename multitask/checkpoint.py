@@ -269,7 +269,8 @@ def training_state_path(out_dir: Path) -> Path:
     return Path(out_dir) / "checkpoint.pt"
 
 
-# Settings that may differ when a run is resumed: they change neither the numbers nor the files.
+# Settings that may differ when a run is resumed: they change neither the numbers nor the files
+# (the data folder may move; its files must hold the same examples, which each batch stream checks).
 RESUMABLE_CHANGES = {"progress", "device", "compile", "save_every", "out_dir", "data_dir", "skip_nonfinite"}
 
 
@@ -297,7 +298,12 @@ def resume_training(trainer, path: Path) -> dict | None:
     if trainer.average is not None and state.get("average"):
         trainer.average.load_state_dict(state["average"])
     for name, stream_state in state["streams"].items():
-        trainer.streams[name].load_state(stream_state)
+        try:
+            trainer.streams[name].load_state(stream_state)
+        except ValueError as err:  # data_dir may move, but the examples must be the ones the run drew from
+            raise CheckpointError(f"{path}: the training data differ from the run's ({err}); resume with the "
+                                  f"files it trained on (it read --data-dir {state['config']['data_dir']}), "
+                                  f"or start again with --overwrite") from None
     trainer.best_overall, trainer.history, trainer.start_epoch = state["best_overall"], state["history"], state["epoch"]
     distributed = trainer.distributed
     rngs = state.get("rng_of_ranks", [state["rng"]])

@@ -433,7 +433,7 @@ def test_stream_visits_every_example_once_per_pass(group):
         flat = [r for batch in rows for r in batch]
         assert sorted(flat) == list(range(n))
         passes.append(rows)
-    assert stream.state() == {"passes": 2, "position": per_pass}
+    assert (stream.state()["passes"], stream.state()["position"]) == (2, per_pass)
     # each pass is a fresh shuffle
     assert passes[0] != passes[1] != passes[2]
 
@@ -474,6 +474,26 @@ def test_stream_state_resumes_exactly(taken, expected_state):
             assert torch.equal(got.inputs[key], expected.inputs[key])
         assert torch.equal(got.labels, expected.labels)
     assert resumed.state() == original.state()
+
+
+def test_a_stream_state_resumes_only_over_the_examples_it_was_taken_from():
+    original = BatchStream(stream_split(), 8, seed=3, pad_id=PAD)
+    take_rows(original, 5)
+    state = original.state()
+    fewer = BatchStream(stream_split(40), 8, seed=3, pad_id=PAD)  # (its 5 batches a pass: position 5 past the end)
+    with pytest.raises(ValueError, match="now has 40 examples; the checkpoint's run trained on 70"):
+        fewer.load_state(dict(state))
+    other = BatchStream(stream_split(70, seed=1), 8, seed=3, pad_id=PAD)  # as many examples, other lengths
+    with pytest.raises(ValueError, match=r"other examples .*as many, 70"):
+        other.load_state(dict(state))
+    renamed = stream_split()
+    renamed.ids[0] = "another-id"
+    with pytest.raises(ValueError, match="other examples"):
+        BatchStream(renamed, 8, seed=3, pad_id=PAD).load_state(dict(state))
+    older = {"passes": state["passes"], "position": state["position"]}  # written before the fingerprint
+    same = BatchStream(stream_split(), 8, seed=3, pad_id=PAD)
+    same.load_state(older)
+    assert same.next().rows.tolist() == original.next().rows.tolist()
 
 
 def test_empty_split_cannot_stream():

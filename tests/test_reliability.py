@@ -207,6 +207,20 @@ def test_resume_refuses_changed_settings(tiny_setup, tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
+def test_resume_refuses_training_data_other_than_the_run_s(tiny_setup, tmp_path, capsys):
+    run, moved = tmp_path / "run", tmp_path / "moved"
+    training.train(small_config(tiny_setup, run), log=lambda m: None)
+    shutil.copytree(tiny_setup[1], moved)  # the same files in another folder: data_dir may change
+    assert multitask_classifier.main(["--resume", str(run), "--data-dir", str(moved), "--no-progress"]) == 0
+    sst = moved / "ids-sst-train.csv"
+    lines = sst.read_text().splitlines(keepends=True)
+    sst.write_text("".join(lines[:40]))  # the header and 39 rows
+    assert multitask_classifier.main(["--resume", str(run), "--data-dir", str(moved), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert (f"the training data differ from the run's (sst-train now has 39 examples; the checkpoint's run "
+            f"trained on {len(lines) - 1})") in err and "--overwrite" in err and "Traceback" not in err
+
+
 def test_training_reports_the_inputs_it_cuts(tiny_setup, tmp_path):
     lines = []
     training.train(small_config(tiny_setup, tmp_path, batches_per_epoch=2, max_length=8), log=lines.append)
