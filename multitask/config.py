@@ -255,6 +255,8 @@ class TrainConfig:
                 raise ValueError(f"{flag_name(field)} must be one of {', '.join(choices)}, got {value!r}")
             if minimum is not None and value is not None and value < minimum:
                 raise ValueError(f"{flag_name(field)} must be at least {minimum}, got {value}")
+        if self.seed >= 2 ** 32:  # what numpy's seeding takes (training.seed_everything)
+            raise ValueError(f"--seed must be below 2**32 = {2 ** 32:,}, got {self.seed}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -292,6 +294,9 @@ class TrainConfig:
         if set(weights) != set(TASKS) or not all(math.isfinite(w) and w >= 0 for w in weights.values()):
             raise ValueError(f"--loss-weights takes non-negative numbers for {', '.join(TASKS)}; "
                              f"got {self.loss_weights!r}")
+        if not any(weights[t] for t in self.task_names):
+            raise ValueError(f"--loss-weights {self.loss_weights} weighs every trained task 0, so nothing would "
+                             f"train; give some task of {', '.join(self.task_names)} a positive weight")
         if self.balance == "equal-norm" and any(w != 1.0 for w in weights.values()):
             raise ValueError(f"--loss-weights {self.loss_weights} would have no effect under --balance equal-norm, "
                              f"which brings every task's encoder gradient to the same norm whatever its loss's "

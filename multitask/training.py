@@ -587,8 +587,11 @@ def build_model(config: TrainConfig) -> tuple[MultitaskBert, BertTokenizer]:
     if config.private_layers >= layers:  # (the command line checks only that it is not negative)
         raise CheckpointError(f"--private-layers {config.private_layers}: {config.model} has {layers} layers "
                               f"and at least one must stay shared by the tasks; use 1 to {layers - 1}")
-    heads = encoder.config.num_attention_heads
-    if config.pals % heads:  # (the command line checks only that it is not negative)
+    heads, hidden = encoder.config.num_attention_heads, encoder.config.hidden_size
+    if config.pals > hidden:  # (the command line checks only that it is not negative)
+        raise CheckpointError(f"--pals {config.pals}: the PALs project {config.model}'s hidden size, {hidden}, down "
+                              f"to a smaller width; use at most {hidden} (Stickland & Murray: 204 of 768)")
+    if config.pals % heads:
         nearest = heads * max(1, round(config.pals / heads))
         raise CheckpointError(f"--pals {config.pals}: the PALs' attention has {config.model}'s {heads} heads, "
                               f"so its width must be a multiple of {heads} (for example {nearest})")

@@ -166,6 +166,13 @@ def test_the_pals_width_must_fit_the_encoder_s_heads(tiny_setup, tmp_path, capsy
     assert "--pals 6" in err and "a multiple of 4 (for example 8)" in err
 
 
+def test_a_pals_width_above_the_hidden_size_is_refused_before_training(tiny_setup, tmp_path, capsys):
+    code = multitask_classifier.main(command_line(tiny_setup, tmp_path, "--pals", "4096"))  # a multiple of the heads
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert "--pals 4096" in err and "use at most" in err and "hidden_size" not in err
+
+
 def test_a_pals_run_cannot_be_exported_as_standard_models(tmp_path, minilm_dir, capsys):
     encoder_dir = write_tiny_checkpoint(tmp_path / "encoder", minilm_dir)
     run = write_random_run(tmp_path / "pals", encoder_dir, "cosine", pals=8)

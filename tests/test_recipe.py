@@ -564,6 +564,9 @@ def test_paraphrase_from_sts_trains_the_paraphrase_head_on_the_sts_pairs():
     (["--loss-weights", "sts"], "'sts' is not task=number"),
     (["--warmup", "1.5"], "--warmup"),
     (["--loss-weights", "sts=2", "--balance", "equal-norm"], "would have no effect under --balance equal-norm"),
+    (["--loss-weights", "sst=0,qqp=0,sts=0"], "weighs every trained task 0, so nothing would train"),
+    (["--loss-weights", "sst=0,qqp=1,sts=1", "--tasks", "sst"], "weighs every trained task 0"),
+    (["--seed", str(2 ** 32)], "--seed must be below 2**32"),  # numpy's seeding would fail after the model loads
     (["--head-lr-mult", "0"], "--head-lr-mult"),
     (["--layer-lr-decay", "0"], "--layer-lr-decay is a factor in (0, 1]"),
     (["--layer-lr-decay", "1.5"], "--layer-lr-decay is a factor in (0, 1]"),
