@@ -20,6 +20,7 @@ import json
 import random
 import shutil
 import typing
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ import torch
 
 from bert import BertConfig, BertModel, BertTokenizer, CheckpointError
 from bert.files import atomic_write, read_json_object, write_text
-from bert.loading import load_state_dict
+from bert.loading import load_error_reason, load_state_dict
 from multitask.config import TrainConfig
 from multitask.heads import MultitaskBert
 
@@ -353,10 +354,7 @@ def load_training_state(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        raise CheckpointError(
-            f"{path}: cannot read the training checkpoint ({first_line[:200]}). It may be truncated "
-            f"or not a multibert checkpoint; pickled code is never run.") from None
+        raise unreadable_state(path, err) from None
     if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
         raise CheckpointError(f"{path}: not a multibert training checkpoint (format {TRAINING_STATE_FORMAT})")
     return state
@@ -371,5 +369,18 @@ def load_training_config(path: Path) -> TrainConfig:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return TrainConfig.from_dict(state["config"])
     except Exception as err:
-        raise CheckpointError(f"{path}: cannot read the training checkpoint ({str(err)[:200]}); it may be "
-                              f"truncated or not a multibert checkpoint") from None
+        raise unreadable_state(path, err) from None
+
+
+def unreadable_state(path: Path, err: Exception) -> CheckpointError:
+    """The error for a training checkpoint torch cannot read. Where the file is not the zip archive
+    torch.save writes (empty, cut short by a crash, another kind of file), torch's own reason is
+    advice on saving with other options, or a sentence cut off: say what the file is instead."""
+    if zipfile.is_zipfile(path):  # (a cut-short archive has lost its directory at the end: not one)
+        reason = load_error_reason(err)  # pickled code refused, say: its one line worth quoting
+    elif path.stat().st_size == 0:
+        reason = "the file is empty"
+    else:
+        reason = "not a whole torch.save archive: cut short, or another kind of file"
+    return CheckpointError(f"{path}: cannot read the training checkpoint ({reason}). It may be truncated "
+                           f"or not a multibert checkpoint; pickled code is never run.")

@@ -131,8 +131,13 @@ def test_truncated_or_foreign_checkpoint_is_named(tmp_path):
     torch.save({"format": 1, "weights": torch.ones(1000)}, path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"checkpoint.pt: cannot read the training checkpoint"):
-        checkpoint.load_training_state(path)
+    cut_short = r"checkpoint.pt: cannot read the training checkpoint \(not a whole torch.save archive: cut short"
+    for read in (checkpoint.load_training_state, checkpoint.load_training_config):  # (--resume reads the config first)
+        with pytest.raises(CheckpointError, match=cut_short):
+            read(path)
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"\(the file is empty\)"):
+        checkpoint.load_training_config(path)
     torch.save({"something": "else"}, path)
     with pytest.raises(CheckpointError, match="not a multibert training checkpoint"):
         checkpoint.load_training_state(path)
