@@ -457,6 +457,23 @@ def test_recipes_fill_what_no_flag_gives(tmp_path):
     assert TrainConfig.from_dict(tuned.to_dict()) == tuned
 
 
+def test_the_tuned_recipe_scores_the_dot_head_on_the_pooler_s_output():
+    parser = multitask_classifier.build_parser()
+    def read(*flags):
+        return multitask_classifier.config_from_args(parser.parse_args(list(flags)))
+    dot = read("--sts-head", "dot")
+    assert dot.pooling == "cls"  # mean-pooled raw products swamp the other tasks (config.HEAD_RECIPES)
+    assert {k: getattr(dot, k) for k in RECIPES["tuned"] if k != "pooling"} == {
+        k: v for k, v in RECIPES["tuned"].items() if k != "pooling"}  # the rest of the recipe as for any head
+    assert read("--sts-head", "dot", "--pooling", "mean").pooling == "mean"  # the flag wins
+    assert [read("--sts-head", head).pooling for head in ("concat", "cosine", "mnr")] == ["mean"] * 3
+    assert read("--recipe", "paper", "--sts-head", "dot").pooling == "cls"
+    assert TrainConfig.from_dict(dot.to_dict()) == dot
+    # A tuned dot run written before the exception recorded mean pooling, and reads back as it ran.
+    older = {**dot.to_dict(), "pooling": "mean"}
+    assert TrainConfig.from_dict(older).pooling == "mean"
+
+
 def test_the_sts_loss_reaches_the_model():
     for sts_loss, cosent in (("mse", False), ("cosent", True)):
         config = TrainConfig(sts_head="cosine", sts_loss=sts_loss)
