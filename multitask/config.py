@@ -331,6 +331,13 @@ class TrainConfig:
                              f"{self.sts_head} head has none (use --sts-head cosine or mnr, or drop --sts-loss)")
         if not 0.0 <= self.warmup <= 1.0:  # also false for NaN
             raise ValueError(f"--warmup is a share of all steps, in [0, 1]; got {self.warmup}")
+        # A warmup other than the recipe's was asked for (--recipe paper --warmup 0.1, say), and a
+        # constant rate would leave it out without a word.
+        if (self.lr_schedule == "constant" and self.warmup > 0
+                and self.warmup != recipe_settings(self.recipe, self.sts_head)["warmup"]):
+            raise ValueError(f"--warmup {self.warmup} needs --lr-schedule linear (the {self.recipe} recipe's "
+                             f"schedule here is constant, which has no warmup); add --lr-schedule linear, "
+                             f"or drop --warmup")
         if not (math.isfinite(self.head_lr_mult) and self.head_lr_mult > 0):
             raise ValueError(f"--head-lr-mult must be a positive number, got {self.head_lr_mult}")
         if not 0.0 <= self.average_last <= 1.0:  # also false for NaN

@@ -450,6 +450,9 @@ def test_recipes_fill_what_no_flag_gives(tmp_path):
         assert multitask_classifier.config_from_args(parser.parse_args(flags)).paired_dropout is paired  # a switch both ways
     tuned = multitask_classifier.config_from_args(parser.parse_args(["--recipe", "tuned", "--lr", "3e-5"]))
     assert tuned.lr == 3e-5  # the flag wins
+    for flags in (["--lr-schedule", "constant"], ["--lr-schedule", "constant", "--warmup", "0"],
+                  ["--recipe", "paper", "--lr-schedule", "linear", "--warmup", "0.1"]):
+        multitask_classifier.config_from_args(parser.parse_args(flags)).validate()  # no warmup asked for in vain
     assert {k: getattr(tuned, k) for k in RECIPES["tuned"] if k != "lr"} == {
         k: v for k, v in RECIPES["tuned"].items() if k != "lr"}
     # A run folder records the filled-in values, so the run can be read back and repeated.
@@ -580,6 +583,8 @@ def test_paraphrase_from_sts_trains_the_paraphrase_head_on_the_sts_pairs():
     (["--loss-weights", "sts=1=2"], "'sts=1=2' is not task=number"),
     (["--loss-weights", "sts"], "'sts' is not task=number"),
     (["--warmup", "1.5"], "--warmup"),
+    (["--recipe", "paper", "--warmup", "0.1"], "--warmup 0.1 needs --lr-schedule linear"),  # else silently no warmup
+    (["--lr-schedule", "constant", "--warmup", "0.2"], "the tuned recipe's schedule here is constant"),
     (["--loss-weights", "sts=2", "--balance", "equal-norm"], "would have no effect under --balance equal-norm"),
     (["--loss-weights", "sst=0,qqp=0,sts=0"], "weighs every trained task 0, so nothing would train"),
     (["--loss-weights", "sst=0,qqp=1,sts=1", "--tasks", "sst"], "weighs every trained task 0"),
