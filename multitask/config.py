@@ -106,9 +106,8 @@ class TrainConfig:
                         "optimisation (paper defaults)", minimum=0)
     # The recipe and what it sets (None: the recipe's value; a flag overrides it)
     recipe: str = setting("tuned", "tuned (the default, ahead of paper on every task in the ablation): warmup "
-                          "and linear decay, mean pooling (the dot head: the pooler's [CLS]), lr 1e-4, the STS loss on the "
-                          "[-1, 1] scale, paired dropout, "
-                          "each task's batches spread evenly; "
+                          "and linear decay, mean pooling (the dot head: the pooler's [CLS]), lr 1e-4, "
+                          "the STS loss on the [-1, 1] scale, paired dropout, each task's batches spread evenly; "
                           "paper: Multi-BERT's settings exactly (see README)", "recipe",
                           choices=tuple(RECIPES))
     tasks: str = setting(",".join(TASKS), "the tasks to train, comma-separated: all three (multitask), or "
@@ -335,9 +334,8 @@ class TrainConfig:
         # constant rate would leave it out without a word.
         if (self.lr_schedule == "constant" and self.warmup > 0
                 and self.warmup != recipe_settings(self.recipe, self.sts_head)["warmup"]):
-            raise ValueError(f"--warmup {self.warmup} needs --lr-schedule linear (the {self.recipe} recipe's "
-                             f"schedule here is constant, which has no warmup); add --lr-schedule linear, "
-                             f"or drop --warmup")
+            raise ValueError(f"--warmup {self.warmup} needs --lr-schedule linear (the learning rate here is "
+                             f"constant, which has no warmup); add --lr-schedule linear, or drop --warmup")
         if not (math.isfinite(self.head_lr_mult) and self.head_lr_mult > 0):
             raise ValueError(f"--head-lr-mult must be a positive number, got {self.head_lr_mult}")
         if not 0.0 <= self.average_last <= 1.0:  # also false for NaN

@@ -584,7 +584,7 @@ def test_paraphrase_from_sts_trains_the_paraphrase_head_on_the_sts_pairs():
     (["--loss-weights", "sts"], "'sts' is not task=number"),
     (["--warmup", "1.5"], "--warmup"),
     (["--recipe", "paper", "--warmup", "0.1"], "--warmup 0.1 needs --lr-schedule linear"),  # else silently no warmup
-    (["--lr-schedule", "constant", "--warmup", "0.2"], "the tuned recipe's schedule here is constant"),
+    (["--lr-schedule", "constant", "--warmup", "0.2"], "the learning rate here is constant"),
     (["--loss-weights", "sts=2", "--balance", "equal-norm"], "would have no effect under --balance equal-norm"),
     (["--loss-weights", "sst=0,qqp=0,sts=0"], "weighs every trained task 0, so nothing would train"),
     (["--loss-weights", "sst=0,qqp=1,sts=1", "--tasks", "sst"], "weighs every trained task 0"),
