@@ -43,7 +43,7 @@ from pathlib import Path
 import scipy.stats
 
 from bert.files import DAMAGED_HINT, CheckpointError, WriteError, read_json_object, read_json_records, write_text
-from multitask.config import TASKS, add_arguments, config_from_args, positive_int
+from multitask.config import SEED_LIMIT, TASKS, add_arguments, config_from_args, positive_int
 from multitask.data import DataError
 from multitask.evaluation import overall_score
 from multitask.results import no_plot_message, pyplot, save_png
@@ -118,10 +118,10 @@ def seed_scores(seed_dir: Path) -> dict[str, float] | None:
 
 
 def seed_number(text: str) -> int:
-    """argparse type for --seed: a seed the trainer can use (numpy's seeds: 0 <= seed < 2**32)."""
+    """argparse type for --seed: a seed the trainer can use (0 <= seed < config.SEED_LIMIT)."""
     value = int(text)
-    if not 0 <= value < 2 ** 32:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {2 ** 32 - 1}, got {value}")
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {SEED_LIMIT - 1}, got {value}")
     return value
 
 

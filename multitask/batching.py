@@ -279,7 +279,7 @@ class BatchStream:
     def load_state(self, state: dict) -> None:
         """Continue from `state`; ValueError (saying what differs) if it was written over other
         examples. (A state from before the fingerprint existed is taken as it is.)"""
-        if state.get("fingerprint", self.fingerprint()) != self.fingerprint():
+        if "fingerprint" in state and state["fingerprint"] != self.fingerprint():
             if state["examples"] != len(self.split):
                 raise ValueError(f"{self.split.name} now has {len(self.split):,} examples; the checkpoint's "
                                  f"run trained on {state['examples']:,}")

@@ -56,6 +56,7 @@ RECIPES = {
 # and the gradients alike: 0.43 / 0.80, 0.47 / 0.80 and 0.39 / 0.74 in the same runs, STS r
 # within 0.004 (round-robin) or well above (annealed, 0.74 against 0.59; README, the cpu profile).
 HEAD_RECIPES = {("tuned", "dot"): dict(pooling="cls")}
+SEED_LIMIT = 2 ** 32  # seeds run from 0 to this less one: what numpy's seeding takes (training.seed_everything)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -264,8 +265,8 @@ class TrainConfig:
                 raise ValueError(f"{flag_name(field)} must be one of {', '.join(choices)}, got {value!r}")
             if minimum is not None and value is not None and value < minimum:
                 raise ValueError(f"{flag_name(field)} must be at least {minimum}, got {value}")
-        if self.seed >= 2 ** 32:  # what numpy's seeding takes (training.seed_everything)
-            raise ValueError(f"--seed must be below 2**32 = {2 ** 32:,}, got {self.seed}")
+        if self.seed >= SEED_LIMIT:
+            raise ValueError(f"--seed must be below 2**32 = {SEED_LIMIT:,}, got {self.seed}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
