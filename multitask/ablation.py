@@ -40,12 +40,10 @@ import sys
 from itertools import combinations
 from pathlib import Path
 
-import scipy.stats
-
 from bert.files import DAMAGED_HINT, CheckpointError, WriteError, read_json_object, read_json_records, write_text
 from multitask.config import SEED_LIMIT, TASKS, add_arguments, config_from_args, positive_int
 from multitask.data import DataError
-from multitask.evaluation import overall_score
+from multitask.metrics import overall_score
 from multitask.results import no_plot_message, pyplot, save_png
 
 METRICS = ("sst_acc", "qqp_acc", "sts_corr", "overall")
@@ -277,6 +275,8 @@ def signed(values: list[float]) -> str:
     mean, each = statistics.mean(values), " / ".join(f"{v:+.3f}" for v in values)
     if len(values) < 2:
         return f"{mean:+.3f} ({each})"
+    import scipy.stats  # (here: the script's per-seed questions are answered without it, a second sooner)
+
     half = scipy.stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
     return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] ({each})"
 

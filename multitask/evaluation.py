@@ -1,8 +1,6 @@
-"""Evaluation on the dev sets and prediction files in the CS224N output format.
-
-Metrics (as in the paper): SST-5 accuracy, paraphrase accuracy (probability > 0.5), STS Pearson
-correlation, and overall = (acc_sst + acc_qqp + (r + 1) / 2) / 3, which puts the correlation on
-the accuracies' [0, 1] scale.
+"""Evaluation on the dev sets and prediction files in the CS224N output format: the model run
+over a split (predict_split), its dev metrics (multitask/metrics.py holds their formulas) and the
+prediction files.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ from bert.files import write_text
 from multitask.batching import TokenizedSplit, evaluation_batches
 from multitask.distributed import SINGLE_PROCESS, Distributed
 from multitask.heads import MultitaskBert
+from multitask.metrics import METRIC_NAMES, decide, overall_score, task_metric
 from multitask.runtime import autocast
 
 # CS224N's prediction files: a header line, then "id , prediction" lines (spelling theirs).
@@ -49,37 +48,6 @@ def predict_split(model: MultitaskBert, split: TokenizedSplit, batch_size: int, 
     for batch_rows, predicted in zip(all_rows, all_outputs):
         predictions[batch_rows] = predicted
     return predictions
-
-
-def decide(task: str, predictions: np.ndarray) -> np.ndarray:
-    """Turn raw predictions into the labels written to files: class, 0/1, or the score itself."""
-    if task == "sst":
-        return predictions.argmax(axis=-1)
-    if task == "qqp":
-        return (predictions > 0.5).astype(np.int64)
-    return predictions
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson's r; 0.0 when either side is constant (r is undefined there)."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) < 2 or x.std() == 0.0 or y.std() == 0.0:
-        return 0.0
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def task_metric(task: str, predictions: np.ndarray, labels: torch.Tensor) -> float:
-    gold = labels.numpy()
-    if task == "sts":
-        return pearson(predictions, gold)
-    return float((decide(task, predictions) == gold.astype(np.int64)).mean())
-
-
-def overall_score(sst_acc: float, qqp_acc: float, sts_corr: float) -> float:
-    return (sst_acc + qqp_acc + (sts_corr + 1.0) / 2.0) / 3.0
-
-
-METRIC_NAMES = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_corr"}
 
 
 def evaluate(model: MultitaskBert, dev: dict[str, TokenizedSplit], batch_size: int, pad_id: int,

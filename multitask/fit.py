@@ -33,7 +33,8 @@ from multitask import training
 from multitask.commands import program_name
 from multitask.config import DEVICES
 from multitask.data import DataError
-from multitask.evaluation import METRIC_NAMES, predict_split, task_metric
+from multitask.evaluation import predict_split
+from multitask.metrics import METRIC_NAMES, task_metric
 from multitask.predict import open_checkpoint
 from multitask.runtime import RuntimeSetupError
 

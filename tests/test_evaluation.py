@@ -1,4 +1,4 @@
-"""Tests for multitask/evaluation.py: how predictions become labels, metrics and files.
+"""Tests for multitask/evaluation.py and metrics.py: how predictions become labels, metrics and files.
 
 The paraphrase decision is "probability > 0.5", i.e. a positive logit: pinned here by behaviour
 (logits just either side of 0, probabilities either side of 0.5), so that moving the threshold
@@ -14,8 +14,8 @@ import torch
 
 from bert import Encoded
 from multitask.batching import TokenizedSplit
-from multitask.evaluation import (METRIC_NAMES, decide, evaluate, overall_score, pearson,
-                                  predict_split, prediction_path, task_metric, write_predictions)
+from multitask.evaluation import evaluate, predict_split, prediction_path, write_predictions
+from multitask.metrics import METRIC_NAMES, decide, overall_score, pearson, task_metric
 
 PAD = 0
 

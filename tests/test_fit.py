@@ -9,7 +9,7 @@ import torch
 from bert import BertTokenizer
 from multitask import batching, calibration, fit, training
 from multitask.batching import collate
-from multitask.evaluation import METRIC_NAMES
+from multitask.metrics import METRIC_NAMES
 from multitask.predict import open_checkpoint
 
 from test_training import tiny_config
