@@ -56,9 +56,12 @@ def _why_write_failed(error: Exception, folder: Path) -> str | None:
         free = shutil.disk_usage(folder).free
     except OSError:
         free = None
-    quota = getattr(error, "errno", None) == errno.EDQUOT
-    full = quota or getattr(error, "errno", None) == errno.ENOSPC
-    full = full or "no space left on device" in str(error).lower() or (free is not None and free < _FULL_BELOW_BYTES)
+    number = getattr(error, "errno", None)  # the file system's own reason, where it gave one
+    quota = number == errno.EDQUOT
+    full = quota or number == errno.ENOSPC or "no space left on device" in str(error).lower()
+    # Without a reason (torch.save), little free space says the disk filled; with one, the reason
+    # stands even where little is free (a folder in /proc has none, and writes there are refused).
+    full = full or (number is None and free is not None and free < _FULL_BELOW_BYTES)
     if full:
         if quota:
             detail = "the disk quota is used up"

@@ -278,6 +278,13 @@ def test_a_write_refused_by_the_file_system_is_named(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_refusal_with_its_own_reason_is_not_taken_for_a_full_disk(tmp_path, monkeypatch):
+    # A folder of /proc reports no free space; a write refused there is refused, not a full disk.
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda folder: NO_ROOM._replace(free=0))
+    with pytest.raises(WriteError, match=r"cannot write .*x\.csv: No such file or directory$"):
+        files.atomic_write(tmp_path / "x.csv", fill_disk_then(FileNotFoundError(errno.ENOENT, "No such file or directory")))
+
+
 def test_a_bug_in_the_writer_is_not_mistaken_for_a_full_disk(tmp_path):
     # With room on the disk, an error that is not the file system's passes through as it is.
     with pytest.raises(TypeError, match="a bug"):
