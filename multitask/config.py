@@ -307,6 +307,11 @@ class TrainConfig:
         if not any(weights[t] for t in self.task_names):
             raise ValueError(f"--loss-weights {self.loss_weights} weighs every trained task 0, so nothing would "
                              f"train; give some task of {', '.join(self.task_names)} a positive weight")
+        untrained = [f"{t}={weights[t]:g}" for t in TASKS if t not in self.task_names and weights[t] != 1.0]
+        if untrained:  # (the recipes' own sst=1,qqp=1,sts=1 names every task, and is no choice of the user's)
+            raise ValueError(f"--loss-weights gives {', '.join(untrained)}, but --tasks {self.tasks} does not train "
+                             f"{'that task' if len(untrained) == 1 else 'those tasks'}; drop the weight, or add the "
+                             f"task to --tasks")
         if self.balance == "equal-norm" and any(w != 1.0 for w in weights.values()):
             raise ValueError(f"--loss-weights {self.loss_weights} would have no effect under --balance equal-norm, "
                              f"which brings every task's encoder gradient to the same norm whatever its loss's "
@@ -339,6 +344,11 @@ class TrainConfig:
                              f"constant, which has no warmup); add --lr-schedule linear, or drop --warmup")
         if not (math.isfinite(self.head_lr_mult) and self.head_lr_mult > 0):
             raise ValueError(f"--head-lr-mult must be a positive number, got {self.head_lr_mult}")
+        top_lr = self.lr * max(1.0, self.head_lr_mult)  # the largest rate any parameter gets
+        if top_lr * self.weight_decay >= 1.0:  # AdamW's decay: p <- p * (1 - lr * weight_decay) each step
+            raise ValueError(f"--weight-decay {self.weight_decay:g} with a learning rate of {top_lr:g} would multiply "
+                             f"the weights by {1.0 - top_lr * self.weight_decay:g} every step (zeroing or flipping "
+                             f"them); use a weight decay below 1 / {top_lr:g} = {1.0 / top_lr:g} (0.01 is usual)")
         if not 0.0 <= self.average_last <= 1.0:  # also false for NaN
             raise ValueError(f"--average-last is a share of the run's steps, in [0, 1] (0.1: the last tenth; "
                              f"0: off), got {self.average_last}")

@@ -588,6 +588,10 @@ def test_paraphrase_from_sts_trains_the_paraphrase_head_on_the_sts_pairs():
     (["--loss-weights", "sts=2", "--balance", "equal-norm"], "would have no effect under --balance equal-norm"),
     (["--loss-weights", "sst=0,qqp=0,sts=0"], "weighs every trained task 0, so nothing would train"),
     (["--loss-weights", "sst=0,qqp=1,sts=1", "--tasks", "sst"], "weighs every trained task 0"),
+    (["--loss-weights", "qqp=2", "--tasks", "sst"], "gives qqp=2, but --tasks sst does not train that task"),
+    (["--loss-weights", "sst=0.5,qqp=0,sts=3", "--tasks", "sst"], "gives qqp=0, sts=3, but --tasks sst"),
+    (["--weight-decay", "1e30"], "would multiply the weights by -1e+26 every step"),  # was a NaN blamed on --lr
+    (["--weight-decay", "5000", "--head-lr-mult", "2"], "below 1 / 0.0002 = 5000"),  # the heads' rate counts
     (["--seed", str(2 ** 32)], "--seed must be below 2**32"),  # numpy's seeding would fail after the model loads
     (["--head-lr-mult", "0"], "--head-lr-mult"),
     (["--layer-lr-decay", "0"], "--layer-lr-decay is a factor in (0, 1]"),
