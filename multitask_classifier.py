@@ -71,11 +71,13 @@ RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "train_config.json", "final_metri
 def prepare_out_dir(folder: Path, resuming: bool, overwrite: bool) -> None:
     """Make sure the run can write into `folder` and destroys no other run, before any work.
 
-    Raises ValueError (a usage error) for a file, an unwritable folder, or a folder that holds a
-    run when neither --resume nor --overwrite was given. With --overwrite, the old run's files go.
+    Raises ValueError (a usage error) for a file, the file system's root, an unwritable folder, or
+    a folder that holds a run when neither --resume nor --overwrite was given. With --overwrite, the old run's files go.
     """
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out-dir {folder} is a file; name a folder for the run's outputs")
+    if folder.resolve() == Path(folder.resolve().anchor):  # its files among the system's (--overwrite deletes)
+        raise ValueError(f"--out-dir {folder} is the root of the file system; name a folder of the run's own")
     held = [name for name in RUN_FILES if (folder / name).exists()]
     if held and not (resuming or overwrite):
         raise ValueError(f"--out-dir {folder} already holds a run ({', '.join(held)}): continue it with "

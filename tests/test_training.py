@@ -218,6 +218,15 @@ def test_trainer_is_freed_before_the_process_group_is_left(tiny_setup, tmp_path,
     assert alive_at_shutdown == [[False]]
 
 
+@pytest.mark.parametrize("root", ["/", "/tmp/.."])
+def test_the_file_system_root_is_no_out_dir(root, capsys):
+    # (as root it is writable, and --overwrite would delete any predictions/ or best/ found there)
+    with pytest.raises(SystemExit) as info:
+        multitask_classifier.main(["--out-dir", root, "--overwrite"])
+    assert info.value.code == 2
+    assert f"--out-dir {root} is the root of the file system" in capsys.readouterr().err
+
+
 def test_cli_runs_and_reports_user_errors(tiny_setup, tmp_path, capsys, monkeypatch):
     model_dir, data_dir = tiny_setup
     common = ["--model", str(model_dir), "--epochs", "1", "--batches-per-epoch", "5",
