@@ -276,15 +276,19 @@ class BatchStream:
         return {"passes": self.passes, "position": self.position, "examples": len(self.split),
                 "fingerprint": self.fingerprint()}
 
-    def load_state(self, state: dict) -> None:
-        """Continue from `state`; ValueError (saying what differs) if it was written over other
-        examples. (A state from before the fingerprint existed is taken as it is.)"""
+    def check_examples(self, state: dict) -> None:
+        """ValueError (saying what differs) if `state` was written over other examples than this
+        stream's. (A state from before the fingerprint existed is taken as it is.)"""
         if "fingerprint" in state and state["fingerprint"] != self.fingerprint():
             if state["examples"] != len(self.split):
                 raise ValueError(f"{self.split.name} now has {len(self.split):,} examples; the checkpoint's "
                                  f"run trained on {state['examples']:,}")
             raise ValueError(f"{self.split.name} now holds other examples than the checkpoint's run trained "
                              f"on (as many, {len(self.split):,}, but other ids or texts)")
+
+    def load_state(self, state: dict) -> None:
+        """Continue from `state`; ValueError if it was written over other examples."""
+        self.check_examples(state)
         self.passes, self.position = int(state["passes"]), int(state["position"])
         self._batches = self._plan(self.passes)
 

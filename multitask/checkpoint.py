@@ -372,6 +372,14 @@ def load_training_config(path: Path) -> TrainConfig:
         raise unreadable_state(path, err) from None
 
 
+def load_stream_states(path: Path) -> dict[str, dict]:
+    """Only the batch streams' states stored in a training checkpoint (memory-mapped, as above)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["streams"]
+    except Exception as err:
+        raise unreadable_state(path, err) from None
+
+
 def unreadable_state(path: Path, err: Exception) -> CheckpointError:
     """The error for a training checkpoint torch cannot read. Where the file is not the zip archive
     torch.save writes (empty, cut short by a crash, another kind of file), torch's own reason is

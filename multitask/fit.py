@@ -29,7 +29,7 @@ import numpy as np
 
 from bert import CheckpointError
 from bert.files import read_json_records
-from multitask import training
+from multitask import checkpoint, training
 from multitask.commands import program_name
 from multitask.config import DEVICES
 from multitask.data import DataError
@@ -57,11 +57,27 @@ def first_bad_run(runs: list[str], task: str) -> str | None:
     return None
 
 
+def same_examples(run: Path, stream, task: str) -> None:
+    """DataError if the run's training state (checkpoint.pt) says its `task` stream drew from other
+    examples than `stream`'s: a --data-dir of other files would replay other rows and call them
+    trained. A run kept without its checkpoint.pt (as under docs/) cannot be checked."""
+    state_path = checkpoint.training_state_path(run)
+    if not state_path.is_file():
+        return
+    saved = checkpoint.load_stream_states(state_path).get(task)
+    try:
+        stream.check_examples(saved or {})
+    except ValueError as err:
+        raise DataError(f"{run}: the training data read are not the run's ({err}); give the --data-dir "
+                        f"it trained on, or leave --data-dir out to read its own") from None
+
+
 def rows_trained(run: Path, data: dict, config, pad_id: int, task: str) -> tuple[np.ndarray, np.ndarray]:
     """The rows of `task`'s training file that the run trained on (sorted, each once), and the
     rows of its stream's first pass that it never reached (empty once it took a whole pass)."""
     taken = batches_taken(run, task)
     stream = training.make_streams(data, config, pad_id)[task]  # the run's own stream, from its start
+    same_examples(run, stream, task)  # (its seed replays the run's rows only over the run's files)
     batches = [stream.next_rows() for _ in range(len(stream))]  # its first pass: every row once
     none = np.zeros(0, dtype=np.int64)
     trained = np.unique(np.concatenate(batches[:taken])) if taken else none  # (past one pass: every row)
@@ -99,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         description="For each training run and task: the score on the training examples the run trained on, "
                     "the dev score, and the gap between them (training minus dev).")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training runs' --out-dir folders")
-    parser.add_argument("--data-dir", default=None, help="folder with the CS224N files (default: each run's own)")
+    parser.add_argument("--data-dir", default=None, help="folder with the CS224N files (default: each run's own; "
+                        "checked against the examples a run's checkpoint.pt recorded)")
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     args = parser.parse_args(argv)
     if error := first_bad_run(args.runs, "sst"):  # a misspelt last folder named before minutes of scoring

@@ -122,3 +122,31 @@ def test_the_tools_neither_read_nor_fetch_the_test_files(tool, tiny_setup, tmp_p
     assert tool(tmp_path / "run", data_dir=str(data_dir))  # (the scores, made from the files asked for)
     assert asked and not [name for name in asked if "test" in name]
     assert "download" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda lines: lines[:-1], "now has 159 examples; the checkpoint's run trained on 160"),
+    (lambda lines: [lines[0], " indeed\t".join(lines[1].rsplit("\t", 1)), *lines[2:]],  # a word more, one row
+     "now holds other examples than the checkpoint's run trained on (as many, 160, but other ids or texts)"),
+])
+def test_a_data_dir_of_other_files_is_refused_where_the_run_kept_its_state(change, said, tiny_setup, tmp_path,
+                                                                           capsys):
+    """The seed replays the run's rows only over the run's own files: `--data-dir` with other
+    training examples would score other rows as "trained", so the tools compare the examples with
+    the ones the run's checkpoint.pt recorded."""
+    config = tiny_config(tiny_setup, tmp_path / "run", epochs=1, batches_per_epoch=12)
+    training.train(config, log=lambda message: None)
+    other = shutil.copytree(config.data_dir, tmp_path / "other")
+    for name in ("ids-sst-train.csv", "quora-train.csv"):  # (fit reads SST first; calibration QQP alone)
+        changed = "".join(change((other / name).read_text().splitlines(keepends=True)))
+        assert changed != (other / name).read_text()
+        (other / name).write_text(changed)
+    for tool, split in ((fit.main, "sst-train"), (calibration.main, "quora-train")):
+        assert tool([str(tmp_path / "run"), "--data-dir", str(other)]) == 1
+        err = capsys.readouterr().err
+        assert f"error: {tmp_path / 'run'}: the training data read are not the run's ({split} {said})" in err, err
+        assert "Traceback" not in err
+    # the same files in another folder are the run's data; a run kept without checkpoint.pt is trusted
+    assert fit.fit_scores(tmp_path / "run", data_dir=str(shutil.copytree(config.data_dir, tmp_path / "moved")))
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    assert fit.fit_scores(tmp_path / "run", data_dir=str(other))
