@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -89,6 +90,10 @@ TASK_OF_PART = {"sst": "sst", "paraphrase": "qqp", "sts": "sts"}
 
 # What an export writes into OUT_DIR itself: the encoder's files, the heads' folders, the record.
 OUT_DIR_ENTRIES = {*EXPORTED_FILES, "sst", "paraphrase", "sts", EXPORT_RECORD}
+# What an export killed while writing leaves in OUT_DIR: a head folder's temporary twin
+# (replace_folder's ".sts-k3j9x0_a") or a file's (atomic_write's "config.json.k3j9x0_a.tmp").
+LEFTOVER = re.compile(r"\.(sst|paraphrase|sts)-\w{8}|("
+                      + "|".join(map(re.escape, [*EXPORTED_FILES, EXPORT_RECORD])) + r")\.\w{8}\.tmp")
 # Files and folders a head export writes; an existing head folder holding anything else is not
 # replaced (it is not ours).
 HEAD_FOLDER_ENTRIES = {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json",
@@ -156,7 +161,7 @@ def check_place(out_dir: Path, checkpoint: Path, overwrite: bool) -> None:
                           f"would mix its files into that folder's; choose an output folder outside it")
     if overwrite or not out_dir.is_dir():
         return
-    names = sorted(entry.name for entry in out_dir.iterdir())
+    names = sorted(entry.name for entry in out_dir.iterdir() if not left_by_an_export(entry.name))
     if names and EXPORT_RECORD not in names:
         raise ExportError(f"{out_dir} holds files, and no {EXPORT_RECORD} marks them as an earlier "
                           f"export's ({_few(names)}); choose a new or empty OUT_DIR, or add --overwrite "
@@ -166,6 +171,12 @@ def check_place(out_dir: Path, checkpoint: Path, overwrite: bool) -> None:
         raise ExportError(f"{out_dir} holds an earlier export and files an export does not write "
                           f"({_few(foreign)}); choose a new or empty OUT_DIR, or add --overwrite to "
                           f"write the export among them")
+
+
+def left_by_an_export(name: str) -> bool:
+    """Whether `name` in OUT_DIR is what an export killed while writing leaves behind (LEFTOVER);
+    the next export into the folder removes it."""
+    return LEFTOVER.fullmatch(name) is not None
 
 
 def _few(names: list[str]) -> str:
@@ -522,6 +533,8 @@ def export(checkpoint_dir: str | Path, out_dir: str | Path, only: list[str] | No
     written = {}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in filter(lambda entry: left_by_an_export(entry.name), out_dir.iterdir()):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()  # (an export killed here)
         # The record first: an export killed half way leaves a folder the next export may replace.
         _write_json(out_dir / EXPORT_RECORD, {"checkpoint": str(trained.folder.resolve()), "parts": parts})
         if "encoder" in parts:

@@ -194,6 +194,28 @@ def test_refuses_a_folder_of_files_no_export_wrote_unless_told_to_overwrite(runs
     assert "holds an earlier export and files an export does not write (notes.txt)" in capsys.readouterr().err
 
 
+def test_what_a_killed_export_left_is_removed_by_the_next(runs, tmp_path, capsys):
+    """An export killed while writing leaves a head folder's temporary twin or a file's temporary
+    copy; they are the export's own, so the next export neither refuses the folder for them nor
+    leaves them there. Anything else beside them still is not the export's."""
+    out_dir = tmp_path / "out"
+    assert export.main([str(runs["concat"]), str(out_dir), "--only", "encoder", "sst"]) == 0
+    (out_dir / ".sst-k3j9x0_a").mkdir()  # the names tempfile gives: 8 characters of [a-z0-9_]
+    (out_dir / ".sst-k3j9x0_a" / "config.json").write_text("{}")
+    (out_dir / "model.safetensors.abcd1234.tmp").write_bytes(b"half a file")
+    assert export.main([str(runs["concat"]), str(out_dir), "--only", "encoder", "sst"]) == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([*export.EXPORTED_FILES, export.EXPORT_RECORD, "sst"])
+    # killed before anything but its record's temporary copy was written: a new folder, as good as empty
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / f"{export.EXPORT_RECORD}.x1y2z3w4.tmp").write_text("{")
+    assert export.main([str(runs["concat"]), str(fresh), "--only", "sst"]) == 0
+    assert sorted(p.name for p in fresh.iterdir()) == [export.EXPORT_RECORD, "sst"]
+    (out_dir / ".sst-notes").mkdir()  # not a name an export gives
+    assert export.main([str(runs["concat"]), str(out_dir), "--only", "sst"]) == 1
+    assert "files an export does not write (.sst-notes)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("where", ["", "run", "run/best", "run/exported", "run/best/exported"])
 def test_refuses_an_empty_out_dir_and_one_in_the_run(runs, where, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
