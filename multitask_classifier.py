@@ -72,7 +72,8 @@ def prepare_out_dir(folder: Path, resuming: bool, overwrite: bool) -> None:
     """Make sure the run can write into `folder` and destroys no other run, before any work.
 
     Raises ValueError (a usage error) for a file, the file system's root, an unwritable folder, or
-    a folder that holds a run when neither --resume nor --overwrite was given. With --overwrite, the old run's files go.
+    a folder that holds a run when neither --resume nor --overwrite was given. With --overwrite,
+    the old run's files go.
     """
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out-dir {folder} is a file; name a folder for the run's outputs")

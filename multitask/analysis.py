@@ -32,8 +32,8 @@ from multitask.commands import program_name
 from multitask.config import DEVICES, PRECISIONS, positive_int
 from multitask.data import DataError, Split, dataset_paths, load_sst, load_sts, require_examples
 from multitask.evaluation import predict_split
-from multitask.metrics import pearson
 from multitask.heads import NUM_SENTIMENTS, layouts
+from multitask.metrics import pearson
 from multitask.predict import SENTIMENT_NAMES, TrainedModel, open_checkpoint
 from multitask.runtime import RuntimeSetupError, resolve_precision
 

@@ -2,7 +2,7 @@
 correlation, and overall = (acc_sst + acc_qqp + (r + 1) / 2) / 3, which puts the correlation on
 the accuracies' [0, 1] scale.
 
-NumPy only: the tables (multitask/ablation.py, results.py) use these formulas without loading
+NumPy only: the ablation's tables (multitask/ablation.py) use these formulas without loading
 torch; multitask/evaluation.py runs the model and scores it with them.
 """
 
