@@ -13,8 +13,8 @@ ways:
 Slow (about 85 s on 2 cores; on the AMD EPYC, 2026-12-07, about 50 s of training and 30 s of dev
 evaluation, the rest the data and the start): marked so, and run by the default test command all
 the same. The test-set predictions, which nothing here judges, are left out (they took another
-20 s, and a try to download the Quora test file that ../shared/data lacks). Spreading the tasks does not slow it: two pairs of CLI
-runs of this setting, one after another, took 62 + 28 s (training + dev evaluation) spread and
+20 s, and a try to download the Quora test file that ../shared/data lacks). Spreading the tasks
+does not slow it: two pairs of CLI runs of this setting, one after another, took 62 + 28 s (training + dev evaluation) spread and
 54 + 24 s not, then 56 + 26 s spread and 57 + 26 s not; the first pair's gap, which session 38
 measured once and took for the spread's, is the first run's (the dev evaluation, the same work
 either way, differed as much). (Until 2026-11-28 it was 200 batches of the paper's recipe, about

@@ -220,9 +220,10 @@ def test_trainer_is_freed_before_the_process_group_is_left(tiny_setup, tmp_path,
 
 @pytest.mark.parametrize("root", ["/", "/tmp/.."])
 def test_the_file_system_root_is_no_out_dir(root, capsys):
-    # (as root it is writable, and --overwrite would delete any predictions/ or best/ found there)
+    # (as root it is writable, and --overwrite would delete any predictions/ or best/ found there;
+    # not given here, so that a broken check deletes nothing)
     with pytest.raises(SystemExit) as info:
-        multitask_classifier.main(["--out-dir", root, "--overwrite"])
+        multitask_classifier.main(["--out-dir", root])
     assert info.value.code == 2
     assert f"--out-dir {root} is the root of the file system" in capsys.readouterr().err
 
