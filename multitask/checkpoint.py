@@ -361,21 +361,22 @@ def load_training_state(path: Path) -> dict:
 
 
 def load_training_config(path: Path) -> TrainConfig:
-    """Only the settings stored in a training checkpoint (memory-mapped: the weights stay on disk)."""
+    """Only the settings stored in a training checkpoint (see _load_part)."""
+    return _load_part(path, lambda state: TrainConfig.from_dict(state["config"]))
+
+
+def load_stream_states(path: Path) -> dict[str, dict]:
+    """Only the batch streams' states stored in a training checkpoint (see _load_part)."""
+    return _load_part(path, lambda state: state["streams"])
+
+
+def _load_part(path: Path, part: typing.Callable[[dict], object]):
+    """`part` of the training checkpoint at `path`, memory-mapped: the weights stay on disk."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no training checkpoint there (nothing to resume)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return TrainConfig.from_dict(state["config"])
-    except Exception as err:
-        raise unreadable_state(path, err) from None
-
-
-def load_stream_states(path: Path) -> dict[str, dict]:
-    """Only the batch streams' states stored in a training checkpoint (memory-mapped, as above)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["streams"]
+        return part(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
     except Exception as err:
         raise unreadable_state(path, err) from None
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from bert.files import DAMAGED_HINT, WriteError, atomic_write, write_text
 from multitask.commands import program_name
+from multitask.metrics import METRIC_NAMES  # --tasks -> the score of each
 
 # The seven configurations of the paper (section 5.3), in the order of its results table.
 PAPER_CONFIGURATIONS = (
@@ -56,7 +57,6 @@ PAPER_RESULTS = {
 SAMPLER_NAMES = {"annealed": "Ann", "equitable": "Equit", "round-robin": "RR"}
 HEAD_NAMES = {"concat": "Concat", "cosine": "CoSim", "mnr": "CoSim + MNR", "dot": "Dot"}
 METRICS = ("sst_acc", "qqp_acc", "sts_corr", "overall")
-TASK_METRICS = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_corr"}  # --tasks -> the score of each
 METRIC_TITLES = {"sst_acc": "SST acc", "qqp_acc": "QQP acc", "sts_corr": "STS r", "overall": "Overall"}
 
 
@@ -90,11 +90,11 @@ class RunResult:
     @property
     def tasks(self) -> list[str]:
         """The tasks the run trained (--tasks; all three in a run from before it had the option)."""
-        return [t.strip() for t in self.config.get("tasks", ",".join(TASK_METRICS)).split(",")]
+        return [t.strip() for t in self.config.get("tasks", ",".join(METRIC_NAMES)).split(",")]
 
     @property
     def all_tasks(self) -> bool:
-        return set(self.tasks) == set(TASK_METRICS)
+        return set(self.tasks) == set(METRIC_NAMES)
 
     @property
     def name(self) -> str:
@@ -191,7 +191,7 @@ def _read_final(path: Path, result: RunResult) -> dict[str, float]:
     values = _read_json(path)
     if not isinstance(values, dict):
         raise DamagedRun(f"{path.name}: not a run's scores (a JSON object)")
-    keys = [TASK_METRICS[t] for t in result.tasks if t in TASK_METRICS] + (["overall"] if result.all_tasks else [])
+    keys = [METRIC_NAMES[t] for t in result.tasks if t in METRIC_NAMES] + (["overall"] if result.all_tasks else [])
     for key in keys:
         if not _is_number(values.get(key)) or not math.isfinite(values[key]):
             what = f"{json.dumps(values[key])}, not a score" if key in values else "missing"
