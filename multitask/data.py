@@ -171,6 +171,8 @@ def _problem_kind(reason: str) -> str:
         return "a duplicate id"
     if reason.startswith("short row"):
         return "too few fields"
+    if reason.startswith("long row"):
+        return "more fields than the header"
     return "an empty id or sentence"
 
 
@@ -324,16 +326,23 @@ def _column_indices(path: Path, header: list[str], fmt: _Format, labelled: bool)
 
 
 def _parse_record(
-    fields: list[str], columns: dict[str, int], fmt: _Format, labelled: bool
+    fields: list[str], columns: dict[str, int], width: int, fmt: _Format, labelled: bool
 ) -> tuple[str, list[str], int | float | None]:
     """Check one record and return its (id, texts, label); raise _SkipRow to leave it out.
 
-    The label is checked first because an empty or broken label is the usual symptom of a row
+    `width` is the header's number of columns. A record with text beyond them has a tab in one
+    of its fields that no quotes protect, so its fields sit in the wrong columns (a sentence cut
+    in two, its second half read as the next column): it is left out rather than read misaligned.
+    Empty fields beyond the header (tabs at the end of a line) hold nothing and are ignored.
+    The label is checked next because an empty or broken label is the usual symptom of a row
     whose quoting went wrong, and that is the most useful thing to tell the reader about it.
     """
     needed = max(columns.values()) + 1
     if len(fields) < needed:
         raise _SkipRow(f"short row ({len(fields)} fields, expected at least {needed})")
+    if any(field.strip() for field in fields[width:]):
+        raise _SkipRow(f"long row ({len(fields)} fields, the header has {width}: an unquoted tab "
+                       f"inside a sentence? quote the field)")
     label = fmt.parse_label(fields[columns[fmt.label_column]].strip()) if labelled else None
     row_id = fields[columns["id"]].strip()
     if not row_id:
@@ -401,7 +410,7 @@ def _load(path: PathLike, fmt: _Format, labelled: bool, make_example: Callable,
                     continue  # a blank line holds no record, so there is nothing to skip
                 _check_open_quote(path, line, fields)
                 try:
-                    row_id, texts, label = _parse_record(fields, columns, fmt, labelled)
+                    row_id, texts, label = _parse_record(fields, columns, len(header), fmt, labelled)
                     # Predictions are written one row per id, so a repeated id would be ambiguous.
                     if row_id in first_line_of_id:
                         raise _SkipRow(

@@ -292,6 +292,12 @@ def _read_table(path: Path, text: str, columns: list[str] | None) -> Inputs:
             raise InputError(f"{path}:{start}: {len(row)} field(s) where the header has "
                              f"{len(header)}; is a {'tab' if delimiter == chr(9) else 'comma'} "
                              f"missing, or a quote left open above?")
+        if any(cell.strip() for cell in row[len(header):]):  # (empty cells at a line's end hold nothing)
+            # "1,Hello, world" would read as the sentence "Hello", the rest of it lost
+            mark = "tab" if delimiter == chr(9) else "comma"
+            raise InputError(f"{path}:{start}: {len(row)} fields where the header has {len(header)}; "
+                             f"is there a {mark} inside a sentence? Put that cell in quotes "
+                             f"(\"Hello, world\"), so the {mark} stays part of the text")
         texts = tuple(row[i] for i in where)
         for name, value in zip(wanted, texts):
             if not value.strip():
@@ -483,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings = predict_file(trained, inputs, output, args.batch_size, args.progress)
             for warning in warnings:
                 print(warning, file=sys.stderr)
-            print(f"wrote the scores of {len(inputs.texts):,} "
-                  f"{'pairs' if inputs.pairs else 'sentences'} to {output}")
+            count, kind = len(inputs.texts), "pair" if inputs.pairs else "sentence"
+            print(f"wrote the scores of {count:,} {kind}{'s' if count != 1 else ''} to {output}")
             return 0
     except (CheckpointError, RuntimeSetupError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -194,6 +194,16 @@ def test_short_row_is_skipped(tmp_path):
     assert split.skipped[0].line == 2 and split.skipped[0].reason.startswith("short row")
 
 
+def test_long_row_is_skipped_not_read_misaligned(tmp_path):
+    # An unquoted tab inside sentence1 puts its second half in sentence2's column and sentence2 in
+    # the label's; here sentence2 is "4", which parses as a label, so only the field count can tell.
+    rows = "0\ta\tThe film\tscores\t4\t2.5\n1\tb\tX\tY\t2.5\n2\tc\tX\tY\t1.0\t\t\n"
+    split = load_sts(write(tmp_path, "sts.csv", STS_HEADER + rows))
+    assert [e.id for e in split.examples] == ["b", "c"]  # (c: empty fields past the header hold nothing)
+    assert [(row.line, row.reason[:8]) for row in split.skipped] == [(2, "long row")]
+    assert "1 row with more fields than the header" in split.report()
+
+
 def test_duplicate_ids_keep_the_first(tmp_path):
     text = SST_HEADER + "0\ta\tFirst\t1\n1\ta\tSecond\t2\n2\tb\tThird\t3\n"
     split = load_sst(write(tmp_path, "sst.csv", text))

@@ -110,6 +110,11 @@ BAD_FILES = [
     ("tabs.txt", "a\tb\tc\n", [], "tabs.txt:1: 2 tabs"),
     ("empty-side.txt", "a first\tb\n\t second\n", [], "empty-side.txt:2: an empty sentence"),
     ("short-row.csv", "id,sentence1,sentence2\n1,a,b\n2,only one\n", [], "short-row.csv:3: 2 field(s) where the header has 3"),
+    # An unquoted comma (tab) in a sentence splits it: "Hello" would be scored, ", world" lost.
+    ("long-row.csv", "id,sentence\n1,fine\n2,Hello, world\n", [],
+     "long-row.csv:3: 3 fields where the header has 2; is there a comma inside a sentence?"),
+    ("long-row.tsv", "sentence1\tsentence2\na\tb\tc\n", [],
+     "long-row.tsv:2: 3 fields where the header has 2; is there a tab inside a sentence?"),
     ("empty-cell.csv", "sentence\nfine\n\"\"\n", [], "empty-cell.csv:3: the sentence is empty"),
     ("no-columns.csv", "text,label\nnice,1\n", [], "has no 'sentence' column"),
     ("wrong-column.csv", "text,label\nnice,1\n", ["--columns", "review"], "no column 'review'"),
@@ -151,6 +156,13 @@ def test_quoted_cells_with_line_breaks_quotes_and_a_huge_one_are_read(tmp_path):
         csv.field_size_limit(old_limit)
     assert inputs.texts == [("two\nlines",), ('a "quoted" word',), (huge,)]
     assert inputs.lines == [2, 4, 5] and inputs.ids == ["1", "2", "3"]
+
+
+def test_empty_cells_past_the_header_are_ignored(tmp_path):
+    source = tmp_path / "spreadsheet.csv"  # (a spreadsheet's export may end its lines with commas)
+    source.write_text('id,sentence,\n1,"Hello, world",\n2,fine,,\n')
+    inputs = predict.read_inputs(source)
+    assert inputs.texts == [("Hello, world",), ("fine",)] and inputs.ids == ["1", "2"]
 
 
 def test_usage_errors_and_no_traceback(run, tmp_path):
