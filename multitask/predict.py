@@ -250,6 +250,7 @@ def _read_table(path: Path, text: str, columns: list[str] | None) -> Inputs:
     lines = text.splitlines(keepends=True)
     header_line = next((line for line in lines if line.strip()), "")
     delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in header_line else ","
+    mark = "tab" if delimiter == "\t" else "comma"  # (for the messages)
     # A cell may be longer than csv's default limit of 128 KiB (the model reads it cut short, with a
     # warning), and the strict reader's csv.Error must mean a quote problem. The limit is
     # process-wide, so only ever raise it (as multitask/data.py does).
@@ -290,11 +291,9 @@ def _read_table(path: Path, text: str, columns: list[str] | None) -> Inputs:
             continue  # a blank line
         if len(row) < len(header):
             raise InputError(f"{path}:{start}: {len(row)} field(s) where the header has "
-                             f"{len(header)}; is a {'tab' if delimiter == chr(9) else 'comma'} "
-                             f"missing, or a quote left open above?")
+                             f"{len(header)}; is a {mark} missing, or a quote left open above?")
         if any(cell.strip() for cell in row[len(header):]):  # (empty cells at a line's end hold nothing)
             # "1,Hello, world" would read as the sentence "Hello", the rest of it lost
-            mark = "tab" if delimiter == chr(9) else "comma"
             raise InputError(f"{path}:{start}: {len(row)} fields where the header has {len(header)}; "
                              f"is there a {mark} inside a sentence? Put that cell in quotes "
                              f"(\"Hello, world\"), so the {mark} stays part of the text")
